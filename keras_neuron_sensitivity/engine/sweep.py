@@ -1,0 +1,277 @@
+"""The exact engine: one forward pass, then a multi-cotangent reverse sweep.
+
+For every selected layer `l`, the `C_l` neurons' cotangents travel back
+together, as a `(k, n, ...)` block, through the rules of `rules.py`. At every
+trainable layer on the way the squared norm of its per-sample weight gradient
+is added; at the model's inputs the squared norm of the input cotangent is
+read. Gradients with respect to weights are never formed for layers with a
+closed-form rule, and never the `(n, k, P)` Jacobian.
+
+Memory is bounded by chunking: `k` neurons and a block of samples at a time
+(both chosen from the memory budget); every chunk runs through one compiled
+function, traced once per probe shape.
+"""
+
+import math
+import warnings
+
+import numpy as np
+import tensorflow as tf
+
+from keras_neuron_sensitivity.engine import rules as rules_lib
+
+WRT_CHOICES = ("weights", "inputs")
+
+# Bytes per row (one neuron of one sample) are estimated from the activations
+# of one sample: cotangent, its tiled copy for replayed layers, temporaries.
+_ROW_OVERHEAD = 4
+
+
+class _Site:
+    """One layer call in one sweep, as the rules see it."""
+
+    def __init__(self, call, inputs):
+        self.call = call
+        self.layer = call.layer
+        self.inputs = inputs
+
+    def run(self, inputs):
+        args, kwargs = self.call.fill(dict(zip(self.call.inputs, inputs)))
+        if getattr(self.layer, "_call_has_training_arg", False):
+            kwargs = {**kwargs, "training": False}
+        return tf.nest.flatten(self.layer(*args, **kwargs))
+
+
+class Sweep:
+    """Per-sample neuron sensitivities of selected layers of one model.
+
+    Args:
+        graph: the model's `probe.Graph`.
+        keys: keys of the layer calls to evaluate.
+        wrt: a tuple of `"weights"` and/or `"inputs"`.
+        memory_budget: bytes of working memory one chunk may take.
+    """
+
+    def __init__(self, graph, keys, wrt, memory_budget):
+        self.graph = graph
+        self.keys = list(keys)
+        self.wrt = tuple(wrt)
+        self.memory_budget = int(memory_budget)
+        index = {call.key: i for i, call in enumerate(graph.calls)}
+        self._targets = [index[key] for key in self.keys]
+        self._calls = graph.calls[: max(self._targets) + 1]
+        self._rules = [rules_lib.rule_for(call.layer) for call in self._calls]
+        self._float_inputs = [
+            t
+            for t, dtype in zip(graph.inputs, graph.input_dtypes)
+            if _is_float_dtype(dtype)
+        ]
+        self._live = self._liveness()
+        self._shared = self._shared_layers()
+        self._plan = None  # (samples per chunk, neurons per chunk per target)
+        self._function = None
+
+    # --- public -----------------------------------------------------------
+
+    def __call__(self, inputs):
+        """Returns `{wrt: {key: np.ndarray (B, C)}}`: per-sample norms.
+
+        Args:
+            inputs: list of tensors, one per model input, batch first.
+        """
+        batch = int(inputs[0].shape[0])
+        if self._plan is None:
+            self._plan = self._make_plan(inputs)
+            self._function = tf.function(self._chunk, reduce_retracing=False)
+        samples, neurons = self._plan
+        widths = self._widths
+        rounds = max(
+            math.ceil(c / k) for c, k in zip(widths, neurons, strict=True)
+        )
+        blocks = {w: [[] for _ in self.keys] for w in self.wrt}
+        for begin in range(0, batch, samples):
+            chunk = [_take_rows(x, begin, samples) for x in inputs]
+            per_round = {w: [[] for _ in self.keys] for w in self.wrt}
+            for r in range(rounds):
+                starts = tf.constant([r * k for k in neurons], tf.int32)
+                out = self._function(chunk, starts)
+                for w in self.wrt:
+                    for j, value in enumerate(out[w]):
+                        per_round[w][j].append(value.numpy())
+            for w in self.wrt:
+                for j, c in enumerate(widths):
+                    # (k, n) blocks -> (n, C); drop padded neurons and samples.
+                    full = np.concatenate(per_round[w][j], axis=0)[:c].T
+                    blocks[w][j].append(full[: min(samples, batch - begin)])
+        return {
+            w: {
+                key: np.sqrt(np.maximum(np.concatenate(blocks[w][j]), 0.0))
+                for j, key in enumerate(self.keys)
+            }
+            for w in self.wrt
+        }
+
+    # --- planning -----------------------------------------------------------
+
+    def _liveness(self):
+        """Tensor id -> whether a cotangent there is worth computing."""
+        want_weights = "weights" in self.wrt
+        live = {t: ("inputs" in self.wrt) for t in self._float_inputs}
+        for call in self._calls:
+            owns = want_weights and bool(call.layer.trainable_weights)
+            flows = any(live.get(t, False) for t in call.inputs)
+            for t in call.outputs:
+                live[t] = owns or flows
+        return live
+
+    def _shared_layers(self):
+        counts = {}
+        for call in self._calls:
+            if call.layer.trainable_weights:
+                counts[id(call.layer)] = counts.get(id(call.layer), 0) + 1
+        return {layer for layer, n in counts.items() if n > 1}
+
+    def _make_plan(self, inputs):
+        # One eager forward on one sample gives every tensor's size.
+        values, _ = self._forward([x[:1] for x in inputs])
+        self._widths = []
+        for i in self._targets:
+            y = values[self._calls[i].outputs[0]]
+            if y.shape.rank < 2 or not y.dtype.is_floating:
+                raise ValueError(
+                    f"Layer {self._calls[i].key!r} has an output of shape "
+                    f"{tuple(y.shape)} and dtype {y.dtype.name}. Expected a "
+                    "floating-point output with a channel axis (rank >= 2). "
+                    "Leave this layer out of `layers`."
+                )
+            self._widths.append(int(y.shape[-1]))
+        per_sample = sum(
+            int(np.prod(v.shape[1:])) * v.dtype.size for v in values.values()
+        )
+        per_row = _ROW_OVERHEAD * per_sample
+        for call, rule in zip(self._calls, self._rules):
+            if rule is rules_lib.GENERIC_RULE or id(call.layer) in self._shared:
+                params = sum(
+                    int(np.prod(v.shape)) for v in call.layer.trainable_weights
+                )
+                per_row = max(per_row, 2 * 4 * params + per_sample)
+        rows = max(1, self.memory_budget // per_row)
+        batch = int(inputs[0].shape[0])
+        samples = min(batch, rows)
+        neurons = [max(1, min(c, rows // samples)) for c in self._widths]
+        return samples, neurons
+
+    # --- the compiled computation ------------------------------------------
+
+    def _forward(self, inputs):
+        values = dict(zip(self.graph.inputs, inputs))
+        sites = []
+        for call, rule in zip(self._calls, self._rules):
+            site = _Site(call, [values[t] for t in call.inputs])
+            outputs, cache = rule.forward(site)
+            values.update(zip(call.outputs, outputs))
+            sites.append((site, cache))
+        return values, sites
+
+    def _chunk(self, inputs, starts):
+        values, sites = self._forward(inputs)
+        out = {w: [] for w in self.wrt}
+        for j, target in enumerate(self._targets):
+            k = self._plan[1][j]
+            result = self._reverse(values, sites, target, starts[j], k)
+            for w in self.wrt:
+                out[w].append(result[w])
+        return out
+
+    def _reverse(self, values, sites, target, start, k):
+        """Squared norms `(k, n)` for neurons `start .. start + k - 1`."""
+        y = values[self._calls[target].outputs[0]]
+        channels = y.shape[-1]
+        positions = int(np.prod(y.shape[1:-1]))
+        seed = tf.one_hot(start + tf.range(k), channels, dtype=y.dtype)
+        seed = tf.reshape(seed / positions, [k, 1] + [1] * (y.shape.rank - 2) + [channels])
+        cotangents = {
+            self._calls[target].outputs[0]: tf.broadcast_to(
+                seed, tf.concat([[k], tf.shape(y)], 0)
+            )
+        }
+        n = tf.shape(y)[0]
+        weights_sq = tf.zeros([k, n], y.dtype)
+        shared = {}
+        for i in range(target, -1, -1):
+            call = self._calls[i]
+            outs = [cotangents.pop(t, None) for t in call.outputs]
+            if all(g is None for g in outs):
+                continue
+            need_inputs = any(self._live.get(t, False) for t in call.inputs)
+            need_weights = "weights" in self.wrt and bool(
+                call.layer.trainable_weights
+            )
+            is_shared = id(call.layer) in self._shared
+            if not (need_inputs or need_weights):
+                continue
+            site, cache = sites[i]
+            input_cots, sq = self._rules[i].backward(
+                site, cache, outs, need_inputs, need_weights and not is_shared
+            )
+            if sq is not None:
+                weights_sq += tf.cast(sq, weights_sq.dtype)
+            if need_weights and is_shared:
+                flat = rules_lib.GenericRule.flat_grads(site, outs)
+                prev = shared.get(id(call.layer))
+                shared[id(call.layer)] = flat if prev is None else prev + flat
+            for t, g in zip(call.inputs, input_cots or ()):
+                if g is None or not self._live.get(t, False):
+                    continue
+                cotangents[t] = g if t not in cotangents else cotangents[t] + g
+        for flat in shared.values():
+            weights_sq += tf.reshape(tf.reduce_sum(tf.square(flat), -1), [k, -1])
+        result = {}
+        if "weights" in self.wrt:
+            result["weights"] = weights_sq
+        if "inputs" in self.wrt:
+            terms = [
+                rules_lib.sum_squares_per_row(tf.cast(cotangents[t], y.dtype))
+                for t in self._float_inputs
+                if t in cotangents
+            ]
+            result["inputs"] = tf.add_n(terms) if terms else tf.zeros([k, n], y.dtype)
+        return result
+
+
+def _is_float_dtype(dtype):
+    return tf.as_dtype(dtype).is_floating
+
+
+def _take_rows(x, begin, size):
+    """Rows `begin .. begin + size - 1`, padded by repeating the first row."""
+    rows = x[begin : begin + size]
+    missing = size - int(rows.shape[0])
+    if missing:
+        rows = tf.concat([rows, tf.repeat(rows[:1], missing, axis=0)], 0)
+    return rows
+
+
+def warn_once(message, _seen=set()):  # noqa: B006 - the set is the memory
+    if message not in _seen:
+        _seen.add(message)
+        warnings.warn(message, stacklevel=3)
+
+
+REDUCTIONS = ("mean", "rms", "max", None)
+
+
+def reduce_samples(per_sample, reduction):
+    """`(B, C)` per-sample norms -> `(C,)` by `reduction`; None keeps them."""
+    if reduction is None:
+        return per_sample
+    if reduction == "mean":
+        return per_sample.mean(axis=0)
+    if reduction == "rms":
+        return np.sqrt(np.mean(np.square(per_sample), axis=0))
+    return per_sample.max(axis=0)
+
+
+def dead_neurons(per_sample):
+    """`(C,)` bool: sensitivity exactly zero on every probe sample."""
+    return np.all(per_sample == 0, axis=0)
