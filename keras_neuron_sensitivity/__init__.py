@@ -5,7 +5,7 @@ The public surface is re-exported here; everything else is private.
 
 from keras_neuron_sensitivity.api import neuron_jacobian, neuron_sensitivity
 from keras_neuron_sensitivity.callback import NeuronSensitivityCallback
-from keras_neuron_sensitivity.engine.rules import Rule, register_rule
+from keras_neuron_sensitivity.engine import Rule, register_rule
 from keras_neuron_sensitivity.errors import UnsupportedLayerError, UnsupportedModelError
 
 __version__ = "0.1.0"

@@ -1,6 +1,7 @@
 """The computation: the reverse sweep and its per-layer rules."""
 
-from keras_neuron_sensitivity.engine.rules import GenericRule, Rule, register_rule
+from keras_neuron_sensitivity.engine.base import GenericRule, Rule
+from keras_neuron_sensitivity.engine.registry import register_rule, rule_for
 from keras_neuron_sensitivity.engine.sweep import WRT_CHOICES, Sweep
 
-__all__ = ["GenericRule", "Rule", "Sweep", "WRT_CHOICES", "register_rule"]
+__all__ = ["GenericRule", "Rule", "Sweep", "WRT_CHOICES", "register_rule", "rule_for"]

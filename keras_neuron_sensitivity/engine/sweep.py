@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from keras_neuron_sensitivity.engine import rules as rules_lib
+from keras_neuron_sensitivity.engine import base, registry
 
 WRT_CHOICES = ("weights", "inputs")
 
@@ -34,6 +34,8 @@ class _Site:
         self.call = call
         self.layer = call.layer
         self.inputs = inputs
+        self.outputs = None  # set after the forward pass
+        self.need_weights = False  # whether rules should cache weight factors
 
     def run(self, inputs):
         args, kwargs = self.call.fill(dict(zip(self.call.inputs, inputs)))
@@ -60,7 +62,7 @@ class Sweep:
         index = {call.key: i for i, call in enumerate(graph.calls)}
         self._targets = [index[key] for key in self.keys]
         self._calls = graph.calls[: max(self._targets) + 1]
-        self._rules = [rules_lib.rule_for(call.layer) for call in self._calls]
+        self._rules = [registry.rule_for(call.layer) for call in self._calls]
         self._float_inputs = [
             t
             for t, dtype in zip(graph.inputs, graph.input_dtypes)
@@ -82,7 +84,7 @@ class Sweep:
         batch = int(inputs[0].shape[0])
         if self._plan is None:
             self._plan = self._make_plan(inputs)
-            self._function = tf.function(self._chunk, reduce_retracing=False)
+            self._function = tf.function(self._chunk, autograph=False)
         samples, neurons = self._plan
         widths = self._widths
         rounds = max(
@@ -150,7 +152,7 @@ class Sweep:
         )
         per_row = _ROW_OVERHEAD * per_sample
         for call, rule in zip(self._calls, self._rules):
-            if rule is rules_lib.GENERIC_RULE or id(call.layer) in self._shared:
+            if rule is base.GENERIC_RULE or id(call.layer) in self._shared:
                 params = sum(
                     int(np.prod(v.shape)) for v in call.layer.trainable_weights
                 )
@@ -168,7 +170,11 @@ class Sweep:
         sites = []
         for call, rule in zip(self._calls, self._rules):
             site = _Site(call, [values[t] for t in call.inputs])
+            site.need_weights = "weights" in self.wrt and bool(
+                call.layer.trainable_weights
+            )
             outputs, cache = rule.forward(site)
+            site.outputs = outputs
             values.update(zip(call.outputs, outputs))
             sites.append((site, cache))
         return values, sites
@@ -186,22 +192,15 @@ class Sweep:
     def _reverse(self, values, sites, target, start, k):
         """Squared norms `(k, n)` for neurons `start .. start + k - 1`."""
         y = values[self._calls[target].outputs[0]]
-        channels = y.shape[-1]
-        positions = int(np.prod(y.shape[1:-1]))
-        seed = tf.one_hot(start + tf.range(k), channels, dtype=y.dtype)
-        seed = tf.reshape(seed / positions, [k, 1] + [1] * (y.shape.rank - 2) + [channels])
-        cotangents = {
-            self._calls[target].outputs[0]: tf.broadcast_to(
-                seed, tf.concat([[k], tf.shape(y)], 0)
-            )
-        }
+        cotangents = {}
         n = tf.shape(y)[0]
         weights_sq = tf.zeros([k, n], y.dtype)
         shared = {}
         for i in range(target, -1, -1):
             call = self._calls[i]
+            is_seed = i == target
             outs = [cotangents.pop(t, None) for t in call.outputs]
-            if all(g is None for g in outs):
+            if not is_seed and all(g is None for g in outs):
                 continue
             need_inputs = any(self._live.get(t, False) for t in call.inputs)
             need_weights = "weights" in self.wrt and bool(
@@ -211,13 +210,21 @@ class Sweep:
             if not (need_inputs or need_weights):
                 continue
             site, cache = sites[i]
-            input_cots, sq = self._rules[i].backward(
-                site, cache, outs, need_inputs, need_weights and not is_shared
-            )
+            if is_seed and is_shared:
+                outs = [base.seed_cotangent(y, start, k)]
+                outs += [None] * (len(call.outputs) - 1)
+            if is_seed and not is_shared:
+                input_cots, sq = self._rules[i].seed_backward(
+                    site, cache, start, k, need_inputs, need_weights
+                )
+            else:
+                input_cots, sq = self._rules[i].backward(
+                    site, cache, outs, need_inputs, need_weights and not is_shared
+                )
             if sq is not None:
                 weights_sq += tf.cast(sq, weights_sq.dtype)
             if need_weights and is_shared:
-                flat = rules_lib.GenericRule.flat_grads(site, outs)
+                flat = base.GenericRule.flat_grads(site, outs)
                 prev = shared.get(id(call.layer))
                 shared[id(call.layer)] = flat if prev is None else prev + flat
             for t, g in zip(call.inputs, input_cots or ()):
@@ -231,7 +238,7 @@ class Sweep:
             result["weights"] = weights_sq
         if "inputs" in self.wrt:
             terms = [
-                rules_lib.sum_squares_per_row(tf.cast(cotangents[t], y.dtype))
+                base.sum_squares_per_row(tf.cast(cotangents[t], y.dtype))
                 for t in self._float_inputs
                 if t in cotangents
             ]

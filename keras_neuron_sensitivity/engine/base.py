@@ -1,4 +1,4 @@
-"""Per-layer rules of the reverse sweep, and the table that maps layers to them.
+"""The rule interface of the reverse sweep, its shared helpers and the generic rule.
 
 A rule knows two things about one layer family, for a block of cotangents
 (one per neuron `k` and sample `n`) arriving at the layer's output:
@@ -13,6 +13,7 @@ Cotangent tensors have shape `(k, n, ...)`; forward tensors `(n, ...)`.
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 # Activations that act on each element alone: their Jacobian is diagonal, so
@@ -150,6 +151,37 @@ class Rule:
         """
         raise NotImplementedError
 
+    def seed_backward(self, site, cache, start, k, need_inputs, need_weights):
+        """`backward` for the target layer itself, neurons `start..start+k-1`.
+
+        The cotangent at the target's output is one-hot per neuron (divided
+        by the number of positions), so rules with a diagonal structure can
+        skip forming it. By default it is formed and passed to `backward`.
+        """
+        y = site.outputs[0]
+        seed = seed_cotangent(y, start, k)
+        cotangents = [seed] + [None] * (len(site.outputs) - 1)
+        return self.backward(site, cache, cotangents, need_inputs, need_weights)
+
+
+def seed_cotangent(y, start, k):
+    """`(k, n, ..., c)`: d a_k / d y for neurons `start .. start + k - 1`.
+
+    The neuron value is the channel averaged over positions, so the cotangent
+    is `1 / positions` on its channel; rows past the last channel are zero.
+    """
+    channels = y.shape[-1]
+    positions = int(np.prod(y.shape[1:-1]))
+    seed = tf.one_hot(start + tf.range(k), channels, dtype=y.dtype) / positions
+    seed = tf.reshape(seed, [k, 1] + [1] * (y.shape.rank - 2) + [channels])
+    return tf.broadcast_to(seed, tf.concat([[k], tf.shape(y)], 0))
+
+
+def seed_columns(start, k, channels):
+    """Indices of neurons `start..start+k-1`, clipped, and which are real."""
+    index = start + tf.range(k)
+    return tf.minimum(index, channels - 1), index < channels
+
 
 class GenericRule(Rule):
     """Any differentiable layer: batched VJP for the hop, per-row VJP norms.
@@ -235,116 +267,4 @@ def _row_sqnorm(grads):
 def _row_flat(grads):
     return tf.concat([tf.reshape(g, [-1]) for g in grads], 0)
 
-
-class ElementwiseRule(Rule):
-    """Standalone elementwise activation layers (ReLU, LeakyReLU, ELU, ...)."""
-
-    def applies(self, layer):
-        if isinstance(layer, keras.layers.Activation):
-            return (
-                getattr(layer.activation, "__name__", None)
-                in ELEMENTWISE_ACTIVATIONS
-            )
-        return not layer.trainable_weights
-
-    def forward(self, site):
-        (x,) = site.inputs
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            (y,) = site.run([x])
-        return [y], tape.gradient(y, x)
-
-    def backward(self, site, cache, cotangents, need_inputs, need_weights):
-        return [cotangents[0] * cache], None
-
-
-class DenseRule(Rule):
-    """`Dense`: `||dW||^2 = ||h||^2 ||g_z||^2`, bias `||g_z||^2`."""
-
-    def applies(self, layer):
-        return (
-            not getattr(layer, "lora_enabled", False)
-            and getattr(layer, "quantization_mode", None) is None
-            and layer.compute_dtype == layer.variable_dtype
-        )
-
-    def forward(self, site):
-        layer = site.layer
-        (h,) = site.inputs
-        z = tf.matmul(h, layer.kernel) if h.shape.rank == 2 else tf.tensordot(
-            h, layer.kernel, axes=1
-        )
-        if layer.bias is not None:
-            z = z + layer.bias
-        y, act = activation_forward(layer.activation, z)
-        return [y], (h, act)
-
-    def backward(self, site, cache, cotangents, need_inputs, need_weights):
-        layer = site.layer
-        h, act = cache
-        gz = activation_backward(act, cotangents[0])
-        sqnorm = None
-        if need_weights and layer.trainable:
-            k = gz.shape[0]
-            u = tf.reshape(h, [tf.shape(h)[0], -1, h.shape[-1]])
-            g = tf.reshape(gz, [k, tf.shape(h)[0], -1, gz.shape[-1]])
-            sqnorm = outer_sqnorm(u, g)
-            if layer.bias is not None:
-                sqnorm += tf.reduce_sum(tf.square(tf.reduce_sum(g, 2)), -1)
-        input_cots = None
-        if need_inputs:
-            input_cots = [tf.einsum("kn...o,io->kn...i", gz, layer.kernel)]
-        return input_cots, sqnorm
-
-
-# --- the table --------------------------------------------------------------
-
 GENERIC_RULE = GenericRule()
-
-_RULES = {
-    keras.layers.Dense: DenseRule(),
-    keras.layers.ReLU: ElementwiseRule(),
-    keras.layers.LeakyReLU: ElementwiseRule(),
-    keras.layers.ELU: ElementwiseRule(),
-    keras.layers.Activation: ElementwiseRule(),
-}
-
-
-def register_rule(layer_class, rule):
-    """Makes `rule` handle `layer_class` (and subclasses that keep its `call`).
-
-    Args:
-        layer_class: a `keras.layers.Layer` subclass.
-        rule: a `Rule` instance.
-
-    Raises:
-        TypeError: if either argument is of the wrong kind.
-    """
-    if not (isinstance(layer_class, type) and issubclass(
-        layer_class, keras.layers.Layer
-    )):
-        raise TypeError(
-            f"Received layer_class={layer_class!r}. Expected a subclass of "
-            "`keras.layers.Layer`, for example `keras.layers.Dense`."
-        )
-    if not isinstance(rule, Rule):
-        raise TypeError(
-            f"Received rule={rule!r} of type {type(rule).__name__}. Expected "
-            "an instance of `keras_neuron_sensitivity.engine.Rule`."
-        )
-    _RULES[layer_class] = rule
-
-
-def rule_for(layer):
-    """The rule for this layer: its class's, else the generic rule.
-
-    A subclass inherits its parent's rule only if it keeps the parent's
-    `call`; a subclass that overrides `call` gets the generic rule.
-    """
-    for cls in type(layer).__mro__:
-        rule = _RULES.get(cls)
-        if rule is not None:
-            if type(layer).call is cls.call and rule.applies(layer):
-                return rule
-            return GENERIC_RULE
-    return GENERIC_RULE

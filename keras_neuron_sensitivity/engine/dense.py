@@ -1,0 +1,74 @@
+"""Rules for `Dense` layers."""
+
+import tensorflow as tf
+
+from keras_neuron_sensitivity.engine.base import (
+    Rule,
+    activation_backward,
+    activation_forward,
+    outer_sqnorm,
+    seed_columns,
+)
+
+
+class DenseRule(Rule):
+    """`Dense`: `||dW||^2 = ||h||^2 ||g_z||^2`, bias `||g_z||^2`."""
+
+    def applies(self, layer):
+        return (
+            not getattr(layer, "lora_enabled", False)
+            and getattr(layer, "quantization_mode", None) is None
+            and layer.compute_dtype == layer.variable_dtype
+        )
+
+    def forward(self, site):
+        layer = site.layer
+        (h,) = site.inputs
+        z = tf.matmul(h, layer.kernel) if h.shape.rank == 2 else tf.tensordot(
+            h, layer.kernel, axes=1
+        )
+        if layer.bias is not None:
+            z = z + layer.bias
+        y, act = activation_forward(layer.activation, z)
+        return [y], (h, act)
+
+    def backward(self, site, cache, cotangents, need_inputs, need_weights):
+        layer = site.layer
+        h, act = cache
+        gz = activation_backward(act, cotangents[0])
+        sqnorm = None
+        if need_weights and layer.trainable:
+            k = gz.shape[0]
+            u = tf.reshape(h, [tf.shape(h)[0], -1, h.shape[-1]])
+            g = tf.reshape(gz, [k, tf.shape(h)[0], -1, gz.shape[-1]])
+            sqnorm = outer_sqnorm(u, g)
+            if layer.bias is not None:
+                sqnorm += tf.reduce_sum(tf.square(tf.reduce_sum(g, 2)), -1)
+        input_cots = None
+        if need_inputs:
+            input_cots = [tf.einsum("kn...o,io->kn...i", gz, layer.kernel)]
+        return input_cots, sqnorm
+
+    def seed_backward(self, site, cache, start, k, need_inputs, need_weights):
+        layer = site.layer
+        h, act = cache
+        if h.shape.rank != 2 or act[0] not in ("linear", "elementwise"):
+            return super().seed_backward(
+                site, cache, start, k, need_inputs, need_weights
+            )
+        # The pre-activation cotangent of neuron k is d_k e_k: diagonal.
+        index, real = seed_columns(start, k, layer.units)
+        y = site.outputs[0]
+        d = tf.ones_like(y) if act[0] == "linear" else act[1]
+        d = tf.where(real[:, None], tf.transpose(tf.gather(d, index, axis=1)), 0)
+        sqnorm = None
+        if need_weights and layer.trainable:
+            scale = tf.reduce_sum(tf.square(h), -1)
+            if layer.bias is not None:
+                scale += 1
+            sqnorm = tf.square(d) * scale
+        input_cots = None
+        if need_inputs:
+            columns = tf.gather(layer.kernel, index, axis=1)
+            input_cots = [tf.einsum("kn,ik->kni", d, columns)]
+        return input_cots, sqnorm

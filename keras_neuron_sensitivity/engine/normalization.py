@@ -1,0 +1,85 @@
+"""Rules for normalization layers in inference: closed forms per sample.
+
+For `y = gamma * xhat + beta` with per-channel `gamma`, `beta`, the per-sample
+gradients are `d gamma = sum_t g xhat` and `d beta = sum_t g` (sums over
+positions `t`), so their squared norms need no weight gradient at all.
+"""
+
+import tensorflow as tf
+
+from keras_neuron_sensitivity.engine.base import Rule
+
+
+def _affine_sqnorm(layer, xhat, g):
+    """Squared norm of the per-sample gradient over `gamma` and `beta`."""
+    k = g.shape[0]
+    n = tf.shape(xhat)[0]
+    channels = xhat.shape[-1]
+    g = tf.reshape(g, [k, n, -1, channels])
+    xhat = tf.reshape(xhat, [n, -1, channels])
+    total = tf.zeros([k, n], g.dtype)
+    if layer.scale and layer.gamma.trainable:
+        total += tf.reduce_sum(tf.square(tf.einsum("ntc,kntc->knc", xhat, g)), -1)
+    if layer.center and layer.beta.trainable:
+        total += tf.reduce_sum(tf.square(tf.reduce_sum(g, 2)), -1)
+    return total
+
+
+class BatchNormalizationRule(Rule):
+    """`BatchNormalization` on its moving statistics: a per-channel affine map."""
+
+    def applies(self, layer):
+        spec = layer.input_spec
+        ndim = spec.ndim if spec is not None else None
+        return (
+            layer.axis == -1 or (ndim is not None and layer.axis == ndim - 1)
+        ) and layer.compute_dtype == layer.variable_dtype
+
+    def forward(self, site):
+        layer = site.layer
+        (x,) = site.inputs
+        (y,) = site.run([x])
+        inv = tf.math.rsqrt(layer.moving_variance + layer.epsilon)
+        xhat = (x - layer.moving_mean) * inv
+        slope = inv * layer.gamma if layer.scale else inv
+        return [y], (xhat, slope)
+
+    def backward(self, site, cache, cotangents, need_inputs, need_weights):
+        xhat, slope = cache
+        g = cotangents[0]
+        sqnorm = _affine_sqnorm(site.layer, xhat, g) if need_weights else None
+        return ([g * slope] if need_inputs else None), sqnorm
+
+
+class LayerNormalizationRule(Rule):
+    """`LayerNormalization` over the last axis (not `rms_scaling`)."""
+
+    def applies(self, layer):
+        axis = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
+        return (
+            axis == [-1]
+            and not getattr(layer, "rms_scaling", False)
+            and layer.compute_dtype == layer.variable_dtype
+        )
+
+    def forward(self, site):
+        layer = site.layer
+        (x,) = site.inputs
+        (y,) = site.run([x])
+        mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+        inv = tf.math.rsqrt(variance + layer.epsilon)
+        return [y], ((x - mean) * inv, inv)
+
+    def backward(self, site, cache, cotangents, need_inputs, need_weights):
+        layer = site.layer
+        xhat, inv = cache
+        g = cotangents[0]
+        sqnorm = _affine_sqnorm(layer, xhat, g) if need_weights else None
+        input_cots = None
+        if need_inputs:
+            gh = g * layer.gamma if layer.scale else g
+            # d xhat / d x, applied to gh: center, then remove the xhat part.
+            mean_g = tf.reduce_mean(gh, -1, keepdims=True)
+            mean_gx = tf.reduce_mean(gh * xhat, -1, keepdims=True)
+            input_cots = [inv * (gh - mean_g - xhat * mean_gx)]
+        return input_cots, sqnorm
