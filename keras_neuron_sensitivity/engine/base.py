@@ -80,39 +80,56 @@ def outer_sqnorm(u, g):
 # --- activations, fused into a layer or standalone -------------------------
 
 
-def activation_forward(fn, z):
-    """Applies `fn` to `z`; returns the output and what the hop back needs."""
+def activation_kind(fn):
+    """`"linear"`, `"elementwise"`, `"softmax"` or `"generic"`."""
     name = getattr(fn, "__name__", None)
     if fn is None or name == "linear":
-        return z, ("linear",)
+        return "linear"
     if name in ELEMENTWISE_ACTIVATIONS:
+        return "elementwise"
+    if fn is keras.activations.softmax:
+        return "softmax"
+    return "generic"
+
+
+def activation_forward(fn, z):
+    """Applies `fn` to `z`; returns the output and the tensor the hop needs.
+
+    That tensor is None for a linear activation, the derivative for an
+    elementwise one, the output for softmax, and `z` for any other.
+    """
+    kind = activation_kind(fn)
+    if kind == "linear":
+        return z, None
+    if kind == "elementwise":
         with tf.GradientTape() as tape:
             tape.watch(z)
             y = fn(z)
-        return y, ("elementwise", tape.gradient(y, z))
-    if fn is keras.activations.softmax:
-        y = fn(z)
-        return y, ("softmax", y)
-    return fn(z), ("generic", fn, z)
+        return y, tape.gradient(y, z)
+    y = fn(z)
+    return y, (y if kind == "softmax" else z)
 
 
-def activation_backward(cache, g):
+def activation_backward(fn, cache, g):
     """Cotangents `(k, n, ...)` at an activation's output -> at its input."""
-    kind = cache[0]
+    kind = activation_kind(fn)
     if kind == "linear":
         return g
     if kind == "elementwise":
-        return g * cache[1]
+        return g * cache
     if kind == "softmax":
-        s = cache[1]
-        return s * (g - tf.reduce_sum(g * s, axis=-1, keepdims=True))
-    _, fn, z = cache
+        return cache * (g - tf.reduce_sum(g * cache, axis=-1, keepdims=True))
     k = g.shape[0]
-    zt = _tile_rows(z, k)
+    zt = _tile_rows(cache, k)
     with tf.GradientTape() as tape:
         tape.watch(zt)
         y = fn(zt)
     return _split(tape.gradient(y, zt, output_gradients=_merge(g)), k)
+
+
+def activation_derivative(fn, y, cache):
+    """The diagonal of a linear or elementwise activation's Jacobian."""
+    return tf.ones_like(y) if cache is None else cache
 
 
 # --- rules ------------------------------------------------------------------
@@ -132,7 +149,11 @@ class Rule:
         return True
 
     def forward(self, site):
-        """Returns `(flat_outputs, cache)` for the site's inputs."""
+        """Returns `(flat_outputs, cache)` for the site's inputs.
+
+        The cache holds tensors only (or None, or tuples of them): it is
+        passed between compiled functions.
+        """
         raise NotImplementedError
 
     def backward(self, site, cache, cotangents, need_inputs, need_weights):

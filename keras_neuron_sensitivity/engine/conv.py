@@ -14,7 +14,9 @@ import tensorflow as tf
 from keras_neuron_sensitivity.engine.base import (
     Rule,
     activation_backward,
+    activation_derivative,
     activation_forward,
+    activation_kind,
     outer_sqnorm,
     seed_columns,
     seed_cotangent,
@@ -49,7 +51,7 @@ class ConvRule(Rule):
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
         layer = site.layer
         x, act, patches = cache
-        gz = activation_backward(act, cotangents[0])
+        gz = activation_backward(layer.activation, act, cotangents[0])
         k = gz.shape[0]
         sqnorm = None
         if need_weights and layer.trainable:
@@ -66,13 +68,13 @@ class ConvRule(Rule):
         layer = site.layer
         x, act, patches = cache
         y = site.outputs[0]
-        if act[0] not in ("linear", "elementwise"):
+        if activation_kind(layer.activation) not in ("linear", "elementwise"):
             return super().seed_backward(
                 site, cache, start, k, need_inputs, need_weights
             )
         input_cots = None
         if need_inputs:
-            gz = activation_backward(act, seed_cotangent(y, start, k))
+            gz = activation_backward(layer.activation, act, seed_cotangent(y, start, k))
             input_cots = [_transpose_conv(layer, x, gz)]
         if not (need_weights and layer.trainable):
             return input_cots, None
@@ -81,7 +83,7 @@ class ConvRule(Rule):
         index, real = seed_columns(start, k, layer.filters)
         n = tf.shape(x)[0]
         positions = int(np.prod(y.shape[1:-1]))
-        d = tf.ones_like(y) if act[0] == "linear" else act[1]
+        d = activation_derivative(layer.activation, y, act)
         d = tf.gather(tf.reshape(d, [n, -1, layer.filters]), index, axis=2)
         d = d / positions
         sqnorm = tf.reduce_sum(

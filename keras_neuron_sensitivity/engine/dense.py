@@ -5,7 +5,9 @@ import tensorflow as tf
 from keras_neuron_sensitivity.engine.base import (
     Rule,
     activation_backward,
+    activation_derivative,
     activation_forward,
+    activation_kind,
     outer_sqnorm,
     seed_columns,
 )
@@ -35,7 +37,7 @@ class DenseRule(Rule):
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
         layer = site.layer
         h, act = cache
-        gz = activation_backward(act, cotangents[0])
+        gz = activation_backward(layer.activation, act, cotangents[0])
         sqnorm = None
         if need_weights and layer.trainable:
             k = gz.shape[0]
@@ -52,14 +54,14 @@ class DenseRule(Rule):
     def seed_backward(self, site, cache, start, k, need_inputs, need_weights):
         layer = site.layer
         h, act = cache
-        if h.shape.rank != 2 or act[0] not in ("linear", "elementwise"):
+        if h.shape.rank != 2 or activation_kind(layer.activation) not in ("linear", "elementwise"):
             return super().seed_backward(
                 site, cache, start, k, need_inputs, need_weights
             )
         # The pre-activation cotangent of neuron k is d_k e_k: diagonal.
         index, real = seed_columns(start, k, layer.units)
         y = site.outputs[0]
-        d = tf.ones_like(y) if act[0] == "linear" else act[1]
+        d = activation_derivative(layer.activation, y, act)
         d = tf.where(real[:, None], tf.transpose(tf.gather(d, index, axis=1)), 0)
         sqnorm = None
         if need_weights and layer.trainable:

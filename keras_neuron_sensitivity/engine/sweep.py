@@ -71,7 +71,8 @@ class Sweep:
         self._live = self._liveness()
         self._shared = self._shared_layers()
         self._plan = None  # (samples per chunk, neurons per chunk per target)
-        self._function = None
+        self._widths = None  # neurons per target
+        self._forward_fn = self._reverse_fn = None
 
     # --- public -----------------------------------------------------------
 
@@ -84,7 +85,8 @@ class Sweep:
         batch = int(inputs[0].shape[0])
         if self._plan is None:
             self._plan = self._make_plan(inputs)
-            self._function = tf.function(self._chunk, autograph=False)
+            self._forward_fn = tf.function(self._forward_tensors, autograph=False)
+            self._reverse_fn = tf.function(self._reverse_all, autograph=False)
         samples, neurons = self._plan
         widths = self._widths
         rounds = max(
@@ -93,13 +95,16 @@ class Sweep:
         blocks = {w: [[] for _ in self.keys] for w in self.wrt}
         for begin in range(0, batch, samples):
             chunk = [_take_rows(x, begin, samples) for x in inputs]
+            # One forward pass per sample chunk, shared by every round.
+            outputs, caches = self._forward_fn(chunk)
             per_round = {w: [[] for _ in self.keys] for w in self.wrt}
             for r in range(rounds):
                 starts = tf.constant([r * k for k in neurons], tf.int32)
-                out = self._function(chunk, starts)
+                out = self._reverse_fn(chunk, outputs, caches, starts)
                 for w in self.wrt:
                     for j, value in enumerate(out[w]):
-                        per_round[w][j].append(value.numpy())
+                        if r * neurons[j] < widths[j]:
+                            per_round[w][j].append(value.numpy())
             for w in self.wrt:
                 for j, c in enumerate(widths):
                     # (k, n) blocks -> (n, C); drop padded neurons and samples.
@@ -165,26 +170,49 @@ class Sweep:
 
     # --- the compiled computation ------------------------------------------
 
+    def _site(self, call, values):
+        site = _Site(call, [values[t] for t in call.inputs])
+        site.need_weights = "weights" in self.wrt and bool(
+            call.layer.trainable_weights
+        )
+        return site
+
     def _forward(self, inputs):
         values = dict(zip(self.graph.inputs, inputs))
         sites = []
         for call, rule in zip(self._calls, self._rules):
-            site = _Site(call, [values[t] for t in call.inputs])
-            site.need_weights = "weights" in self.wrt and bool(
-                call.layer.trainable_weights
-            )
+            site = self._site(call, values)
             outputs, cache = rule.forward(site)
             site.outputs = outputs
             values.update(zip(call.outputs, outputs))
             sites.append((site, cache))
         return values, sites
 
-    def _chunk(self, inputs, starts):
-        values, sites = self._forward(inputs)
+    def _forward_tensors(self, inputs):
+        """The forward pass as tensors only: outputs and caches per call."""
+        _, sites = self._forward(inputs)
+        return [site.outputs for site, _ in sites], [cache for _, cache in sites]
+
+    def _reverse_all(self, inputs, outputs, caches, starts):
+        """Squared norms `(k, n)` per target, neurons from `starts[j]` on."""
+        values = dict(zip(self.graph.inputs, inputs))
+        sites = []
+        for call, call_outputs, cache in zip(self._calls, outputs, caches):
+            site = self._site(call, values)
+            site.outputs = call_outputs
+            values.update(zip(call.outputs, call_outputs))
+            sites.append((site, cache))
         out = {w: [] for w in self.wrt}
+        n = tf.shape(inputs[0])[0]
         for j, target in enumerate(self._targets):
             k = self._plan[1][j]
-            result = self._reverse(values, sites, target, starts[j], k)
+            dtype = _result_dtype(values[self._calls[target].outputs[0]])
+            # A target with fewer neurons than others is done in fewer rounds.
+            result = tf.cond(
+                starts[j] < self._widths[j],
+                lambda: self._reverse(values, sites, target, starts[j], k),
+                lambda: {w: tf.zeros([k, n], dtype) for w in self.wrt},
+            )
             for w in self.wrt:
                 out[w].append(result[w])
         return out
@@ -192,9 +220,10 @@ class Sweep:
     def _reverse(self, values, sites, target, start, k):
         """Squared norms `(k, n)` for neurons `start .. start + k - 1`."""
         y = values[self._calls[target].outputs[0]]
+        dtype = _result_dtype(y)
         cotangents = {}
         n = tf.shape(y)[0]
-        weights_sq = tf.zeros([k, n], y.dtype)
+        weights_sq = tf.zeros([k, n], dtype)
         shared = {}
         for i in range(target, -1, -1):
             call = self._calls[i]
@@ -238,12 +267,17 @@ class Sweep:
             result["weights"] = weights_sq
         if "inputs" in self.wrt:
             terms = [
-                base.sum_squares_per_row(tf.cast(cotangents[t], y.dtype))
+                base.sum_squares_per_row(tf.cast(cotangents[t], dtype))
                 for t in self._float_inputs
                 if t in cotangents
             ]
-            result["inputs"] = tf.add_n(terms) if terms else tf.zeros([k, n], y.dtype)
+            result["inputs"] = tf.add_n(terms) if terms else tf.zeros([k, n], dtype)
         return result
+
+
+def _result_dtype(y):
+    """Norms are float32 (float64 for a float64 model), even under float16."""
+    return tf.float64 if y.dtype == tf.float64 else tf.float32
 
 
 def _is_float_dtype(dtype):
