@@ -1,0 +1,240 @@
+"""Every per-layer rule against brute force and against the generic rule.
+
+Each case is a tiny model around one layer family. For each: the fast rule is
+the one the engine picks, and its per-sample values equal (a) the brute-force
+oracle and (b) the generic per-sample VJP rule on the same model.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import oracle
+from keras_neuron_sensitivity import Rule, neuron_sensitivity, register_rule
+from keras_neuron_sensitivity.engine import base, registry
+from keras_neuron_sensitivity.engine import GenericRule
+from keras_neuron_sensitivity.engine.sweep import Sweep
+from keras_neuron_sensitivity.probe import build_graph
+
+RTOL, ATOL = 2e-3, 1e-6
+L = keras.layers
+
+
+def _seq(shape, *layers):
+    return keras.Sequential([keras.Input(shape), *layers])
+
+
+def _randomize_norm_stats(model):
+    """Non-trivial statistics and affine weights, so a wrong rule shows."""
+    rng = np.random.default_rng(1)
+    for layer in model.layers:
+        for v in layer.weights:
+            if any(s in v.path for s in ("moving_variance", "gamma")):
+                v.assign(rng.uniform(0.5, 2.0, v.shape).astype(v.dtype))
+            elif any(s in v.path for s in ("moving_mean", "beta")):
+                v.assign(rng.normal(size=v.shape).astype(v.dtype))
+    return model
+
+
+def _add_model():
+    x = keras.Input((5,))
+    a = L.Dense(4, activation="tanh", name="a")(x)
+    b = L.Dense(4, name="b")(x)
+    y = L.Add()([a, b])
+    return keras.Model(x, L.Dense(3, name="out")(y))
+
+
+def _concat_model():
+    x = keras.Input((6, 3))
+    a = L.Conv1D(2, 3, padding="same", activation="relu", name="a")(x)
+    y = L.Concatenate(axis=1)([a, L.Conv1D(2, 1, name="b")(x)])
+    return keras.Model(x, L.Dense(2, name="out")(L.Flatten()(y)))
+
+
+# id -> (model factory, probe shape or token-id spec, the rule class expected
+# for the layer under test, its name)
+CASES = {
+    "dense_relu": (lambda: _seq((5,), L.Dense(4, activation="relu", name="d"), L.Dense(3)), (5,), "DenseRule", "d"),
+    "dense_softmax": (lambda: _seq((5,), L.Dense(4, activation="softmax", name="s")), (5,), "DenseRule", "s"),
+    "dense_on_sequence": (lambda: _seq((3, 4), L.Dense(3, activation="gelu", name="d"), L.Dense(2)), (3, 4), "DenseRule", "d"),
+    "conv1d_same_strided": (lambda: _seq((9, 2), L.Conv1D(3, 3, strides=2, padding="same", activation="elu", name="c"), L.Flatten(), L.Dense(2)), (9, 2), "ConvRule", "c"),
+    "conv1d_dilated": (lambda: _seq((9, 2), L.Conv1D(3, 2, dilation_rate=2, name="c"), L.GlobalAveragePooling1D(), L.Dense(2)), (9, 2), "ConvRule", "c"),
+    "conv2d_valid": (lambda: _seq((6, 6, 2), L.Conv2D(3, 3, activation="relu", name="c"), L.Conv2D(2, 2, name="c2")), (6, 6, 2), "ConvRule", "c"),
+    "conv2d_same_stride2": (lambda: _seq((7, 7, 1), L.Conv2D(3, 3, strides=2, padding="same", activation="tanh", name="c"), L.Flatten(), L.Dense(2)), (7, 7, 1), "ConvRule", "c"),
+    "conv3d": (lambda: _seq((4, 4, 4, 1), L.Conv3D(2, 2, activation="sigmoid", name="c"), L.Flatten(), L.Dense(2)), (4, 4, 4, 1), "ConvRule", "c"),
+    "batchnorm_after_conv": (lambda: _randomize_norm_stats(_seq((6, 6, 1), L.Conv2D(3, 3, name="c"), L.BatchNormalization(name="bn"), L.Flatten(), L.Dense(2))), (6, 6, 1), "BatchNormalizationRule", "bn"),
+    "batchnorm_dense": (lambda: _randomize_norm_stats(_seq((4,), L.Dense(5), L.BatchNormalization(name="bn"), L.Dense(2))), (4,), "BatchNormalizationRule", "bn"),
+    "layernorm": (lambda: _randomize_norm_stats(_seq((3, 4), L.Dense(5), L.LayerNormalization(name="ln"), L.Dense(2))), (3, 4), "LayerNormalizationRule", "ln"),
+    "embedding": (lambda: _seq((5,), L.Embedding(4, 3, name="e"), L.Flatten(), L.Dense(2)), ("ids", 5, 4), "EmbeddingRule", "e"),
+    "relu_layer": (lambda: _seq((4,), L.Dense(4), L.ReLU(negative_slope=0.1, name="r"), L.Dense(2)), (4,), "ElementwiseRule", "r"),
+    "leaky_relu_layer": (lambda: _seq((4,), L.Dense(4), L.LeakyReLU(name="r"), L.Dense(2)), (4,), "ElementwiseRule", "r"),
+    "elu_layer": (lambda: _seq((4,), L.Dense(4), L.ELU(name="r"), L.Dense(2)), (4,), "ElementwiseRule", "r"),
+    "activation_sigmoid": (lambda: _seq((4,), L.Dense(4), L.Activation("sigmoid", name="r"), L.Dense(2)), (4,), "ElementwiseRule", "r"),
+    "dropout": (lambda: _seq((4,), L.Dense(4), L.Dropout(0.5, name="r"), L.Dense(2)), (4,), "IdentityRule", "r"),
+    "flatten_reshape": (lambda: _seq((2, 3), L.Dense(4), L.Flatten(name="f"), L.Reshape((4, 2)), L.Dense(2)), (2, 3), "ReshapeRule", "f"),
+    "add": (_add_model, (5,), "AddRule", None),
+    "concatenate_axis1": (_concat_model, (6, 3), "ConcatenateRule", None),
+    # No closed form: the generic rule is the rule, still against brute force.
+    "generic_prelu": (lambda: _seq((4,), L.Dense(4), L.PReLU(name="p"), L.Dense(2)), (4,), "GenericRule", "p"),
+    "generic_maxpool": (lambda: _seq((6, 6, 1), L.Conv2D(2, 3, name="c"), L.MaxPooling2D(name="p"), L.Flatten(), L.Dense(2)), (6, 6, 1), "GenericRule", "p"),
+    "generic_einsum_dense": (lambda: _seq((3, 4), L.EinsumDense("abc,cd->abd", (3, 2), bias_axes="d", name="p"), L.Flatten(), L.Dense(2)), (3, 4), "GenericRule", "p"),
+    "generic_depthwise": (lambda: _seq((5, 5, 2), L.DepthwiseConv2D(2, depth_multiplier=2, name="p"), L.Flatten(), L.Dense(2)), (5, 5, 2), "GenericRule", "p"),
+}
+
+
+def _probe(spec, n=3):
+    rng = np.random.default_rng(2)
+    if spec[0] == "ids":
+        return rng.integers(0, spec[2], size=(n, spec[1])).astype("int32")
+    return rng.normal(size=(n, *spec)).astype("float32")
+
+
+def _with_generic(monkeypatch):
+    monkeypatch.setattr(registry, "rule_for", lambda layer: base.GENERIC_RULE)
+
+
+@pytest.fixture(params=sorted(CASES), ids=sorted(CASES))
+def case(request):
+    factory, spec, rule_name, layer_name = CASES[request.param]
+    model = factory()
+    return model, _probe(spec), rule_name, layer_name
+
+
+def _wrts(x):
+    return ["weights"] if x.dtype.kind == "i" else ["weights", "inputs"]
+
+
+def test_rule_is_picked(case):
+    model, x, rule_name, layer_name = case
+    layers = [model.get_layer(layer_name)] if layer_name else model.layers
+    names = {type(registry.rule_for(layer)).__name__ for layer in layers}
+    assert rule_name in names
+
+
+def test_rule_matches_brute_force(case):
+    model, x, _, _ = case
+    for wrt in _wrts(x):
+        got = neuron_sensitivity(model, x, wrt=wrt, reduction=None)
+        for key, values in got.items():
+            fn = oracle.output_fn(model, model.get_layer(key).output)
+            expected = oracle.brute_force(model, x, fn, wrt)
+            np.testing.assert_allclose(values, expected, rtol=RTOL, atol=ATOL, err_msg=f"{key} {wrt}")
+
+
+def test_rule_matches_generic_rule(case, monkeypatch):
+    model, x, _, _ = case
+    fast = {w: neuron_sensitivity(model, x, wrt=w, reduction=None) for w in _wrts(x)}
+    _with_generic(monkeypatch)
+    graph = build_graph(model)
+    for wrt, per_layer in fast.items():
+        generic = Sweep(graph, list(per_layer), (wrt,), 2**30)(
+            [tf.constant(x)]
+        )[wrt]
+        for key in per_layer:
+            np.testing.assert_allclose(per_layer[key], generic[key], rtol=RTOL, atol=ATOL, err_msg=f"{key} {wrt}")
+
+
+def test_subclass_overriding_call_gets_generic_rule():
+    class Doubled(L.Dense):
+        def call(self, inputs):
+            return 2.0 * super().call(inputs)
+
+    class Renamed(L.Dense):
+        pass
+
+    assert registry.rule_for(Doubled(3)) is base.GENERIC_RULE
+    assert type(registry.rule_for(Renamed(3))).__name__ == "DenseRule"
+
+
+class Scale(L.Layer):
+    """`y = x * w`, one weight per feature: a user's own layer."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+
+    def call(self, inputs):
+        return inputs * self.w
+
+
+class ScaleRule(Rule):
+    """Closed form for `Scale`: `d w = x * g`, hop `g * w`."""
+
+    calls = 0
+
+    def forward(self, site):
+        return site.run(site.inputs), site.inputs[0]
+
+    def backward(self, site, cache, cotangents, need_inputs, need_weights):
+        ScaleRule.calls += 1
+        g = cotangents[0]
+        sq = tf.reduce_sum(tf.square(g * cache), -1) if need_weights else None
+        return ([g * site.layer.w] if need_inputs else None), sq
+
+
+def test_user_registered_rule_is_used_and_exact(monkeypatch):
+    monkeypatch.setattr(registry, "_RULES", dict(registry._RULES))
+    register_rule(Scale, ScaleRule())
+    model = _seq((3,), L.Dense(3, name="d"), Scale(name="s"), L.Dense(2, name="o"))
+    model.get_layer("s").w.assign([0.5, -2.0, 3.0])
+    x = _probe((3,))
+    got = neuron_sensitivity(model, x, layers=["o"], reduction=None)["o"]
+    assert ScaleRule.calls > 0
+    fn = oracle.output_fn(model, model.get_layer("o").output)
+    np.testing.assert_allclose(got, oracle.brute_force(model, x, fn, "weights"), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize(
+    "layer_class, rule, match",
+    [(int, ScaleRule(), "subclass of `keras.layers.Layer`"), (Scale, object(), "instance of")],
+    ids=["not_a_layer", "not_a_rule"],
+)
+def test_register_rule_rejects_bad_arguments(layer_class, rule, match):
+    with pytest.raises(TypeError, match=match):
+        register_rule(layer_class, rule)
+
+
+def test_shared_layer_sums_gradients_over_calls():
+    # One Dense applied to two inputs: its per-sample gradient is the sum over
+    # both calls, so per-call norms must not simply be added.
+    a, b = keras.Input((3,)), keras.Input((3,))
+    shared = L.Dense(2, activation="tanh", name="shared")
+    y = L.Dense(2, name="out")(L.Concatenate()([shared(a), shared(b)]))
+    model = keras.Model([a, b], y)
+    x = [_probe((3,)), _probe((3,)) * 0.5]
+    got = neuron_sensitivity(model, x, layers=["out"], reduction=None)["out"]
+    fn = oracle.output_fn(model, y)
+    np.testing.assert_allclose(got, oracle.brute_force(model, x, fn, "weights"), rtol=RTOL, atol=ATOL)
+
+
+def test_one_trace_across_calls():
+    model = _seq((4,), L.Dense(5, activation="relu"), L.Dense(3))
+    x = _probe((4,), n=6)
+    from keras_neuron_sensitivity import api
+
+    for _ in range(3):
+        neuron_sensitivity(model, x, wrt="inputs")
+        model.layers[0].kernel.assign(model.layers[0].kernel * 1.1)
+    (sweep,) = api._SWEEPS[model].values()
+    assert sweep._forward_fn.experimental_get_tracing_count() == 1
+    assert sweep._reverse_fn.experimental_get_tracing_count() == 1
+
+
+def test_wide_layer_under_small_budget_equals_unchunked():
+    # 4096 units after a 4096-wide input, B=64: a 128 MiB budget forces chunks
+    # over neurons (and the values must not change).
+    model = _seq((4096,), L.Dense(4096, activation="relu", name="wide"), L.Dense(8, name="out"))
+    x = np.random.default_rng(3).normal(size=(64, 4096)).astype("float32")
+    small = neuron_sensitivity(model, x, wrt="inputs", reduction=None, memory_budget_mb=128)
+    big = neuron_sensitivity(model, x, wrt="inputs", reduction=None, memory_budget_mb=8192)
+    from keras_neuron_sensitivity import api
+
+    plans = {config[3]: sweep._plan for config, sweep in api._SWEEPS[model].items()}
+    assert max(plans[128][1]) < 4096  # really chunked
+    for key in big:
+        np.testing.assert_allclose(small[key], big[key], rtol=1e-5, atol=1e-7)
+    # And against the literal first-layer answer: |relu'(z_k)| * ||W[:, k]||.
+    kernel = model.get_layer("wide").kernel.numpy()
+    z = x @ kernel + model.get_layer("wide").bias.numpy()
+    literal = (z > 0) * np.linalg.norm(kernel, axis=0)
+    np.testing.assert_allclose(big["wide"], literal, rtol=1e-4, atol=1e-6)
