@@ -53,7 +53,8 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
             Defaults to 0.
 
     Attributes:
-        sensitivities: what was logged, `{epoch: {wrt: {key: (C,) array}}}`.
+        sensitivities: what was logged, `{step: {wrt: {key: (C,) array}}}`;
+            the step is the epoch index (continued across `fit` calls).
 
     Example:
 
@@ -117,11 +118,13 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         self.sensitivities = {}
         self._writer = SensitivityWriter(self.log_dir, self.num_bins)
         self._prepared = None  # (graph, inputs, keys) once the model is built
+        self._step_offset = None
         self._failed = False
 
     # --- Keras hooks --------------------------------------------------------
 
     def on_train_begin(self, logs=None):
+        self._step_offset = None  # set at this fit's first logged epoch
         if probe.is_model_built(self.model):
             self._prepare()
 
@@ -159,10 +162,11 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
             for w, d in per_sample.items()
         }
         dead = {w: {k: dead_neurons(v) for k, v in d.items()} for w, d in per_sample.items()}
-        self._writer.write(epoch, reduced, dead)
-        self.sensitivities[epoch] = reduced
+        step = self._step(epoch)
+        self._writer.write(step, reduced, dead)
+        self.sensitivities[step] = reduced
         if self.verbose:
-            io_utils.print_msg(_one_line(epoch, reduced, dead))
+            io_utils.print_msg(_one_line(step, reduced, dead))
 
     def on_train_end(self, logs=None):
         self._writer.close()
@@ -173,6 +177,15 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         if isinstance(self.freq, int):
             return epoch % self.freq == 0
         return epoch in self.freq
+
+    def _step(self, epoch):
+        """The TensorBoard step of this epoch: the epoch index, shifted only
+        when the run already holds that step (a second `fit` starting again
+        at epoch 0), so that no step is written twice."""
+        if self._step_offset is None:
+            last = self._writer.last_step()
+            self._step_offset = 0 if last is None or epoch > last else last + 1 - epoch
+        return epoch + self._step_offset
 
     def _prepare(self):
         """Checks the probe and layers against the model, once."""

@@ -5,7 +5,9 @@ Layout (the README repeats it): run `{log_dir}/sensitivity`; per layer key and
 
 - histogram `sensitivity_to_{wrt}/{key}`: one value per neuron;
 - scalar `mean_sensitivity_to_{wrt}/{key}`: the mean over neurons;
-- scalar `dead_fraction_to_{wrt}/{key}`: the fraction of dead neurons.
+- scalar `dead_fraction_to_{wrt}/{key}`: the fraction of dead neurons;
+- scalar `nonfinite_count_to_{wrt}/{key}`: neurons whose value is NaN or
+  infinite (a diverging run); they are left out of the histogram and mean.
 
 Step is the 0-based epoch index, as `keras.callbacks.TensorBoard` uses.
 """
@@ -14,6 +16,7 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.plugins.histogram import metadata as histogram_metadata
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 
@@ -30,6 +33,17 @@ def mean_tag(wrt, key):
 
 def dead_fraction_tag(wrt, key):
     return f"dead_fraction_to_{wrt}/{key}"
+
+
+def nonfinite_tag(wrt, key):
+    return f"nonfinite_count_to_{wrt}/{key}"
+
+
+def _read_events(path):
+    try:
+        yield from event_file_loader.EventFileLoader(path).Load()
+    except tf.errors.DataLossError:  # a file cut short by a killed run
+        return
 
 
 def histogram_buckets(values, num_bins):
@@ -66,6 +80,7 @@ class SensitivityWriter:
         self.num_bins = num_bins
         self._writer = None
         self._write_all = {}  # tags -> compiled writer of those tags
+        self._last_step = None
 
     def write(self, step, reduced, dead):
         """Writes one epoch and flushes it.
@@ -80,11 +95,16 @@ class SensitivityWriter:
         entries = []
         for wrt, per_layer in reduced.items():
             for key, vector in per_layer.items():
-                entries.append((histogram_tag(wrt, key), _HISTOGRAM,
-                                histogram_buckets(vector, self.num_bins)))
-                entries.append((mean_tag(wrt, key), _SCALAR, np.mean(vector)))
+                # A diverging run gives NaN or Inf: count them, bin the rest.
+                finite = vector[np.isfinite(vector)]
+                if finite.size:
+                    entries.append((histogram_tag(wrt, key), _HISTOGRAM,
+                                    histogram_buckets(finite, self.num_bins)))
+                    entries.append((mean_tag(wrt, key), _SCALAR, finite.mean()))
                 entries.append((dead_fraction_tag(wrt, key), _SCALAR,
                                 np.mean(dead[wrt][key])))
+                entries.append((nonfinite_tag(wrt, key), _SCALAR,
+                                vector.size - finite.size))
         tags = tuple((tag, kind) for tag, kind, _ in entries)
         if tags not in self._write_all:
             self._write_all[tags] = tf.function(
@@ -98,11 +118,31 @@ class SensitivityWriter:
         with self._writer.as_default():
             self._write_all[tags](tf.constant(step, tf.int64), tensors)
         self._writer.flush()
+        self._last_step = step if self._last_step is None else max(self._last_step, step)
+
+    def last_step(self):
+        """The largest step already in the run directory, or None.
+
+        Lets a new callback (or a new `fit` with the same one) continue the
+        run instead of writing its steps a second time.
+        """
+        if self._last_step is None and os.path.isdir(self.run_dir):
+            steps = [
+                event.step
+                for name in sorted(os.listdir(self.run_dir))
+                if ".tfevents." in name
+                for event in _read_events(os.path.join(self.run_dir, name))
+                if any(v.tag.startswith("sensitivity_to_") for v in event.summary.value)
+            ]
+            self._last_step = max(steps, default=None)
+        return self._last_step
 
     def close(self):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+            # The compiled writers captured the closed writer's resource.
+            self._write_all = {}
 
 
 _HISTOGRAM, _SCALAR = "histogram", "scalar"
