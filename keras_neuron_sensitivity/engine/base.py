@@ -204,11 +204,16 @@ def seed_columns(start, k, channels):
     return tf.minimum(index, channels - 1), index < channels
 
 
+# Rows of the generic rule's per-row gradients evaluated side by side.
+_PARALLEL_ROWS = 16
+
+
 class GenericRule(Rule):
     """Any differentiable layer: batched VJP for the hop, per-row VJP norms.
 
     Exact for every layer whose samples do not interact, but slower than a
-    closed form: the layer is replayed on `k * n` rows.
+    closed form: the hop replays the layer on `k * n` rows at once, and the
+    weight term takes one gradient per row in a loop.
     """
 
     def forward(self, site):
@@ -278,7 +283,16 @@ class GenericRule(Rule):
             ]
             return reduce(grads)
 
-        return tf.vectorized_map(one_row, (tiled, flat_cots))
+        # A loop, not `vectorized_map`: pfor crashes the process on some
+        # layers (MultiHeadAttention's per-row gradient corrupts the heap in
+        # TF 2.21) and falls back to a slower loop for recurrent layers and
+        # convolution filters anyway, after a long conversion.
+        return tf.map_fn(
+            one_row,
+            (tiled, flat_cots),
+            fn_output_signature=weights[0].dtype,
+            parallel_iterations=_PARALLEL_ROWS,
+        )
 
 
 def _row_sqnorm(grads):
