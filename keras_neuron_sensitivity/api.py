@@ -41,7 +41,8 @@ def neuron_sensitivity(
     labels are needed.
 
     Args:
-        model: a built `keras.Sequential` or functional `keras.Model`.
+        model: a built `keras.Sequential`, functional or subclassed
+            `keras.Model` (see the README for what a subclassed model may do).
         x: the probe batch: an array, or a list/dict of arrays for a model with
             several inputs.
         wrt: `"weights"` or `"inputs"`. Defaults to `"weights"`.
@@ -72,7 +73,7 @@ def neuron_sensitivity(
     _check_wrt(wrt, allow_both=False)
     _check_reduction(reduction)
     _check_budget(memory_budget_mb)
-    graph = model_graph(model)
+    graph = model_graph(model, x)
     inputs = _batch.standardize(graph, x)
     keys = probe.resolve_layers(graph, layers)
     if wrt == "inputs":
@@ -112,7 +113,7 @@ def neuron_jacobian(model, x, layer, *, wrt="weights"):
     (2, 3, 4, 3)
     """
     _check_wrt(wrt, allow_both=False)
-    graph = model_graph(model)
+    graph = model_graph(model, x)
     inputs = _batch.standardize(graph, x)
     if isinstance(layer, (list, tuple)):
         raise ValueError(
@@ -129,8 +130,11 @@ def neuron_jacobian(model, x, layer, *, wrt="weights"):
     return result
 
 
-def model_graph(model):
-    """The model's replayable graph, or a clear error for what is not a model."""
+def model_graph(model, x=None):
+    """The model's replayable graph, or a clear error for what is not a model.
+
+    `x` (the probe) is needed only to record a subclassed model's graph.
+    """
     if not isinstance(model, keras.Model):
         raise TypeError(
             f"Received model of type {type(model).__name__}. Expected a "
@@ -142,7 +146,7 @@ def model_graph(model):
             "to differentiate. Expected a built model. Build it first: train "
             "it, call it on a batch, or start it with `keras.Input(shape)`."
         )
-    return probe.build_graph(model)
+    return probe.build_graph(model, x)
 
 
 def cached_sweep(model, graph, keys, wrt, memory_budget_mb):

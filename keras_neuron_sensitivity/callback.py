@@ -190,7 +190,7 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
     def _prepare(self):
         """Checks the probe and layers against the model, once."""
         if self._prepared is None:
-            graph = api.model_graph(self.model)
+            graph = api.model_graph(self.model, self.probe_data)
             inputs = _batch.standardize(graph, self.probe_data, "probe_data")
             keys = probe.resolve_layers(graph, self.layers)
             if "inputs" in self.wrt:

@@ -10,7 +10,10 @@ that replayable form.
 import dataclasses
 
 import keras
+import numpy as np
+import tensorflow as tf
 
+from keras_neuron_sensitivity import _subclassed
 from keras_neuron_sensitivity.errors import UnsupportedModelError
 
 # Standalone activation layers are selected by default even though they own no
@@ -73,13 +76,19 @@ def is_model_built(model):
     return model.built
 
 
-def build_graph(model):
-    """Returns the `Graph` of a built `Sequential` or `Functional` model.
+def build_graph(model, example=None):
+    """Returns the `Graph` of a built model.
+
+    Args:
+        model: a `Sequential`, functional or subclassed `keras.Model`.
+        example: for a subclassed model, a probe batch (array or list of
+            arrays): its graph is recorded from one call on one sample.
 
     Raises:
-        UnsupportedModelError: for a model whose graph Keras does not record
-            (a subclassed `keras.Model` with its own `call`).
+        UnsupportedModelError: for a model that cannot be replayed exactly.
     """
+    if _is_subclassed(model):
+        return _subclassed_graph(model, example)
     builder = _Builder()
     inputs = _model_inputs(model)
     ids = [builder.new_id() for _ in inputs]
@@ -155,12 +164,54 @@ def _model_inputs(model):
     if isinstance(model, keras.Model) and _is_functional(model):
         return model.inputs
     raise UnsupportedModelError(
-        f"Received a model of class {type(model).__name__!r}, a subclassed "
-        "`keras.Model` whose graph Keras does not record. Expected a "
-        "`keras.Sequential` or a functional `keras.Model(inputs, outputs)`. "
-        "To fix it, rebuild the same layers as a functional model (the weights "
-        "can be copied with `set_weights`)."
+        f"Received a model of class {type(model).__name__!r} whose inputs are "
+        "unknown. Expected a `keras.Sequential`, a functional model, or a "
+        "subclassed model with a probe batch."
     )
+
+
+def _is_subclassed(model):
+    return isinstance(model, keras.Model) and not (
+        isinstance(model, keras.Sequential) or _is_functional(model)
+    )
+
+
+def _subclassed_graph(model, example):
+    if example is None or isinstance(example, dict):
+        raise UnsupportedModelError(
+            f"The subclassed model {model.name!r} needs its probe batch as an "
+            "array or a list of arrays to record its graph; received "
+            f"{type(example).__name__}. Pass the inputs positionally, as "
+            "`model(x)` takes them."
+        )
+    arrays = [np.asarray(a) for a in (example if isinstance(example, (list, tuple)) else [example])]
+    sample = [
+        tf.constant(a[:1], keras.config.floatx() if a.dtype.kind == "f" else a.dtype)
+        for a in arrays
+    ]
+    builder = _Builder()
+    input_ids, recorded = _subclassed.recorded_graph(model, sample, builder.new_id)
+    alias = {}
+    for layer, ins, outs, arguments, keras_ids in recorded:
+        ins = [alias.get(t, t) for t in ins]
+        keras_ids = {k: alias.get(t, t) for k, t in keras_ids.items()}
+        if isinstance(layer, keras.Model):
+            if _is_subclassed(layer) or not isinstance(arguments.args, tuple) or len(arguments.args) != 1:
+                raise UnsupportedModelError(
+                    f"The subclassed model {model.name!r} calls the model "
+                    f"{layer.name!r}, which is subclassed too or called with "
+                    "several arguments; only Sequential and functional models "
+                    "called on their inputs can be nested in it. Rebuild the "
+                    "inner model as a functional model."
+                )
+            nested = builder.add_model(layer, ins, f"{layer.name}/")
+            alias.update(zip(outs, nested))
+            continue
+        builder.add_call(layer, ins, outs, arguments, keras_ids)
+    names = [f"input_{i}" for i in range(len(sample))]
+    dtypes = [t.dtype.name for t in sample]
+    shapes = [(None, *a.shape[1:]) for a in arrays]
+    return Graph(input_ids, names, dtypes, shapes, builder.calls)
 
 
 def _is_functional(model):
@@ -220,13 +271,16 @@ class _Builder:
     ):
         if isinstance(layer, keras.Model):
             return self.add_model(layer, input_ids, f"{prefix}{layer.name}/")
+        outputs = [self.new_id() for _ in range(num_outputs)]
+        self.add_call(layer, input_ids, outputs, arguments, keras_ids, prefix)
+        return outputs
+
+    def add_call(self, layer, input_ids, output_ids, arguments, keras_ids, prefix=""):
         name = prefix + layer.name
         count = self._calls_per_key.get(name, 0)
         self._calls_per_key[name] = count + 1
         # A layer called more than once: each call is its own entry.
         key = name if count == 0 else f"{name}@{count}"
-        outputs = tuple(self.new_id() for _ in range(num_outputs))
         self.calls.append(
-            Call(layer, key, tuple(input_ids), outputs, arguments, keras_ids)
+            Call(layer, key, tuple(input_ids), tuple(output_ids), arguments, keras_ids)
         )
-        return list(outputs)

@@ -12,9 +12,11 @@ Memory is bounded by chunking: `k` neurons and a block of samples at a time
 function, traced once per probe shape.
 """
 
+import contextlib
 import math
 import warnings
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -62,7 +64,8 @@ class Sweep:
         index = {call.key: i for i, call in enumerate(graph.calls)}
         self._targets = [index[key] for key in self.keys]
         self._calls = graph.calls[: max(self._targets) + 1]
-        self._rules = [registry.rule_for(call.layer) for call in self._calls]
+        with float32_compute([call.layer for call in self._calls]):
+            self._rules = [registry.rule_for(call.layer) for call in self._calls]
         self._float_inputs = [
             t
             for t, dtype in zip(graph.inputs, graph.input_dtypes)
@@ -82,6 +85,10 @@ class Sweep:
         Args:
             inputs: list of tensors, one per model input, batch first.
         """
+        with float32_compute([call.layer for call in self._calls]):
+            return self._compute(inputs)
+
+    def _compute(self, inputs):
         batch = int(inputs[0].shape[0])
         if self._plan is None:
             self._plan = self._make_plan(inputs)
@@ -273,6 +280,27 @@ class Sweep:
             ]
             result["inputs"] = tf.add_n(terms) if terms else tf.zeros([k, n], dtype)
         return result
+
+
+@contextlib.contextmanager
+def float32_compute(layers):
+    """Layers under a float16/bfloat16 policy compute in float32 meanwhile.
+
+    Mixed precision keeps float32 weights; computing from them in float32
+    gives the model's own derivatives without float16 round-off. Only the
+    engine's trace and runs see this: the policies are restored on exit.
+    """
+    changed = []
+    for layer in layers:
+        for sub in layer._flatten_layers(include_self=True, recursive=True):
+            if sub.compute_dtype in ("float16", "bfloat16"):
+                changed.append((sub, sub._dtype_policy))
+                sub._dtype_policy = keras.DTypePolicy("float32")
+    try:
+        yield
+    finally:
+        for sub, policy in reversed(changed):
+            sub._dtype_policy = policy
 
 
 def _result_dtype(y):
