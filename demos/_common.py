@@ -1,0 +1,36 @@
+"""What the demos share: the digits data and the closing summary."""
+
+import os
+import shutil
+import sys
+
+import numpy as np
+from sklearn.datasets import load_digits
+
+
+def digits(image=False):
+    """scikit-learn's 1,797 digits, scaled to [0, 1], shuffled: train, val."""
+    data = load_digits()
+    x = (data.data / 16.0).astype("float32")
+    if image:
+        x = x.reshape(-1, 8, 8, 1)
+    order = np.random.default_rng(0).permutation(len(x))
+    x, y = x[order], data.target[order]
+    return (x[:1500], y[:1500]), (x[1500:], y[1500:])
+
+
+def print_summary(callback, log_dir):
+    """Per layer at the last logged epoch: neurons, dead, mean sensitivities."""
+    last = max(callback.sensitivities)
+    logged = callback.sensitivities[last]
+    print(f"\nNeuron sensitivity at the last logged epoch ({last}):")
+    print(f"{'layer':<16} {'neurons':>7} {'dead':>5} {'mean to weights':>16} {'mean to inputs':>15}")
+    for key, to_weights in logged["weights"].items():
+        to_inputs = logged["inputs"][key]
+        print(
+            f"{key:<16} {to_weights.size:>7} {int(np.sum(to_weights == 0)):>5} "
+            f"{to_weights.mean():>16.4g} {to_inputs.mean():>15.4g}"
+        )
+    tensorboard = shutil.which("tensorboard", path=os.path.dirname(sys.executable))
+    tensorboard = os.path.relpath(tensorboard) if tensorboard else "tensorboard"
+    print(f"\nOpen the dashboards with:\n  {tensorboard} --logdir {log_dir}")
