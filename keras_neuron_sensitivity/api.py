@@ -1,5 +1,6 @@
 """`neuron_sensitivity` and `neuron_jacobian`: argument checks, then one engine call."""
 
+import math
 import weakref
 
 import keras
@@ -186,10 +187,11 @@ def _check_reduction(reduction):
 def _check_budget(memory_budget_mb):
     if (
         isinstance(memory_budget_mb, bool)
-        or not isinstance(memory_budget_mb, (int, float, np.integer))
+        or not isinstance(memory_budget_mb, (int, float, np.integer, np.floating))
+        or not math.isfinite(memory_budget_mb)
         or memory_budget_mb <= 0
     ):
         raise ValueError(
             f"Received memory_budget_mb={memory_budget_mb!r}. Expected a "
-            "positive number of MiB, for example 1024."
+            "positive, finite number of MiB, for example 1024."
         )

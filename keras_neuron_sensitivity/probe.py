@@ -39,6 +39,11 @@ class Call:
     arguments: object = None  # Keras `SymbolicArguments`; None: one positional
     keras_ids: dict = dataclasses.field(default_factory=dict)
 
+    @property
+    def weights(self):
+        """The trainable weights the call uses (none for a plain Keras op)."""
+        return list(getattr(self.layer, "trainable_weights", ()))
+
     def fill(self, values):
         """Returns `(args, kwargs)` for this call given `{tensor id: value}`."""
         if self.arguments is None:
@@ -104,8 +109,7 @@ def default_selection(graph):
     return [
         call.key
         for call in graph.calls
-        if call.layer.trainable_weights
-        or isinstance(call.layer, ACTIVATION_LAYERS)
+        if call.weights or isinstance(call.layer, ACTIVATION_LAYERS)
     ]
 
 

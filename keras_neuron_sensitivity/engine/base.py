@@ -266,7 +266,7 @@ class GenericRule(Rule):
     @staticmethod
     def per_row(site, tiled, connected, flat_cots, reduce):
         """Maps `reduce(per-row weight gradients)` over the `k * n` rows."""
-        weights = [v.value for v in site.layer.trainable_weights]
+        weights = [v.value for v in site.call.weights]
 
         def one_row(row):
             inputs, cots = row

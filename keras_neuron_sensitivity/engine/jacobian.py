@@ -34,7 +34,7 @@ def layer_jacobian(graph, inputs, key, wrt):
 def _upstream_weights(sweep):
     seen, variables = set(), []
     for call in sweep._calls:
-        for v in call.layer.trainable_weights:
+        for v in call.weights:
             if id(v) not in seen:
                 seen.add(id(v))
                 variables.append(v)

@@ -132,7 +132,7 @@ class Sweep:
         want_weights = "weights" in self.wrt
         live = {t: ("inputs" in self.wrt) for t in self._float_inputs}
         for call in self._calls:
-            owns = want_weights and bool(call.layer.trainable_weights)
+            owns = want_weights and bool(call.weights)
             flows = any(live.get(t, False) for t in call.inputs)
             for t in call.outputs:
                 live[t] = owns or flows
@@ -141,7 +141,7 @@ class Sweep:
     def _shared_layers(self):
         counts = {}
         for call in self._calls:
-            if call.layer.trainable_weights:
+            if call.weights:
                 counts[id(call.layer)] = counts.get(id(call.layer), 0) + 1
         return {layer for layer, n in counts.items() if n > 1}
 
@@ -166,7 +166,7 @@ class Sweep:
         for call, rule in zip(self._calls, self._rules):
             if rule is base.GENERIC_RULE or id(call.layer) in self._shared:
                 params = sum(
-                    int(np.prod(v.shape)) for v in call.layer.trainable_weights
+                    int(np.prod(v.shape)) for v in call.weights
                 )
                 per_row = max(per_row, 2 * 4 * params + per_sample)
         rows = max(1, self.memory_budget // per_row)
@@ -180,7 +180,7 @@ class Sweep:
     def _site(self, call, values):
         site = _Site(call, [values[t] for t in call.inputs])
         site.need_weights = "weights" in self.wrt and bool(
-            call.layer.trainable_weights
+            call.weights
         )
         return site
 
@@ -240,7 +240,7 @@ class Sweep:
                 continue
             need_inputs = any(self._live.get(t, False) for t in call.inputs)
             need_weights = "weights" in self.wrt and bool(
-                call.layer.trainable_weights
+                call.weights
             )
             is_shared = id(call.layer) in self._shared
             if not (need_inputs or need_weights):
@@ -292,6 +292,8 @@ def float32_compute(layers):
     """
     changed = []
     for layer in layers:
+        if not isinstance(layer, keras.layers.Layer):
+            continue  # a plain Keras op computes in its inputs' dtype
         for sub in layer._flatten_layers(include_self=True, recursive=True):
             if sub.compute_dtype in ("float16", "bfloat16"):
                 changed.append((sub, sub._dtype_policy))
