@@ -1,0 +1,175 @@
+"""Reading runs back: load_sensitivity, the report command, a real TensorBoard."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from keras_neuron_sensitivity import NeuronSensitivityCallback, load_sensitivity, neuron_sensitivity
+
+L = keras.layers
+
+
+@pytest.fixture(scope="module")
+def dead_run(tmp_path_factory):
+    """A 3-epoch run where `hidden` neurons 0 and 2 are dead from the start.
+
+    Their bias is -100 and inputs are in [0, 1]: relu never opens, so their
+    sensitivity is exactly zero, and SGD cannot revive them (zero gradient).
+    """
+    log_dir = tmp_path_factory.mktemp("run")
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).uniform(size=(64, 5)).astype("float32")
+    y = np.random.default_rng(1).integers(0, 3, 64)
+    model = keras.Sequential([keras.Input((5,)), L.Dense(4, activation="relu", name="hidden"), L.Dense(3, activation="softmax", name="out")])
+    bias = model.get_layer("hidden").bias
+    bias.assign(np.array([-100.0, 0.1, -100.0, 0.1], "float32"))
+    model.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
+    callback = NeuronSensitivityCallback(x[:16], log_dir=log_dir)
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[callback])
+    return log_dir, model, x[:16], callback
+
+
+def test_load_sensitivity_returns_every_logged_vector_exactly(dead_run):
+    log_dir, model, probe, callback = dead_run
+    loaded = load_sensitivity(log_dir)
+    assert sorted(loaded) == ["inputs", "weights"]
+    for wrt in ["weights", "inputs"]:
+        assert sorted(loaded[wrt]) == ["hidden", "out"]
+        for key in ["hidden", "out"]:
+            assert list(loaded[wrt][key]) == [0, 1, 2]
+            for step in [0, 1, 2]:
+                np.testing.assert_array_equal(loaded[wrt][key][step], callback.sensitivities[step][wrt][key])
+    final = neuron_sensitivity(model, probe)
+    np.testing.assert_allclose(loaded["weights"]["hidden"][2], final["hidden"], rtol=1e-6)
+    # The run directory itself is accepted too.
+    assert load_sensitivity(os.path.join(log_dir, "sensitivity")).keys() == loaded.keys()
+
+
+def test_load_sensitivity_as_frame(dead_run):
+    pd = pytest.importorskip("pandas")
+    frame = load_sensitivity(dead_run[0], as_frame=True)
+    assert isinstance(frame, pd.DataFrame)
+    assert list(frame.columns) == ["wrt", "layer", "step", "neuron", "sensitivity"]
+    # 2 wrt x 3 steps x (4 + 3) neurons
+    assert len(frame) == 2 * 3 * 7
+
+
+def test_load_sensitivity_missing_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No such directory"):
+        load_sensitivity(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="No sensitivity values"):
+        load_sensitivity(tmp_path)
+
+
+def _report(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "keras_neuron_sensitivity", "report", *map(str, args)],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_report_names_layers_and_dead_counts(dead_run):
+    result = _report(dead_run[0])
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "Logged epochs: 3 (steps 0 to 2)"
+    rows = {tuple(line.split()[:2]): line.split() for line in lines[3:]}
+    assert rows[("hidden", "weights")][2:4] == ["4", "2"]  # 4 neurons, 2 dead
+    assert rows[("hidden", "weights")][4] == "0"  # dead since epoch 0
+    assert rows[("out", "weights")][2:4] == ["3", "0"]
+    assert rows[("hidden", "inputs")][2:4] == ["4", "2"]
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_report_on_missing_or_empty_directory_is_one_line(tmp_path, kind):
+    target = tmp_path / "nope" if kind == "missing" else tmp_path
+    result = _report(target)
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("keras-neuron-sensitivity: error:")
+    assert "Traceback" not in result.stderr
+
+
+def test_heatmap_and_dead_text_are_logged(dead_run):
+    acc = EventAccumulator(os.path.join(dead_run[0], "sensitivity"), size_guidance={"tensors": 0})
+    acc.Reload()
+    events = acc.Tensors("heatmap_to_weights/hidden")
+    assert [e.step for e in events] == [0, 1, 2]
+    width, height, png = tf.make_ndarray(events[-1].tensor_proto)
+    image = tf.io.decode_png(png).numpy()
+    assert image.shape[:2] == (int(height), int(width))
+    # Rows 0 and 2 (dead) are magenta in every column; rows 1 and 3 are not.
+    cell = image.shape[0] - 8  # the colour scale strip is the last 8 rows
+    rows = cell // 4
+    for neuron, dead in enumerate([True, False, True, False]):
+        colour = image[neuron * rows + rows // 2, :, :]
+        is_magenta = np.all(colour == [255, 0, 255], axis=-1)
+        assert is_magenta.all() if dead else not is_magenta.any()
+    text = tf.make_ndarray(acc.Tensors("dead_neurons")[-1].tensor_proto).item().decode()
+    assert "| hidden | weights | 4 | 2 | 0, 2 |" in text
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(port, path, **query):
+    url = f"http://127.0.0.1:{port}{path}"
+    if query:
+        url += "?" + urllib.parse.urlencode(query)
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_real_tensorboard_serves_our_run(dead_run):
+    log_dir = dead_run[0]
+    port = _free_port()
+    tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    server = subprocess.Popen(
+        [tensorboard, "--logdir", str(log_dir), "--host", "127.0.0.1", "--port", str(port), "--reload_interval", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        tags = {}
+        while time.monotonic() < deadline:
+            try:
+                tags = _get(port, "/data/plugin/histograms/tags")
+                if "sensitivity" in tags:
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        assert "sensitivity" in tags, "TensorBoard did not serve the run in time"
+        assert "sensitivity_to_weights/hidden" in tags["sensitivity"]
+        assert "sensitivity_to_inputs/out" in tags["sensitivity"]
+        scalars = _get(port, "/data/plugin/scalars/tags")["sensitivity"]
+        assert {"mean_sensitivity_to_weights/hidden", "dead_fraction_to_weights/hidden"} <= set(scalars)
+        histograms = _get(port, "/data/plugin/histograms/histograms", run="sensitivity", tag="sensitivity_to_weights/hidden")
+        assert [step for _, step, _ in histograms] == [0, 1, 2]
+        expected = dead_run[3].sensitivities
+        for _, step, buckets in histograms:
+            counts = [count for _, _, count in buckets]
+            assert sum(counts) == 4
+            low, high = buckets[0][0], buckets[-1][1]
+            values = expected[step]["weights"]["hidden"]
+            assert low <= values.min() and values.max() <= high
+        images = _get(port, "/data/plugin/images/tags")["sensitivity"]
+        assert "heatmap_to_weights/hidden" in images
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
