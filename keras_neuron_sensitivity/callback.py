@@ -136,7 +136,7 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
             self._prepare()
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self._scheduled(epoch):
+        if not self._scheduled(epoch) or not _is_chief(self.model):
             return
         try:
             graph, inputs, keys = self._prepare()
@@ -197,6 +197,14 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
                 _batch.warn_integer_inputs(graph)
             self._prepared = (graph, inputs, keys)
         return self._prepared
+
+
+def _is_chief(model):
+    """Whether this process computes and writes: under `tf.distribute`, the
+    chief only (every worker holds the same weights); otherwise always."""
+    strategy = getattr(model, "distribute_strategy", None)
+    extended = getattr(strategy, "extended", None)
+    return bool(getattr(extended, "should_checkpoint", True))
 
 
 def _one_line(epoch, reduced, dead):
