@@ -169,6 +169,7 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
             io_utils.print_msg(_one_line(step, reduced, dead))
 
     def on_train_end(self, logs=None):
+        self._writer.finish()
         self._writer.close()
 
     # --- helpers ------------------------------------------------------------

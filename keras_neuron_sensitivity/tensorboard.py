@@ -10,7 +10,8 @@ Layout (the README repeats it): run `{log_dir}/sensitivity`; per layer key and
   infinite (a diverging run); they are left out of the histogram and mean;
 - tensor `per_neuron_to_{wrt}/{key}`: the per-neuron vector itself, exact;
 - image `heatmap_to_{wrt}/{key}`: every neuron (rows) over the logged epochs
-  (columns) on a log colour scale, dead neurons magenta;
+  (columns) on a log colour scale, dead neurons magenta; drawn after 1, 2,
+  4, 8, ... logged epochs and at the end of training;
 
 and one text summary `dead_neurons`: a table of layers with their dead
 neurons' indices. Step is the 0-based epoch index, as
@@ -122,8 +123,8 @@ def heatmap(columns):
     image[finite & (matrix == 0)] = _DEAD
     image[~finite] = _NONFINITE
     neurons, epochs = matrix.shape
-    cell_height = int(np.clip(256 // neurons, 1, 12))
-    cell_width = int(np.clip(384 // epochs, 1, 24))
+    cell_height = int(np.clip(192 // neurons, 1, 8))
+    cell_width = int(np.clip(256 // epochs, 1, 16))
     image = np.repeat(np.repeat(image, cell_height, 0), cell_width, 1)
     width = image.shape[1]
     gap = np.full((2, width, 3), 255.0)
@@ -185,6 +186,8 @@ class SensitivityWriter:
         self._writer = None
         self._write_all = {}  # tags -> compiled writer of those tags
         self._history = None  # {wrt: {key: {step: vector}}}, disk included
+        self._logged = 0  # epochs logged by this writer
+        self._last_written = self._heatmap_step = None
 
     def history(self):
         """What the run holds: `{wrt: {key: {step: vector}}}`, disk included.
@@ -233,15 +236,50 @@ class SensitivityWriter:
                 entries.append((nonfinite_tag(wrt, key), _SCALAR,
                                 vector.size - finite.size))
                 entries.append((values_tag(wrt, key), _VALUES, vector))
-                columns = [per_step[s] for s in sorted(per_step)
-                           if per_step[s].shape == vector.shape]
+        entries.append((TEXT_TAG, _TEXT, _dead_table(step, reduced, dead)))
+        self._logged += 1
+        # Each heat map holds the whole history, so drawing one every epoch
+        # would be wasted work (it costs more than the sweep on small models):
+        # after 1, 2, 4, 8, ... logged epochs, and when training ends.
+        if self._logged & (self._logged - 1) == 0:
+            entries += self._heatmap_entries(step)
+        self._emit(step, entries)
+
+    def finish(self):
+        """Draws the heat maps at the last logged step, if not drawn yet."""
+        if self._last_written is not None and self._heatmap_step != self._last_written:
+            self._emit(self._last_written, self._heatmap_entries(self._last_written))
+
+    def _heatmap_entries(self, step):
+        self._heatmap_step = step
+        entries = []
+        for wrt, per_layer in self.history().items():
+            for key, per_step in per_layer.items():
+                if step not in per_step:
+                    continue
+                shape = per_step[step].shape
+                columns = [per_step[s] for s in sorted(per_step) if s <= step and per_step[s].shape == shape]
                 image = heatmap(columns)
                 entries.append((heatmap_tag(wrt, key), _IMAGE, [
                     str(image.shape[1]).encode(),
                     str(image.shape[0]).encode(),
                     tf.io.encode_png(image).numpy(),
                 ]))
-        entries.append((TEXT_TAG, _TEXT, _dead_table(step, reduced, dead)))
+        return entries
+
+    def _emit(self, step, entries):
+        # Heat maps are rare: written eagerly, they cost no extra trace.
+        images = [e for e in entries if e[1] == _IMAGE]
+        entries = [e for e in entries if e[1] != _IMAGE]
+        with self._writer.as_default():
+            for tag, kind, value in images:
+                tf.summary.write(tag, tf.constant(value, tf.string), step=step, metadata=_METADATA[kind])
+        if entries:
+            self._emit_compiled(step, entries)
+        self._writer.flush()
+        self._last_written = step
+
+    def _emit_compiled(self, step, entries):
         tags = tuple((tag, kind) for tag, kind, _ in entries)
         if tags not in self._write_all:
             self._write_all[tags] = tf.function(
@@ -253,7 +291,6 @@ class SensitivityWriter:
         tensors = [tf.constant(value, _DTYPES[kind]) for _, kind, value in entries]
         with self._writer.as_default():
             self._write_all[tags](tf.constant(step, tf.int64), tensors)
-        self._writer.flush()
 
     def close(self):
         if self._writer is not None:
