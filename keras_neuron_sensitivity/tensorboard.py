@@ -19,15 +19,18 @@ neurons' indices. Step is the 0-based epoch index, as
 """
 
 import os
+import struct
+import time
+import zlib
 
 import numpy as np
-import tensorflow as tf
 from tensorboard.backend.event_processing import event_file_loader
-from tensorboard.compat.proto import summary_pb2
+from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.histogram import metadata as histogram_metadata
 from tensorboard.plugins.image import metadata as image_metadata
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.plugins.text import metadata as text_metadata
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tensorboard.util import tensor_util
 
 RUN_NAME = "sensitivity"
@@ -132,6 +135,24 @@ def heatmap(columns):
     return np.concatenate([image, gap, scale]).astype(np.uint8)
 
 
+def encode_png(image):
+    """PNG bytes of an `(H, W, 3)` uint8 image (8-bit RGB, no filtering)."""
+    height, width, _ = image.shape
+    rows = np.concatenate([np.zeros((height, 1), np.uint8), image.reshape(height, -1)], axis=1)
+
+    def chunk(kind, data):
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"".join([
+        b"\x89PNG\r\n\x1a\n",
+        chunk(b"IHDR", header),
+        chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)),
+        chunk(b"IEND", b""),
+    ])
+
+
 def _dead_table(step, reduced, dead):
     lines = [
         f"Epoch {step}: dead neurons (sensitivity exactly zero on every probe sample).",
@@ -164,11 +185,11 @@ _METADATA = {
     _TEXT: text_metadata.create_summary_metadata(None, None),
 }
 _DTYPES = {
-    _HISTOGRAM: tf.float64,
-    _SCALAR: tf.float32,
-    _VALUES: tf.float32,
-    _IMAGE: tf.string,
-    _TEXT: tf.string,
+    _HISTOGRAM: np.float64,
+    _SCALAR: np.float32,
+    _VALUES: np.float32,
+    _IMAGE: object,
+    _TEXT: object,
 }
 
 
@@ -184,7 +205,6 @@ class SensitivityWriter:
         self.run_dir = os.path.join(os.fspath(log_dir), RUN_NAME)
         self.num_bins = num_bins
         self._writer = None
-        self._write_all = {}  # tags -> compiled writer of those tags
         self._history = None  # {wrt: {key: {step: vector}}}, disk included
         self._logged = 0  # epochs logged by this writer
         self._last_written = self._heatmap_step = None
@@ -218,8 +238,6 @@ class SensitivityWriter:
             dead: `{wrt: {key: (C,) bool}}`.
         """
         history = self.history()
-        if self._writer is None:
-            self._writer = tf.summary.create_file_writer(self.run_dir)
         entries = []
         for wrt, per_layer in reduced.items():
             for key, vector in per_layer.items():
@@ -236,7 +254,7 @@ class SensitivityWriter:
                 entries.append((nonfinite_tag(wrt, key), _SCALAR,
                                 vector.size - finite.size))
                 entries.append((values_tag(wrt, key), _VALUES, vector))
-        entries.append((TEXT_TAG, _TEXT, _dead_table(step, reduced, dead)))
+        entries.append((TEXT_TAG, _TEXT, _dead_table(step, reduced, dead).encode()))
         self._logged += 1
         # Each heat map holds the whole history, so drawing one every epoch
         # would be wasted work (it costs more than the sweep on small models):
@@ -263,46 +281,33 @@ class SensitivityWriter:
                 entries.append((heatmap_tag(wrt, key), _IMAGE, [
                     str(image.shape[1]).encode(),
                     str(image.shape[0]).encode(),
-                    tf.io.encode_png(image).numpy(),
+                    encode_png(image),
                 ]))
         return entries
 
     def _emit(self, step, entries):
-        # Heat maps are rare: written eagerly, they cost no extra trace.
-        images = [e for e in entries if e[1] == _IMAGE]
-        entries = [e for e in entries if e[1] != _IMAGE]
-        with self._writer.as_default():
-            for tag, kind, value in images:
-                tf.summary.write(tag, tf.constant(value, tf.string), step=step, metadata=_METADATA[kind])
-        if entries:
-            self._emit_compiled(step, entries)
+        if self._writer is None:
+            self._writer = EventFileWriter(self.run_dir)
+        values = [
+            summary_pb2.Summary.Value(
+                tag=tag,
+                metadata=_METADATA[kind],
+                tensor=tensor_util.make_tensor_proto(np.asarray(value, _DTYPES[kind])),
+            )
+            for tag, kind, value in entries
+        ]
+        event = event_pb2.Event(
+            wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)
+        )
+        self._writer.add_event(event)
+        # Waits until the event is on disk: a reader sees every logged epoch.
         self._writer.flush()
         self._last_written = step
-
-    def _emit_compiled(self, step, entries):
-        tags = tuple((tag, kind) for tag, kind, _ in entries)
-        if tags not in self._write_all:
-            self._write_all[tags] = tf.function(
-                lambda step, tensors: _write_tensors(tags, step, tensors),
-                autograph=False,
-            )
-        # One compiled call for all summaries: an eager summary op costs about
-        # a millisecond, more than the sweep itself on small models.
-        tensors = [tf.constant(value, _DTYPES[kind]) for _, kind, value in entries]
-        with self._writer.as_default():
-            self._write_all[tags](tf.constant(step, tf.int64), tensors)
 
     def close(self):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-            # The compiled writers captured the closed writer's resource.
-            self._write_all = {}
-
-
-def _write_tensors(tags, step, tensors):
-    for (tag, kind), tensor in zip(tags, tensors):
-        tf.summary.write(tag, tensor, step=step, metadata=_METADATA[kind])
 
 
 def read_run(run_dir):
@@ -326,5 +331,6 @@ def read_run(run_dir):
 def _read_events(path):
     try:
         yield from event_file_loader.EventFileLoader(path).Load()
-    except tf.errors.DataLossError:  # a file cut short by a killed run
-        return
+    except Exception as error:  # noqa: BLE001
+        if type(error).__name__ != "DataLossError":  # a file cut short by a kill
+            raise

@@ -94,11 +94,23 @@ class Sweep:
             self._plan = self._make_plan(inputs)
             self._forward_fn = tf.function(self._forward_tensors, autograph=False)
             self._reverse_fn = tf.function(self._reverse_all, autograph=False)
+            self._whole_fn = tf.function(self._whole, autograph=False)
         samples, neurons = self._plan
         widths = self._widths
         rounds = max(
             math.ceil(c / k) for c, k in zip(widths, neurons, strict=True)
         )
+        if rounds == 1 and samples >= batch:
+            # Everything fits at once (the common case): one compiled call,
+            # no caches passed between functions.
+            out = self._whole_fn(inputs)
+            return {
+                w: {
+                    key: np.sqrt(np.maximum(out[w][j].numpy()[: widths[j]].T, 0.0))
+                    for j, key in enumerate(self.keys)
+                }
+                for w in self.wrt
+            }
         blocks = {w: [[] for _ in self.keys] for w in self.wrt}
         for begin in range(0, batch, samples):
             chunk = [_take_rows(x, begin, samples) for x in inputs]
@@ -200,7 +212,12 @@ class Sweep:
         _, sites = self._forward(inputs)
         return [site.outputs for site, _ in sites], [cache for _, cache in sites]
 
-    def _reverse_all(self, inputs, outputs, caches, starts):
+    def _whole(self, inputs):
+        outputs, caches = self._forward_tensors(inputs)
+        starts = tf.zeros([len(self._targets)], tf.int32)
+        return self._reverse_all(inputs, outputs, caches, starts, single_round=True)
+
+    def _reverse_all(self, inputs, outputs, caches, starts, single_round=False):
         """Squared norms `(k, n)` per target, neurons from `starts[j]` on."""
         values = dict(zip(self.graph.inputs, inputs))
         sites = []
@@ -214,12 +231,16 @@ class Sweep:
         for j, target in enumerate(self._targets):
             k = self._plan[1][j]
             dtype = _result_dtype(values[self._calls[target].outputs[0]])
-            # A target with fewer neurons than others is done in fewer rounds.
-            result = tf.cond(
-                starts[j] < self._widths[j],
-                lambda: self._reverse(values, sites, target, starts[j], k),
-                lambda: {w: tf.zeros([k, n], dtype) for w in self.wrt},
-            )
+            if single_round:
+                result = self._reverse(values, sites, target, starts[j], k)
+            else:
+                # A target with fewer neurons than others is done in fewer
+                # rounds: skip it in the later ones.
+                result = tf.cond(
+                    starts[j] < self._widths[j],
+                    lambda: self._reverse(values, sites, target, starts[j], k),
+                    lambda: {w: tf.zeros([k, n], dtype) for w in self.wrt},
+                )
             for w in self.wrt:
                 out[w].append(result[w])
         return out
