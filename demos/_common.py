@@ -19,6 +19,20 @@ def digits(image=False):
     return (x[:1500], y[:1500]), (x[1500:], y[1500:])
 
 
+def digits_mlp():
+    """The demos' MLP for the 64 digit pixels: 128 and 64 ReLUs, softmax out."""
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(128, activation="relu", name="hidden_1"),
+            keras.layers.Dense(64, activation="relu", name="hidden_2"),
+            keras.layers.Dense(10, activation="softmax", name="output"),
+        ]
+    )
+
+
 def print_summary(callback, log_dir):
     """Per layer at the last logged epoch: neurons, dead, mean sensitivities."""
     last = max(callback.sensitivities)

@@ -13,21 +13,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 
-from _common import digits  # noqa: E402
+from _common import digits, digits_mlp  # noqa: E402
 from keras_neuron_sensitivity import NeuronSensitivityCallback  # noqa: E402
 
 
 def train(learning_rate, log_dir):
     keras.utils.set_random_seed(0)
     (x_train, y_train), (x_val, y_val) = digits()
-    model = keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(128, activation="relu", name="hidden_1"),
-            keras.layers.Dense(64, activation="relu", name="hidden_2"),
-            keras.layers.Dense(10, activation="softmax", name="output"),
-        ]
-    )
+    model = digits_mlp()
     model.compile(keras.optimizers.SGD(learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
     sensitivity = NeuronSensitivityCallback(x_val[:128], log_dir=log_dir, wrt="weights")
     history = model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=10, verbose=0,

@@ -11,21 +11,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 
-from _common import digits, print_summary  # noqa: E402
+from _common import digits, digits_mlp, print_summary  # noqa: E402
 from keras_neuron_sensitivity import NeuronSensitivityCallback  # noqa: E402
 
 
 def main(log_dir):
     keras.utils.set_random_seed(0)
     (x_train, y_train), (x_val, y_val) = digits()
-    model = keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(128, activation="relu", name="hidden_1"),
-            keras.layers.Dense(64, activation="relu", name="hidden_2"),
-            keras.layers.Dense(10, activation="softmax", name="output"),
-        ]
-    )
+    model = digits_mlp()
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     sensitivity = NeuronSensitivityCallback(x_val[:128], log_dir=log_dir)
     model.fit(

@@ -132,6 +132,16 @@ def activation_derivative(fn, y, cache):
     return tf.ones_like(y) if cache is None else cache
 
 
+def plain_weights(layer):
+    """True when the layer computes from its own variables as they are: no
+    LoRA factors, no quantization, same compute and variable dtype."""
+    return (
+        not getattr(layer, "lora_enabled", False)
+        and getattr(layer, "quantization_mode", None) is None
+        and layer.compute_dtype == layer.variable_dtype
+    )
+
+
 # --- rules ------------------------------------------------------------------
 
 

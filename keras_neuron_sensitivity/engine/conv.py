@@ -18,6 +18,7 @@ from keras_neuron_sensitivity.engine.base import (
     activation_forward,
     activation_kind,
     outer_sqnorm,
+    plain_weights,
     seed_columns,
     seed_cotangent,
 )
@@ -31,8 +32,7 @@ class ConvRule(Rule):
             layer.data_format == "channels_last"
             and layer.groups == 1
             and layer.padding in ("valid", "same")
-            and layer.compute_dtype == layer.variable_dtype
-            and not getattr(layer, "lora_enabled", False)
+            and plain_weights(layer)
         )
 
     def forward(self, site):

@@ -9,6 +9,7 @@ from keras_neuron_sensitivity.engine.base import (
     activation_forward,
     activation_kind,
     outer_sqnorm,
+    plain_weights,
     seed_columns,
 )
 
@@ -17,11 +18,7 @@ class DenseRule(Rule):
     """`Dense`: `||dW||^2 = ||h||^2 ||g_z||^2`, bias `||g_z||^2`."""
 
     def applies(self, layer):
-        return (
-            not getattr(layer, "lora_enabled", False)
-            and getattr(layer, "quantization_mode", None) is None
-            and layer.compute_dtype == layer.variable_dtype
-        )
+        return plain_weights(layer)
 
     def forward(self, site):
         layer = site.layer

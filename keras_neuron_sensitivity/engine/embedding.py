@@ -6,18 +6,14 @@ is `sum_{t, s: id_t = id_s} <g_t, g_s>`, a Gram form over positions.
 
 import tensorflow as tf
 
-from keras_neuron_sensitivity.engine.base import Rule
+from keras_neuron_sensitivity.engine.base import Rule, plain_weights
 
 
 class EmbeddingRule(Rule):
     """`Embedding` (not quantized, no LoRA): inputs are ids, so no hop."""
 
     def applies(self, layer):
-        return (
-            not getattr(layer, "lora_enabled", False)
-            and getattr(layer, "quantization_mode", None) is None
-            and layer.compute_dtype == layer.variable_dtype
-        )
+        return plain_weights(layer)
 
     def forward(self, site):
         (ids,) = site.inputs
