@@ -3,7 +3,6 @@
 import math
 import weakref
 
-import keras
 import numpy as np
 
 from keras_neuron_sensitivity import _batch, probe
@@ -136,10 +135,11 @@ def model_graph(model, x=None):
 
     `x` (the probe) is needed only to record a subclassed model's graph.
     """
-    if not isinstance(model, keras.Model):
+    if not probe.is_model(model):
         raise TypeError(
             f"Received model of type {type(model).__name__}. Expected a "
-            "`keras.Model` (Sequential or functional)."
+            "`keras.Model` (Sequential, functional or subclassed), or a "
+            "`tf_keras` Sequential or functional model."
         )
     if not probe.is_model_built(model):
         raise UnsupportedModelError(

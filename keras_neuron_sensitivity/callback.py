@@ -135,6 +135,17 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         if self._prepared is None and probe.is_model_built(self.model):
             self._prepare()
 
+    # tf_keras (Keras 2) asks each callback which batch hooks it implements,
+    # once per fit: ours is needed only for a model built inside `fit`.
+    def _implements_train_batch_hooks(self):
+        return self._prepared is None and not probe.is_model_built(self.model)
+
+    def _implements_test_batch_hooks(self):
+        return False
+
+    def _implements_predict_batch_hooks(self):
+        return False
+
     def on_epoch_end(self, epoch, logs=None):
         if not self._scheduled(epoch) or not _is_chief(self.model):
             return

@@ -74,6 +74,17 @@ class Graph:
         raise KeyError(key)
 
 
+def is_tf_keras(obj):
+    """Whether `obj` (a model or layer) comes from `tf_keras` (Keras 2)."""
+    return type(obj).__module__.startswith("tf_keras")
+
+
+def is_model(obj):
+    return isinstance(obj, keras.Model) or (
+        is_tf_keras(obj) and hasattr(obj, "_is_graph_network")
+    )
+
+
 def is_model_built(model):
     """True once the model's graph (and so its inputs) is known."""
     if isinstance(model, keras.Sequential):
@@ -109,8 +120,14 @@ def default_selection(graph):
     return [
         call.key
         for call in graph.calls
-        if call.weights or isinstance(call.layer, ACTIVATION_LAYERS)
+        if call.weights or _is_activation_layer(call.layer)
     ]
+
+
+def _is_activation_layer(layer):
+    if is_tf_keras(layer):  # the same classes, by name, in Keras 2
+        return type(layer).__name__ in {c.__name__ for c in ACTIVATION_LAYERS}
+    return isinstance(layer, ACTIVATION_LAYERS)
 
 
 def resolve_layers(graph, layers):
@@ -156,6 +173,8 @@ def resolve_layers(graph, layers):
 
 
 def _model_inputs(model):
+    if is_tf_keras(model) and model._is_graph_network:
+        return model.inputs
     if isinstance(model, keras.Sequential):
         if model._functional is not None:
             return model._functional.inputs
@@ -175,6 +194,8 @@ def _model_inputs(model):
 
 
 def _is_subclassed(model):
+    if is_tf_keras(model):
+        return not model._is_graph_network
     return isinstance(model, keras.Model) and not (
         isinstance(model, keras.Sequential) or _is_functional(model)
     )
@@ -224,6 +245,22 @@ def _is_functional(model):
     return isinstance(model, Functional)
 
 
+class _NestedArguments:
+    """A call's `(args, kwargs)` with symbolic tensors, filled by identity."""
+
+    def __init__(self, args, kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def fill_in(self, tensor_dict):
+        def fill(x):
+            return tensor_dict.get(id(x), x)
+
+        return (
+            tf.nest.map_structure(fill, self.args),
+            tf.nest.map_structure(fill, self.kwargs),
+        )
+
+
 class _Builder:
     def __init__(self):
         self.calls = []
@@ -235,6 +272,8 @@ class _Builder:
         return self._next_id - 1
 
     def add_model(self, model, input_ids, prefix):
+        if is_tf_keras(model):
+            return self._add_tf_keras_model(model, input_ids, prefix)
         if isinstance(model, keras.Sequential) and model._functional is None:
             # Built without `Input` (or never built): the layers are a chain.
             current = input_ids
@@ -270,10 +309,37 @@ class _Builder:
                     tensor_ids[id(t)] = i
         return [tensor_ids[id(t)] for t in functional.outputs]
 
+    def _add_tf_keras_model(self, model, input_ids, prefix):
+        """A Keras 2 graph network: its nodes hold `call_args`/`call_kwargs`."""
+        if not model._is_graph_network:
+            raise UnsupportedModelError(
+                f"The tf_keras model {model.name!r} is subclassed; only its "
+                "Sequential and functional models can be replayed. Rebuild it "
+                "as a functional model."
+            )
+        tensor_ids = {id(t): i for t, i in zip(model.inputs, input_ids, strict=True)}
+        for depth in sorted(model._nodes_by_depth, reverse=True):
+            for node in model._nodes_by_depth[depth]:
+                if node.is_input:
+                    continue
+                inputs = [tensor_ids[id(t)] for t in node.keras_inputs]
+                keras_ids = {id(t): tensor_ids[id(t)] for t in node.keras_inputs}
+                outputs = self._add_layer_or_model(
+                    node.layer,
+                    inputs,
+                    prefix,
+                    _NestedArguments(node.call_args, node.call_kwargs),
+                    keras_ids,
+                    num_outputs=len(tf.nest.flatten(node.outputs)),
+                )
+                for t, i in zip(tf.nest.flatten(node.outputs), outputs, strict=True):
+                    tensor_ids[id(t)] = i
+        return [tensor_ids[id(t)] for t in model.outputs]
+
     def _add_layer_or_model(
         self, layer, input_ids, prefix, arguments, keras_ids, num_outputs=1
     ):
-        if isinstance(layer, keras.Model):
+        if is_model(layer):
             return self.add_model(layer, input_ids, f"{prefix}{layer.name}/")
         outputs = [self.new_id() for _ in range(num_outputs)]
         self.add_call(layer, input_ids, outputs, arguments, keras_ids, prefix)

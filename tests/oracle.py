@@ -59,7 +59,8 @@ def jacobians(model, x, fn, wrt):
     models; the weights are passed as `v.value`, see DESIGN.md section 8.)
     """
     xs = _cast(model, x)
-    weights = [v.value for v in model.trainable_weights]
+    # Keras 3 variables by `.value` (see above); tf_keras ones are tf.Variables.
+    weights = [v.value if isinstance(v, keras.Variable) else v for v in model.trainable_weights]
     per_sample = []
     for n in range(len(xs[0])):
         sample = [tf.constant(a[n : n + 1]) for a in xs]

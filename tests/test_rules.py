@@ -13,7 +13,6 @@ import tensorflow as tf
 import oracle
 from keras_neuron_sensitivity import Rule, neuron_sensitivity, register_rule
 from keras_neuron_sensitivity.engine import base, registry
-from keras_neuron_sensitivity.engine import GenericRule
 from keras_neuron_sensitivity.engine.sweep import Sweep
 from keras_neuron_sensitivity.probe import build_graph
 

@@ -132,13 +132,19 @@ def activation_derivative(fn, y, cache):
     return tf.ones_like(y) if cache is None else cache
 
 
+def variable_tensor(v):
+    """What a tape differentiates: a Keras 3 variable's `.value` (its dtype
+    is a string, which `tape.gradient` rejects), a `tf.Variable` itself."""
+    return v.value if isinstance(v, keras.Variable) else v
+
+
 def plain_weights(layer):
     """True when the layer computes from its own variables as they are: no
     LoRA factors, no quantization, same compute and variable dtype."""
     return (
         not getattr(layer, "lora_enabled", False)
         and getattr(layer, "quantization_mode", None) is None
-        and layer.compute_dtype == layer.variable_dtype
+        and layer.compute_dtype == getattr(layer, "variable_dtype", layer.dtype)
     )
 
 
@@ -276,7 +282,7 @@ class GenericRule(Rule):
     @staticmethod
     def per_row(site, tiled, connected, flat_cots, reduce):
         """Maps `reduce(per-row weight gradients)` over the `k * n` rows."""
-        weights = [v.value for v in site.call.weights]
+        weights = [variable_tensor(v) for v in site.call.weights]
 
         def one_row(row):
             inputs, cots = row

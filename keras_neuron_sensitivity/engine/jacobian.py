@@ -7,6 +7,7 @@ or input. They are computed one sample at a time by replaying the graph.
 import numpy as np
 import tensorflow as tf
 
+from keras_neuron_sensitivity.engine.base import variable_tensor
 from keras_neuron_sensitivity.engine.sweep import Sweep
 
 
@@ -26,7 +27,7 @@ def layer_jacobian(graph, inputs, key, wrt):
     if wrt == "inputs":
         return [np.concatenate(parts) for parts in zip(*per_sample)]
     return {
-        v.path: np.concatenate([s[j] for s in per_sample])
+        getattr(v, "path", v.name): np.concatenate([s[j] for s in per_sample])
         for j, v in enumerate(variables)
     }
 
@@ -59,6 +60,6 @@ def _one_sample(sweep, target, sample, wrt, variables):
             out.append(j.numpy()[None, :, 0])
         return out
     grads = tape.jacobian(
-        value, [v.value for v in variables], unconnected_gradients="zero"
+        value, [variable_tensor(v) for v in variables], unconnected_gradients="zero"
     )
     return [g.numpy()[None] for g in grads]

@@ -41,7 +41,9 @@ class _Site:
 
     def run(self, inputs):
         args, kwargs = self.call.fill(dict(zip(self.call.inputs, inputs)))
-        if getattr(self.layer, "_call_has_training_arg", False):
+        if getattr(self.layer, "_call_has_training_arg", False) or getattr(
+            self.layer, "_expects_training_arg", False  # tf_keras
+        ):
             kwargs = {**kwargs, "training": False}
         return tf.nest.flatten(self.layer(*args, **kwargs))
 
@@ -85,7 +87,7 @@ class Sweep:
         Args:
             inputs: list of tensors, one per model input, batch first.
         """
-        with float32_compute([call.layer for call in self._calls]):
+        with float32_compute([call.layer for call in self._calls]), primary_variables():
             return self._compute(inputs)
 
     def _compute(self, inputs):
@@ -324,6 +326,29 @@ def float32_compute(layers):
     finally:
         for sub, policy in reversed(changed):
             sub._dtype_policy = policy
+
+
+@contextlib.contextmanager
+def primary_variables():
+    """Lets the compiled sweep read mirrored variables under `tf.distribute`.
+
+    In a cross-replica context (callbacks of a distributed `fit`) a
+    `DistributedVariable` has no handle to capture ("handle is not available
+    outside the replica context", tensorflow/tensorflow#36392). TensorFlow's
+    own SavedModel export reads the primary copy under a save context with
+    `VariablePolicy.NONE`; every replica holds the same values, so the sweep
+    does the same.
+    """
+    from tensorflow.python.saved_model import save_context, save_options
+
+    if not tf.distribute.has_strategy() or save_context.in_save_context():
+        yield
+        return
+    options = save_options.SaveOptions(
+        experimental_variable_policy=save_options.VariablePolicy.NONE
+    )
+    with save_context.save_context(options):
+        yield
 
 
 def _result_dtype(y):
