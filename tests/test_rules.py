@@ -215,6 +215,21 @@ def test_one_trace_across_calls():
         neuron_sensitivity(model, x, wrt="inputs")
         model.layers[0].kernel.assign(model.layers[0].kernel * 1.1)
     (sweep,) = api._SWEEPS[model].values()
+    # Everything fits in one chunk: one compiled function, traced once.
+    assert sweep._whole_fn.experimental_get_tracing_count() == 1
+    assert sweep._forward_fn.experimental_get_tracing_count() == 0
+
+
+def test_one_trace_across_calls_when_chunked():
+    model = _seq((4,), L.Dense(5, activation="relu"), L.Dense(3))
+    x = _probe((4,), n=6)
+    from keras_neuron_sensitivity import api
+
+    for _ in range(3):
+        neuron_sensitivity(model, x, memory_budget_mb=0.0005)  # 524 bytes: chunks
+        model.layers[0].kernel.assign(model.layers[0].kernel * 1.1)
+    (sweep,) = api._SWEEPS[model].values()
+    assert sweep._plan[0] < 6 or max(sweep._plan[1]) < 5  # really chunked
     assert sweep._forward_fn.experimental_get_tracing_count() == 1
     assert sweep._reverse_fn.experimental_get_tracing_count() == 1
 

@@ -33,28 +33,42 @@ def _is_float(x):
     return x is not None and x.dtype.is_floating
 
 
-def _tile_rows(x, k):
+def tile_rows(x, k):
     """`(n, ...)` -> `(k * n, ...)`: row `j * n + m` is sample `m`."""
     return tf.tile(x, [k] + [1] * (x.shape.rank - 1))
 
 
-def _merge(g):
+def shape_of(x):
+    """`x`'s shape as a list of ints when known (it is, inside the engine's
+    traced functions: the probe's shape is fixed), else as a tensor. Static
+    shapes keep shape arithmetic out of the graph: fewer ops to trace, to
+    optimize and to run."""
+    return x.shape.as_list() if x.shape.is_fully_defined() else tf.shape(x)
+
+
+def concat_shapes(*parts):
+    if all(isinstance(p, list) for p in parts):
+        return [d for p in parts for d in p]
+    return tf.concat(parts, 0)
+
+
+def merge(g):
     """`(k, n, ...)` -> `(k * n, ...)`."""
-    return tf.reshape(g, tf.concat([[-1], tf.shape(g)[2:]], 0))
+    return tf.reshape(g, concat_shapes([-1], shape_of(g)[2:]))
 
 
-def _split(g, k):
+def split(g, k):
     """`(k * n, ...)` -> `(k, n, ...)`."""
-    return tf.reshape(g, tf.concat([[k, -1], tf.shape(g)[1:]], 0))
+    return tf.reshape(g, concat_shapes([k, -1], shape_of(g)[1:]))
 
 
 def _split_or_none(g, k):
-    return None if g is None else _split(tf.convert_to_tensor(g), k)
+    return None if g is None else split(tf.convert_to_tensor(g), k)
 
 
 def sum_squares_per_row(g):
     """`(k, n, ...)` -> `(k, n)`."""
-    return tf.reduce_sum(tf.square(g), axis=tf.range(2, tf.rank(g)))
+    return tf.reduce_sum(tf.square(g), axis=list(range(2, g.shape.rank)))
 
 
 def outer_sqnorm(u, g):
@@ -120,11 +134,11 @@ def activation_backward(fn, cache, g):
     if kind == "softmax":
         return cache * (g - tf.reduce_sum(g * cache, axis=-1, keepdims=True))
     k = g.shape[0]
-    zt = _tile_rows(cache, k)
+    zt = tile_rows(cache, k)
     with tf.GradientTape() as tape:
         tape.watch(zt)
         y = fn(zt)
-    return _split(tape.gradient(y, zt, output_gradients=_merge(g)), k)
+    return split(tape.gradient(y, zt, output_gradients=merge(g)), k)
 
 
 def activation_derivative(fn, y, cache):
@@ -209,15 +223,30 @@ def seed_cotangent(y, start, k):
     """
     channels = y.shape[-1]
     positions = int(np.prod(y.shape[1:-1]))
-    seed = tf.one_hot(start + tf.range(k), channels, dtype=y.dtype) / positions
+    if _all_neurons(start, k, channels):
+        seed = tf.eye(channels, dtype=y.dtype) / positions
+    else:
+        seed = tf.one_hot(start + tf.range(k), channels, dtype=y.dtype) / positions
     seed = tf.reshape(seed, [k, 1] + [1] * (y.shape.rank - 2) + [channels])
-    return tf.broadcast_to(seed, tf.concat([[k], tf.shape(y)], 0))
+    return tf.broadcast_to(seed, concat_shapes([k], shape_of(y)))
 
 
-def seed_columns(start, k, channels):
-    """Indices of neurons `start..start+k-1`, clipped, and which are real."""
+def neuron_columns(x, start, k):
+    """Entries `start .. start + k - 1` of `x`'s last (neuron) axis.
+
+    Entries past the last neuron (the tail of the last chunk) are zero.
+    """
+    channels = x.shape[-1]
+    if _all_neurons(start, k, channels):
+        return x
     index = start + tf.range(k)
-    return tf.minimum(index, channels - 1), index < channels
+    picked = tf.gather(x, tf.minimum(index, channels - 1), axis=-1)
+    return picked * tf.cast(index < channels, x.dtype)
+
+
+def _all_neurons(start, k, channels):
+    # In a single round `start` is the Python int 0: no gathering needed.
+    return isinstance(start, int) and start == 0 and k == channels
 
 
 # Rows of the generic rule's per-row gradients evaluated side by side.
@@ -237,9 +266,9 @@ class GenericRule(Rule):
 
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
         k = next(g for g in cotangents if g is not None).shape[0]
-        tiled = [_tile_rows(x, k) for x in site.inputs]
+        tiled = [tile_rows(x, k) for x in site.inputs]
         connected = [j for j, g in enumerate(cotangents) if g is not None]
-        flat_cots = [_merge(cotangents[j]) for j in connected]
+        flat_cots = [merge(cotangents[j]) for j in connected]
         input_cots = None
         if need_inputs:
             floats = [x for x in tiled if _is_float(x)]
@@ -273,9 +302,9 @@ class GenericRule(Rule):
         connected = [j for j, g in enumerate(cotangents) if g is not None]
         return GenericRule.per_row(
             site,
-            [_tile_rows(x, k) for x in site.inputs],
+            [tile_rows(x, k) for x in site.inputs],
             connected,
-            [_merge(cotangents[j]) for j in connected],
+            [merge(cotangents[j]) for j in connected],
             _row_flat,
         )
 

@@ -14,13 +14,16 @@ import tensorflow as tf
 from keras_neuron_sensitivity.engine.base import (
     Rule,
     activation_backward,
+    concat_shapes,
     activation_derivative,
     activation_forward,
     activation_kind,
+    merge,
     outer_sqnorm,
     plain_weights,
-    seed_columns,
+    neuron_columns,
     seed_cotangent,
+    shape_of,
 )
 
 
@@ -45,7 +48,7 @@ class ConvRule(Rule):
         patches = None
         if site.need_weights:
             patches = unfold(layer, x)
-            patches = tf.reshape(patches, [tf.shape(x)[0], -1, patches.shape[-1]])
+            patches = tf.reshape(patches, [shape_of(x)[0], -1, patches.shape[-1]])
         return [y], (x, act, patches)
 
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
@@ -55,7 +58,7 @@ class ConvRule(Rule):
         k = gz.shape[0]
         sqnorm = None
         if need_weights and layer.trainable:
-            g = tf.reshape(gz, [k, tf.shape(x)[0], -1, layer.filters])
+            g = tf.reshape(gz, [k, shape_of(x)[0], -1, layer.filters])
             sqnorm = outer_sqnorm(patches, g)
             if layer.use_bias:
                 sqnorm += tf.reduce_sum(tf.square(tf.reduce_sum(g, 2)), -1)
@@ -80,18 +83,17 @@ class ConvRule(Rule):
             return input_cots, None
         # Neuron k's filter gradient is the column U^T d_k / t, the other
         # columns zero: no (k, n, t, o) cotangent is needed for it.
-        index, real = seed_columns(start, k, layer.filters)
-        n = tf.shape(x)[0]
+        n = shape_of(x)[0]
         positions = int(np.prod(y.shape[1:-1]))
         d = activation_derivative(layer.activation, y, act)
-        d = tf.gather(tf.reshape(d, [n, -1, layer.filters]), index, axis=2)
+        d = neuron_columns(tf.reshape(d, [n, -1, layer.filters]), start, k)
         d = d / positions
         sqnorm = tf.reduce_sum(
             tf.square(tf.einsum("nti,ntk->kni", patches, d)), -1
         )
         if layer.use_bias:
             sqnorm += tf.square(tf.transpose(tf.reduce_sum(d, 1)))
-        return input_cots, tf.where(real[:, None], sqnorm, 0)
+        return input_cots, sqnorm
 
 
 def unfold(layer, x):
@@ -126,10 +128,10 @@ def unfold(layer, x):
 def _transpose_conv(layer, x, gz):
     """Cotangents at the input of the (linear) convolution, `(k, n, ...)`."""
     k = gz.shape[0]
-    zeros = tf.zeros(tf.concat([[k * tf.shape(x)[0]], tf.shape(x)[1:]], 0), x.dtype)
+    zeros = tf.zeros(concat_shapes([k * shape_of(x)[0]], shape_of(x)[1:]), x.dtype)
     with tf.GradientTape() as tape:
         tape.watch(zeros)
         z = layer.convolution_op(zeros, layer.kernel)
-    flat = tf.reshape(gz, tf.concat([[-1], tf.shape(gz)[2:]], 0))
+    flat = merge(gz)
     g = tape.gradient(z, zeros, output_gradients=flat)
-    return tf.reshape(g, tf.concat([[k], tf.shape(x)], 0))
+    return tf.reshape(g, concat_shapes([k], shape_of(x)))

@@ -10,7 +10,8 @@ from keras_neuron_sensitivity.engine.base import (
     activation_kind,
     outer_sqnorm,
     plain_weights,
-    seed_columns,
+    neuron_columns,
+    shape_of,
 )
 
 
@@ -38,8 +39,9 @@ class DenseRule(Rule):
         sqnorm = None
         if need_weights and layer.trainable:
             k = gz.shape[0]
-            u = tf.reshape(h, [tf.shape(h)[0], -1, h.shape[-1]])
-            g = tf.reshape(gz, [k, tf.shape(h)[0], -1, gz.shape[-1]])
+            n = shape_of(h)[0]
+            u = tf.reshape(h, [n, -1, h.shape[-1]])
+            g = tf.reshape(gz, [k, n, -1, gz.shape[-1]])
             sqnorm = outer_sqnorm(u, g)
             if layer.bias is not None:
                 sqnorm += tf.reduce_sum(tf.square(tf.reduce_sum(g, 2)), -1)
@@ -56,10 +58,9 @@ class DenseRule(Rule):
                 site, cache, start, k, need_inputs, need_weights
             )
         # The pre-activation cotangent of neuron k is d_k e_k: diagonal.
-        index, real = seed_columns(start, k, layer.units)
         y = site.outputs[0]
         d = activation_derivative(layer.activation, y, act)
-        d = tf.where(real[:, None], tf.transpose(tf.gather(d, index, axis=1)), 0)
+        d = tf.transpose(neuron_columns(d, start, k))
         sqnorm = None
         if need_weights and layer.trainable:
             scale = tf.reduce_sum(tf.square(h), -1)
@@ -68,6 +69,6 @@ class DenseRule(Rule):
             sqnorm = tf.square(d) * scale
         input_cots = None
         if need_inputs:
-            columns = tf.gather(layer.kernel, index, axis=1)
+            columns = neuron_columns(layer.kernel, start, k)
             input_cots = [tf.einsum("kn,ik->kni", d, columns)]
         return input_cots, sqnorm

@@ -3,7 +3,12 @@
 import keras
 import tensorflow as tf
 
-from keras_neuron_sensitivity.engine.base import ELEMENTWISE_ACTIVATIONS, Rule
+from keras_neuron_sensitivity.engine.base import (
+    ELEMENTWISE_ACTIVATIONS,
+    Rule,
+    concat_shapes,
+    shape_of,
+)
 
 
 class ElementwiseRule(Rule):
@@ -50,7 +55,7 @@ class ReshapeRule(Rule):
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
         (x,) = site.inputs
         g = cotangents[0]
-        return [tf.reshape(g, tf.concat([[g.shape[0]], tf.shape(x)], 0))], None
+        return [tf.reshape(g, concat_shapes([g.shape[0]], shape_of(x)))], None
 
 
 class AddRule(Rule):

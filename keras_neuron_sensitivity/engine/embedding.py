@@ -6,7 +6,7 @@ is `sum_{t, s: id_t = id_s} <g_t, g_s>`, a Gram form over positions.
 
 import tensorflow as tf
 
-from keras_neuron_sensitivity.engine.base import Rule, plain_weights
+from keras_neuron_sensitivity.engine.base import Rule, plain_weights, shape_of
 
 
 class EmbeddingRule(Rule):
@@ -23,10 +23,10 @@ class EmbeddingRule(Rule):
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
         if not (need_weights and site.layer.trainable):
             return None, None
-        ids = tf.reshape(cache, [tf.shape(cache)[0], -1])
+        ids = tf.reshape(cache, [shape_of(cache)[0], -1])
         g = cotangents[0]
         k = g.shape[0]
-        g = tf.reshape(g, [k, tf.shape(ids)[0], -1, g.shape[-1]])
+        g = tf.reshape(g, [k, shape_of(ids)[0], -1, g.shape[-1]])
         same = tf.cast(tf.equal(ids[:, :, None], ids[:, None, :]), g.dtype)
         gram = tf.einsum("knto,knso->knts", g, g)
         return None, tf.einsum("nts,knts->kn", same, gram)

@@ -7,13 +7,13 @@ positions `t`), so their squared norms need no weight gradient at all.
 
 import tensorflow as tf
 
-from keras_neuron_sensitivity.engine.base import Rule
+from keras_neuron_sensitivity.engine.base import Rule, shape_of
 
 
 def _affine_sqnorm(layer, xhat, g):
     """Squared norm of the per-sample gradient over `gamma` and `beta`."""
     k = g.shape[0]
-    n = tf.shape(xhat)[0]
+    n = shape_of(xhat)[0]
     channels = xhat.shape[-1]
     g = tf.reshape(g, [k, n, -1, channels])
     xhat = tf.reshape(xhat, [n, -1, channels])

@@ -1,15 +1,18 @@
 """The exact engine: one forward pass, then a multi-cotangent reverse sweep.
 
 For every selected layer `l`, the `C_l` neurons' cotangents travel back
-together, as a `(k, n, ...)` block, through the rules of `rules.py`. At every
+together, as a `(k, n, ...)` block, through the per-layer rules (the table
+is in `registry.py`). At every
 trainable layer on the way the squared norm of its per-sample weight gradient
 is added; at the model's inputs the squared norm of the input cotangent is
 read. Gradients with respect to weights are never formed for layers with a
 closed-form rule, and never the `(n, k, P)` Jacobian.
 
 Memory is bounded by chunking: `k` neurons and a block of samples at a time
-(both chosen from the memory budget); every chunk runs through one compiled
-function, traced once per probe shape.
+(both chosen from the memory budget). When everything fits in one chunk (the
+common case) forward and reverse are one compiled call; otherwise a compiled
+forward per sample chunk feeds a compiled reverse per round of neurons. Each
+is traced once per probe shape.
 """
 
 import contextlib
@@ -77,7 +80,7 @@ class Sweep:
         self._shared = self._shared_layers()
         self._plan = None  # (samples per chunk, neurons per chunk per target)
         self._widths = None  # neurons per target
-        self._forward_fn = self._reverse_fn = None
+        self._forward_fn = self._reverse_fn = self._whole_fn = None
 
     # --- public -----------------------------------------------------------
 
@@ -91,28 +94,34 @@ class Sweep:
             return self._compute(inputs)
 
     def _compute(self, inputs):
-        batch = int(inputs[0].shape[0])
         if self._plan is None:
             self._plan = self._make_plan(inputs)
             self._forward_fn = tf.function(self._forward_tensors, autograph=False)
             self._reverse_fn = tf.function(self._reverse_all, autograph=False)
             self._whole_fn = tf.function(self._whole, autograph=False)
         samples, neurons = self._plan
-        widths = self._widths
         rounds = max(
-            math.ceil(c / k) for c, k in zip(widths, neurons, strict=True)
+            math.ceil(c / k) for c, k in zip(self._widths, neurons, strict=True)
         )
-        if rounds == 1 and samples >= batch:
-            # Everything fits at once (the common case): one compiled call,
-            # no caches passed between functions.
+        if rounds == 1 and samples >= int(inputs[0].shape[0]):
+            # Everything fits at once: one compiled call, no caches passed
+            # between functions.
             out = self._whole_fn(inputs)
-            return {
-                w: {
-                    key: np.sqrt(np.maximum(out[w][j].numpy()[: widths[j]].T, 0.0))
-                    for j, key in enumerate(self.keys)
-                }
-                for w in self.wrt
+            squares = {w: [v.numpy().T for v in out[w]] for w in self.wrt}
+        else:
+            squares = self._chunked(inputs, samples, neurons, rounds)
+        return {
+            w: {
+                key: np.sqrt(np.maximum(squares[w][j], 0.0))
+                for j, key in enumerate(self.keys)
             }
+            for w in self.wrt
+        }
+
+    def _chunked(self, inputs, samples, neurons, rounds):
+        """Squared norms `(B, C)` per wrt and target, chunk by chunk."""
+        batch = int(inputs[0].shape[0])
+        widths = self._widths
         blocks = {w: [[] for _ in self.keys] for w in self.wrt}
         for begin in range(0, batch, samples):
             chunk = [_take_rows(x, begin, samples) for x in inputs]
@@ -131,13 +140,7 @@ class Sweep:
                     # (k, n) blocks -> (n, C); drop padded neurons and samples.
                     full = np.concatenate(per_round[w][j], axis=0)[:c].T
                     blocks[w][j].append(full[: min(samples, batch - begin)])
-        return {
-            w: {
-                key: np.sqrt(np.maximum(np.concatenate(blocks[w][j]), 0.0))
-                for j, key in enumerate(self.keys)
-            }
-            for w in self.wrt
-        }
+        return {w: [np.concatenate(b) for b in blocks[w]] for w in self.wrt}
 
     # --- planning -----------------------------------------------------------
 
@@ -229,12 +232,12 @@ class Sweep:
             values.update(zip(call.outputs, call_outputs))
             sites.append((site, cache))
         out = {w: [] for w in self.wrt}
-        n = tf.shape(inputs[0])[0]
+        n = base.shape_of(inputs[0])[0]
         for j, target in enumerate(self._targets):
             k = self._plan[1][j]
             dtype = _result_dtype(values[self._calls[target].outputs[0]])
             if single_round:
-                result = self._reverse(values, sites, target, starts[j], k)
+                result = self._reverse(values, sites, target, 0, k)
             else:
                 # A target with fewer neurons than others is done in fewer
                 # rounds: skip it in the later ones.
@@ -252,7 +255,7 @@ class Sweep:
         y = values[self._calls[target].outputs[0]]
         dtype = _result_dtype(y)
         cotangents = {}
-        n = tf.shape(y)[0]
+        n = base.shape_of(y)[0]
         weights_sq = tf.zeros([k, n], dtype)
         shared = {}
         for i in range(target, -1, -1):
