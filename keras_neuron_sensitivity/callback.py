@@ -150,24 +150,24 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         if not self._scheduled(epoch) or not _is_chief(self.model):
             return
         try:
-            graph, inputs, keys = self._prepare()
-            sweep = api.cached_sweep(
-                self.model, graph, keys, self.wrt, self.memory_budget_mb
-            )
-            per_sample = sweep(inputs)
+            self._log(epoch)
         except Exception as error:  # noqa: BLE001 - reported, see on_error
             if self.on_error == "raise":
                 raise
             if not self._failed:
                 warnings.warn(
-                    f"NeuronSensitivityCallback could not compute the "
+                    f"NeuronSensitivityCallback could not compute or write the "
                     f"sensitivities at epoch {epoch} ({type(error).__name__}: "
                     f"{error}); training goes on without them. Pass "
                     "on_error='raise' to stop instead.",
                     stacklevel=2,
                 )
             self._failed = True
-            return
+
+    def _log(self, epoch):
+        graph, inputs, keys = self._prepare()
+        sweep = api.cached_sweep(self.model, graph, keys, self.wrt, self.memory_budget_mb)
+        per_sample = sweep(inputs)
         reduced = {
             w: {k: reduce_samples(v, self.reduction) for k, v in d.items()}
             for w, d in per_sample.items()
