@@ -173,3 +173,18 @@ def test_real_tensorboard_serves_our_run(dead_run):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_quiet_by_default_one_line_per_logged_epoch_when_asked(tmp_path, capsys, verbose):
+    x = np.random.default_rng(0).normal(size=(16, 5)).astype("float32")
+    model = keras.Sequential([keras.Input((5,)), L.Dense(4, activation="relu", name="h"), L.Dense(2, name="o")])
+    model.compile("sgd", "mse")
+    callback = NeuronSensitivityCallback(x[:4], log_dir=tmp_path, verbose=verbose, freq=2)
+    model.fit(x, np.zeros((16, 2)), epochs=3, verbose=0, callbacks=[callback])
+    lines = capsys.readouterr().out.splitlines()
+    if verbose:
+        assert [line.split(":")[0] for line in lines] == ["Epoch 0", "Epoch 2"]
+        assert "to weights: mean" in lines[0] and "/6 dead" in lines[0]
+    else:
+        assert lines == []
