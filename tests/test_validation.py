@@ -356,3 +356,22 @@ def test_callback_integer_only_model_fails_before_first_epoch_ends(tmp_path):
     with pytest.raises(ValueError, match=r"all integers"):
         model.fit(tokens, np.zeros((2, 2)), epochs=3, verbose=0, callbacks=[callback, ends])
     assert ends.epochs == []
+
+
+class _Sampled(L.Layer):
+    """A layer TensorFlow cannot differentiate: Poisson sampling has no
+    gradient registered (LookupError on the tape)."""
+
+    def call(self, inputs):
+        return tf.random.poisson([], tf.abs(inputs) + 1.0, dtype=inputs.dtype, seed=1)
+
+
+def test_layer_without_gradient_names_the_layer_and_the_fix():
+    from keras_neuron_sensitivity import UnsupportedLayerError
+
+    model = keras.Sequential([keras.Input((3,)), L.Dense(4, name="d"), _Sampled(name="sampled"), L.Dense(2, name="o")])
+    with pytest.raises(UnsupportedLayerError, match=r"'sampled' \(_Sampled\).*cannot differentiate.*layers="):
+        neuron_sensitivity(model, np.ones((2, 3), "float32"), layers=["o"])
+    # Layers before it are fine, and the error is a NotImplementedError.
+    assert neuron_sensitivity(model, np.ones((2, 3), "float32"), layers=["d"])["d"].shape == (4,)
+    assert issubclass(UnsupportedLayerError, NotImplementedError)

@@ -16,6 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_neuron_sensitivity.errors import UnsupportedLayerError
+
 # Activations that act on each element alone: their Jacobian is diagonal, so
 # the hop is a product with the derivative cached from the forward pass.
 ELEMENTWISE_ACTIVATIONS = frozenset(
@@ -275,9 +277,19 @@ class GenericRule(Rule):
             with tf.GradientTape() as tape:
                 tape.watch(floats)
                 outs = site.run(tiled)
-            grads = tape.gradient(
-                [outs[j] for j in connected], floats, output_gradients=flat_cots
-            )
+            try:
+                grads = tape.gradient(
+                    [outs[j] for j in connected], floats, output_gradients=flat_cots
+                )
+            except LookupError as error:  # "No gradient defined for operation"
+                raise UnsupportedLayerError(
+                    f"Layer {site.call.key!r} ({type(site.layer).__name__}) uses "
+                    f"an operation TensorFlow cannot differentiate ({error}), so "
+                    "no neuron after it has a derivative through it. Expected a "
+                    "differentiable layer. Select only layers before it "
+                    "(`layers=`), or register a `Rule` for its class that says "
+                    "how cotangents pass through it."
+                ) from error
             grads = iter(grads)
             input_cots = [
                 _split_or_none(next(grads), k) if _is_float(x) else None
