@@ -151,8 +151,14 @@ def model_graph(model, x=None):
 
 
 def cached_sweep(model, graph, keys, wrt, memory_budget_mb):
-    """The model's compiled sweep for this configuration, made once."""
-    config = (tuple(graph.keys), tuple(keys), tuple(wrt), memory_budget_mb)
+    """The model's compiled sweep for this configuration, made once.
+
+    Which weights are trainable is part of the configuration: freezing or
+    unfreezing layers (as fine-tuning does between `fit` calls) changes what
+    the sensitivity to weights sums over, and so needs a new sweep.
+    """
+    trainable = tuple(tuple(id(v) for v in call.weights) for call in graph.calls)
+    config = (tuple(graph.keys), tuple(keys), tuple(wrt), memory_budget_mb, trainable)
     per_model = _SWEEPS.setdefault(model, {})
     if config not in per_model:
         per_model[config] = Sweep(graph, keys, wrt, memory_budget_mb * 2**20)

@@ -863,3 +863,20 @@ def test_embedding_mask_zero():
     for key, ref in refs.items():
         expected = oracle.brute_force(model, probe, oracle.output_fn(model, ref), "weights")
         np.testing.assert_allclose(got[key], expected, rtol=RTOL, atol=ATOL)
+
+
+def test_freezing_a_layer_between_calls_changes_what_is_summed():
+    # Fine-tuning freezes and unfreezes layers between fits: a cached sweep
+    # must not keep summing over weights that are no longer trainable.
+    model = keras.Sequential([keras.Input((4,)), L.Dense(5, activation="tanh", name="base"), L.Dense(3, name="head")])
+    x = _normal(3, 4)
+    layers = ["base", "head"]  # the same selection before and after
+    before = neuron_sensitivity(model, x, layers=layers, reduction=None)["head"]
+    model.get_layer("base").trainable = False
+    frozen = neuron_sensitivity(model, x, layers=layers, reduction=None)["head"]
+    fn = oracle.output_fn(model, model.get_layer("head").output)
+    np.testing.assert_allclose(frozen, oracle.brute_force(model, x, fn, "weights"), rtol=RTOL, atol=ATOL)
+    assert np.all(frozen < before)
+    model.get_layer("base").trainable = True
+    again = neuron_sensitivity(model, x, layers=layers, reduction=None)["head"]
+    np.testing.assert_allclose(again, before, rtol=1e-6)
