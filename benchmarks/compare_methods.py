@@ -36,6 +36,8 @@ import sys
 import tempfile
 import time
 
+from _machine import cpu_model, loadavg
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
@@ -436,24 +438,8 @@ def worker(opts):
 # =============================================================================
 
 
-def loadavg():
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "unknown"
-
-
 def machine_info():
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         with open("/proc/meminfo") as f:
             mem = int(f.readline().split()[1]) / 2**20

@@ -32,6 +32,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
+from _machine import cpu_model, loadavg  # noqa: E402
 from keras_neuron_sensitivity import NeuronSensitivityCallback  # noqa: E402
 
 CONFIGS = ("none", "tensorboard", "sensitivity")
@@ -141,21 +142,8 @@ def run(config, x, y, epochs, log_root, probe_size):
     }
 
 
-def loadavg():
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "unknown"
-
-
 def header(args, x):
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     v = importlib.metadata.version
     print("fit_overhead.py: cost of NeuronSensitivityCallback in model.fit")
     print(f"  CPU: {cpu}; {os.cpu_count()} cores; load average at start: {loadavg()}")
