@@ -1,9 +1,12 @@
 """The probe batch: from what users pass to tensors aligned with the model's inputs."""
 
+import warnings
+
 import numpy as np
 import tensorflow as tf
 
-from keras_neuron_sensitivity.engine.sweep import warn_once
+_WARNED = set()
+
 
 
 def take_inputs(data, probe_size=None):
@@ -138,8 +141,10 @@ def warn_integer_inputs(graph):
             "integers (for example token ids), which have no derivative. "
             "Expected at least one floating-point input. Use wrt='weights'."
         )
-    if ints:
-        warn_once(
-            f"Integer model inputs {ints} have no derivative and are left out "
-            "of the sensitivity to inputs."
-        )
+    message = (
+        f"Integer model inputs {ints} have no derivative and are left out of "
+        "the sensitivity to inputs."
+    )
+    if ints and message not in _WARNED:  # once per set of inputs, not per epoch
+        _WARNED.add(message)
+        warnings.warn(message, stacklevel=3)

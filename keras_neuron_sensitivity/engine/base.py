@@ -143,7 +143,7 @@ def activation_backward(fn, cache, g):
     return split(tape.gradient(y, zt, output_gradients=merge(g)), k)
 
 
-def activation_derivative(fn, y, cache):
+def activation_derivative(y, cache):
     """The diagonal of a linear or elementwise activation's Jacobian."""
     return tf.ones_like(y) if cache is None else cache
 

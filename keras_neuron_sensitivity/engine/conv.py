@@ -85,7 +85,7 @@ class ConvRule(Rule):
         # columns zero: no (k, n, t, o) cotangent is needed for it.
         n = shape_of(x)[0]
         positions = int(np.prod(y.shape[1:-1]))
-        d = activation_derivative(layer.activation, y, act)
+        d = activation_derivative(y, act)
         d = neuron_columns(tf.reshape(d, [n, -1, layer.filters]), start, k)
         d = d / positions
         sqnorm = tf.reduce_sum(

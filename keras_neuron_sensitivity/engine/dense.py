@@ -59,7 +59,7 @@ class DenseRule(Rule):
             )
         # The pre-activation cotangent of neuron k is d_k e_k: diagonal.
         y = site.outputs[0]
-        d = activation_derivative(layer.activation, y, act)
+        d = activation_derivative(y, act)
         d = tf.transpose(neuron_columns(d, start, k))
         sqnorm = None
         if need_weights and layer.trainable:

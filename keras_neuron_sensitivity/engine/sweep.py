@@ -17,7 +17,6 @@ is traced once per probe shape.
 
 import contextlib
 import math
-import warnings
 
 import keras
 import numpy as np
@@ -371,11 +370,6 @@ def _take_rows(x, begin, size):
         rows = tf.concat([rows, tf.repeat(rows[:1], missing, axis=0)], 0)
     return rows
 
-
-def warn_once(message, _seen=set()):  # noqa: B006 - the set is the memory
-    if message not in _seen:
-        _seen.add(message)
-        warnings.warn(message, stacklevel=3)
 
 
 REDUCTIONS = ("mean", "rms", "max", None)
