@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "NeuronSensitivityCallback": "keras_neuron_sensitivity.callback",
     "Rule": "keras_neuron_sensitivity.engine",
+    "Site": "keras_neuron_sensitivity.engine",
     "UnsupportedLayerError": "keras_neuron_sensitivity.errors",
     "UnsupportedModelError": "keras_neuron_sensitivity.errors",
     "load_sensitivity": "keras_neuron_sensitivity.report",

@@ -9,12 +9,16 @@ Layout (the README repeats it): run `{log_dir}/sensitivity`; per layer key and
 - scalar `nonfinite_count_to_{wrt}/{key}`: neurons whose value is NaN or
   infinite (a diverging run); they are left out of the histogram and mean;
 - tensor `per_neuron_to_{wrt}/{key}`: the per-neuron vector itself, exact;
+- for values from the estimator only: tensor `per_neuron_error_to_{wrt}/{key}`,
+  the per-neuron standard error of the logged value, and scalar
+  `relative_error_to_{wrt}/{key}`, the median relative standard error over
+  the layer's live neurons;
 - image `heatmap_to_{wrt}/{key}`: every neuron (rows) over the logged epochs
   (columns) on a log colour scale, dead neurons magenta; drawn after 1, 2,
   4, 8, ... logged epochs and at the end of training;
 
-and one text summary `dead_neurons`: a table of layers with their dead
-neurons' indices. Step is the 0-based epoch index, as
+and text summaries `dead_neurons` (a table of layers with their dead
+neurons' indices) and `method` (which method produced each `wrt`). Step is the 0-based epoch index, as
 `keras.callbacks.TensorBoard` uses.
 """
 
@@ -36,7 +40,9 @@ from tensorboard.util import tensor_util
 RUN_NAME = "sensitivity"
 PLUGIN_NAME = "keras_neuron_sensitivity"
 WRT_PREFIX = "per_neuron_to_"
+ERROR_PREFIX = "per_neuron_error_to_"
 TEXT_TAG = "dead_neurons"
+METHOD_TAG = "method"
 HEATMAP_DESCRIPTION = (
     "Rows: the layer's neurons, 0 at the top. Columns: the logged epochs, "
     "oldest on the left. Colour: log10 of the sensitivity, from the image's "
@@ -64,6 +70,14 @@ def nonfinite_tag(wrt, key):
 
 def values_tag(wrt, key):
     return f"{WRT_PREFIX}{wrt}/{key}"
+
+
+def error_tag(wrt, key):
+    return f"{ERROR_PREFIX}{wrt}/{key}"
+
+
+def relative_error_tag(wrt, key):
+    return f"relative_error_to_{wrt}/{key}"
 
 
 def heatmap_tag(wrt, key):
@@ -153,6 +167,15 @@ def encode_png(image):
     ])
 
 
+def median_relative_error(values, errors):
+    """The median of `errors / values` over neurons with a finite, non-zero
+    value (a dead neuron's value is exact: it has no relative error); NaN
+    when there is none."""
+    values, errors = np.asarray(values, np.float64), np.asarray(errors, np.float64)
+    live = np.isfinite(values) & (values != 0) & np.isfinite(errors)
+    return float(np.median(errors[live] / values[live])) if live.any() else float("nan")
+
+
 def _dead_table(step, reduced, dead):
     lines = [
         f"Epoch {step}: dead neurons (sensitivity exactly zero on every probe sample).",
@@ -229,14 +252,19 @@ class SensitivityWriter:
         ]
         return max(steps, default=None)
 
-    def write(self, step, reduced, dead):
+    def write(self, step, reduced, dead, errors=None, methods=None):
         """Writes one epoch and flushes it.
 
         Args:
             step: the epoch index.
             reduced: `{wrt: {key: (C,) per-neuron sensitivity}}`.
             dead: `{wrt: {key: (C,) bool}}`.
+            errors: `{wrt: {key: (C,) standard error}}` for the `wrt`s that
+                the estimator computed; None or missing `wrt`s: exact.
+            methods: `{wrt: description}`, the method that produced each
+                `wrt` ("exact", "estimate (32 probes)"), for the text entry.
         """
+        errors = errors or {}
         history = self.history()
         entries = []
         for wrt, per_layer in reduced.items():
@@ -254,7 +282,16 @@ class SensitivityWriter:
                 entries.append((nonfinite_tag(wrt, key), _SCALAR,
                                 vector.size - finite.size))
                 entries.append((values_tag(wrt, key), _VALUES, vector))
+                error = errors.get(wrt, {}).get(key)
+                if error is not None:
+                    entries.append((error_tag(wrt, key), _VALUES, error))
+                    relative = median_relative_error(vector, error)
+                    if np.isfinite(relative):
+                        entries.append((relative_error_tag(wrt, key), _SCALAR, relative))
         entries.append((TEXT_TAG, _TEXT, _dead_table(step, reduced, dead).encode()))
+        if methods:
+            lines = [f"Epoch {step}:"] + [f"- to {w}: {m}" for w, m in methods.items()]
+            entries.append((METHOD_TAG, _TEXT, "\n".join(lines).encode()))
         self._logged += 1
         # Each heat map holds the whole history, so drawing one every epoch
         # would be wasted work (it costs more than the sweep on small models):

@@ -170,10 +170,10 @@ def plain_weights(layer):
 class Rule:
     """How the sweep passes through one layer family.
 
-    Subclass it and `register_rule` it for a layer class of your own. A site
-    is one call of the layer in the sweep: `site.layer`, `site.inputs` (the
-    call's input tensors, in order) and `site.run(inputs)` (the call replayed
-    on other inputs, returning its flattened outputs).
+    Subclass it and `register_rule` it for a layer class of your own. Each
+    method receives a `Site`: one call of the layer in the computation, with
+    its layer, key, input and output tensors, trainable weights, and
+    `site.run(inputs)` to replay it (see `keras_neuron_sensitivity.Site`).
     """
 
     def applies(self, layer):
@@ -283,7 +283,7 @@ class GenericRule(Rule):
                 )
             except LookupError as error:  # "No gradient defined for operation"
                 raise UnsupportedLayerError(
-                    f"Layer {site.call.key!r} ({type(site.layer).__name__}) uses "
+                    f"Layer {site.key!r} ({type(site.layer).__name__}) uses "
                     f"an operation TensorFlow cannot differentiate ({error}), so "
                     "no neuron after it has a derivative through it. Expected a "
                     "differentiable layer. Select only layers before it "
@@ -323,7 +323,7 @@ class GenericRule(Rule):
     @staticmethod
     def per_row(site, tiled, connected, flat_cots, reduce):
         """Maps `reduce(per-row weight gradients)` over the `k * n` rows."""
-        weights = [variable_tensor(v) for v in site.call.weights]
+        weights = [variable_tensor(v) for v in site.weights]
 
         def one_row(row):
             inputs, cots = row

@@ -23,31 +23,13 @@ import numpy as np
 import tensorflow as tf
 
 from keras_neuron_sensitivity.engine import base, registry
+from keras_neuron_sensitivity.engine.site import Site
 
 WRT_CHOICES = ("weights", "inputs")
 
 # Bytes per row (one neuron of one sample) are estimated from the activations
 # of one sample: cotangent, its tiled copy for replayed layers, temporaries.
 _ROW_OVERHEAD = 4
-
-
-class _Site:
-    """One layer call in one sweep, as the rules see it."""
-
-    def __init__(self, call, inputs):
-        self.call = call
-        self.layer = call.layer
-        self.inputs = inputs
-        self.outputs = None  # set after the forward pass
-        self.need_weights = False  # whether rules should cache weight factors
-
-    def run(self, inputs):
-        args, kwargs = self.call.fill(dict(zip(self.call.inputs, inputs)))
-        if getattr(self.layer, "_call_has_training_arg", False) or getattr(
-            self.layer, "_expects_training_arg", False  # tf_keras
-        ):
-            kwargs = {**kwargs, "training": False}
-        return tf.nest.flatten(self.layer(*args, **kwargs))
 
 
 class Sweep:
@@ -194,11 +176,11 @@ class Sweep:
     # --- the compiled computation ------------------------------------------
 
     def _site(self, call, values):
-        site = _Site(call, [values[t] for t in call.inputs])
-        site.need_weights = "weights" in self.wrt and bool(
-            call.weights
+        return Site(
+            call,
+            [values[t] for t in call.inputs],
+            need_weights="weights" in self.wrt and bool(call.weights),
         )
-        return site
 
     def _forward(self, inputs):
         values = dict(zip(self.graph.inputs, inputs))

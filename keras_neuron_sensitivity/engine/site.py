@@ -1,0 +1,54 @@
+"""`Site`: one call of one layer in a computation, as a `Rule` sees it."""
+
+import tensorflow as tf
+
+
+class Site:
+    """One call of one layer, with the tensors it received in this pass.
+
+    Rules (`keras_neuron_sensitivity.Rule`) receive a site in `forward`,
+    `backward` and `seed_backward`. Everything a rule may rely on is here;
+    a rule for your own layer needs nothing else.
+
+    Attributes:
+        layer: the `keras.layers.Layer` (or plain Keras operation) called.
+        key: the call's layer key, as `neuron_sensitivity` reports it
+            (`"dense"`, `"outer/inner"`, `"dense@1"` for a second call).
+        inputs: the call's input tensors in this pass, in the order of the
+            call's flattened tensor arguments; each is `(n, ...)`, batch first.
+        outputs: the call's flattened output tensors, `(n, ...)`; None inside
+            `forward` (the rule computes them), set for `backward`.
+        weights: the trainable variables the call reads (`layer.
+            trainable_weights`; empty for a plain Keras operation). The
+            weight term a rule returns sums over exactly these.
+        need_weights: whether this computation wants the weight term of this
+            call, so `forward` should cache what that term needs. False when
+            only the sensitivity to inputs is computed, or the call has no
+            trainable weights.
+    """
+
+    def __init__(self, call, inputs, need_weights=False):
+        self._call = call
+        self.layer = call.layer
+        self.key = call.key
+        self.inputs = inputs
+        self.outputs = None
+        self.weights = call.weights
+        self.need_weights = need_weights
+
+    def run(self, inputs):
+        """Replays the call on other inputs, in inference mode.
+
+        Args:
+            inputs: one tensor per entry of `self.inputs`, with any batch
+                size (the rules pass `k * n` rows for `k` cotangents).
+
+        Returns:
+            The call's outputs, flattened to a list.
+        """
+        args, kwargs = self._call.fill(dict(zip(self._call.inputs, inputs)))
+        if getattr(self.layer, "_call_has_training_arg", False) or getattr(
+            self.layer, "_expects_training_arg", False  # tf_keras
+        ):
+            kwargs = {**kwargs, "training": False}
+        return tf.nest.flatten(self.layer(*args, **kwargs))
