@@ -7,12 +7,8 @@ import numpy as np
 
 from keras_neuron_sensitivity import _batch, probe
 from keras_neuron_sensitivity.engine.jacobian import layer_jacobian
-from keras_neuron_sensitivity.engine.sweep import (
-    REDUCTIONS,
-    WRT_CHOICES,
-    Sweep,
-    reduce_samples,
-)
+from keras_neuron_sensitivity.engine.summary import REDUCTIONS, reduce_samples
+from keras_neuron_sensitivity.engine.sweep import WRT_CHOICES, Sweep
 from keras_neuron_sensitivity.errors import UnsupportedModelError
 
 DEFAULT_MEMORY_BUDGET_MB = 1024

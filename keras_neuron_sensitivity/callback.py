@@ -8,7 +8,7 @@ import numpy as np
 from keras.src.utils import io_utils
 
 from keras_neuron_sensitivity import _batch, api, probe
-from keras_neuron_sensitivity.engine.sweep import dead_neurons, reduce_samples
+from keras_neuron_sensitivity.engine.summary import dead_neurons, reduce_samples
 from keras_neuron_sensitivity.tensorboard import SensitivityWriter
 
 ON_ERROR_CHOICES = ("warn", "raise")

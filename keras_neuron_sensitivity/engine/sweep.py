@@ -15,14 +15,13 @@ forward per sample chunk feeds a compiled reverse per round of neurons. Each
 is traced once per probe shape.
 """
 
-import contextlib
 import math
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_neuron_sensitivity.engine import base, registry
+from keras_neuron_sensitivity.engine.replay import float32_compute, primary_variables
 from keras_neuron_sensitivity.engine.site import Site
 
 WRT_CHOICES = ("weights", "inputs")
@@ -289,52 +288,6 @@ class Sweep:
         return result
 
 
-@contextlib.contextmanager
-def float32_compute(layers):
-    """Layers under a float16/bfloat16 policy compute in float32 meanwhile.
-
-    Mixed precision keeps float32 weights; computing from them in float32
-    gives the model's own derivatives without float16 round-off. Only the
-    engine's trace and runs see this: the policies are restored on exit.
-    """
-    changed = []
-    for layer in layers:
-        if not isinstance(layer, keras.layers.Layer):
-            continue  # a plain Keras op computes in its inputs' dtype
-        for sub in layer._flatten_layers(include_self=True, recursive=True):
-            if sub.compute_dtype in ("float16", "bfloat16"):
-                changed.append((sub, sub._dtype_policy))
-                sub._dtype_policy = keras.DTypePolicy("float32")
-    try:
-        yield
-    finally:
-        for sub, policy in reversed(changed):
-            sub._dtype_policy = policy
-
-
-@contextlib.contextmanager
-def primary_variables():
-    """Lets the compiled sweep read mirrored variables under `tf.distribute`.
-
-    In a cross-replica context (callbacks of a distributed `fit`) a
-    `DistributedVariable` has no handle to capture ("handle is not available
-    outside the replica context", tensorflow/tensorflow#36392). TensorFlow's
-    own SavedModel export reads the primary copy under a save context with
-    `VariablePolicy.NONE`; every replica holds the same values, so the sweep
-    does the same.
-    """
-    from tensorflow.python.saved_model import save_context, save_options
-
-    if not tf.distribute.has_strategy() or save_context.in_save_context():
-        yield
-        return
-    options = save_options.SaveOptions(
-        experimental_variable_policy=save_options.VariablePolicy.NONE
-    )
-    with save_context.save_context(options):
-        yield
-
-
 def _result_dtype(y):
     """Norms are float32 (float64 for a float64 model), even under float16."""
     return tf.float64 if y.dtype == tf.float64 else tf.float32
@@ -352,22 +305,3 @@ def _take_rows(x, begin, size):
         rows = tf.concat([rows, tf.repeat(rows[:1], missing, axis=0)], 0)
     return rows
 
-
-
-REDUCTIONS = ("mean", "rms", "max", None)
-
-
-def reduce_samples(per_sample, reduction):
-    """`(B, C)` per-sample norms -> `(C,)` by `reduction`; None keeps them."""
-    if reduction is None:
-        return per_sample
-    if reduction == "mean":
-        return per_sample.mean(axis=0)
-    if reduction == "rms":
-        return np.sqrt(np.mean(np.square(per_sample), axis=0))
-    return per_sample.max(axis=0)
-
-
-def dead_neurons(per_sample):
-    """`(C,)` bool: sensitivity exactly zero on every probe sample."""
-    return np.all(per_sample == 0, axis=0)
