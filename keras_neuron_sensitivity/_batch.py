@@ -5,9 +5,6 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-_WARNED = set()
-
-
 
 def take_inputs(data, probe_size=None):
     """Unpacks callback `probe_data` into model inputs (labels dropped).
@@ -125,7 +122,10 @@ def _to_tensor(value, name, dtype, spec, what):
 
 
 def warn_integer_inputs(graph):
-    """Warns once that integer inputs are left out of sensitivity to inputs.
+    """Warns that integer inputs are left out of sensitivity to inputs.
+
+    Python's warning registry shows it once per calling line (the default
+    filter), not once per epoch; users control it with `warnings` filters.
 
     Raises:
         ValueError: if no floating-point input is left.
@@ -145,6 +145,5 @@ def warn_integer_inputs(graph):
         f"Integer model inputs {ints} have no derivative and are left out of "
         "the sensitivity to inputs."
     )
-    if ints and message not in _WARNED:  # once per set of inputs, not per epoch
-        _WARNED.add(message)
-        warnings.warn(message, stacklevel=3)
+    if ints:
+        warnings.warn(message, stacklevel=4)

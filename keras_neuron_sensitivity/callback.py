@@ -1,21 +1,21 @@
 """`NeuronSensitivityCallback`: scheduling and orchestration only, no math."""
 
-import os
+import secrets
 import warnings
 
 import keras
 import numpy as np
 from keras.src.utils import io_utils
 
-from keras_neuron_sensitivity import _batch, api, probe
-from keras_neuron_sensitivity.engine.summary import dead_neurons, reduce_samples
+from keras_neuron_sensitivity import _arguments, _batch, _computation, api, probe
+from keras_neuron_sensitivity.engine.summary import dead_neurons
 from keras_neuron_sensitivity.tensorboard import SensitivityWriter
 
 ON_ERROR_CHOICES = ("warn", "raise")
 
 
 class NeuronSensitivityCallback(keras.callbacks.Callback):
-    """Logs every neuron's exact Jacobian norms to TensorBoard during `fit`.
+    """Logs every neuron's Jacobian norms to TensorBoard during `fit`.
 
     At each scheduled epoch end, it evaluates the model (in inference mode) on
     a fixed probe batch and computes, for every neuron of every selected
@@ -24,6 +24,12 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
     histogram per layer (one value per neuron) and scalars for the mean and
     the dead fraction to the run `{log_dir}/sensitivity`, with step = epoch
     index so it lines up with `keras.callbacks.TensorBoard(log_dir)`.
+
+    By default (`method="auto"`) the values are exact when that is cheap (a
+    small MLP or CNN) and otherwise estimated, without bias in the square,
+    from random forward-mode Jacobian-vector products whose cost does not
+    grow with the number of neurons; the run says which method produced
+    each value, and logs the estimate's relative error per layer.
 
     It never changes training, and by default a failed computation is
     reported as a warning and training goes on.
@@ -42,6 +48,16 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
             with trainable weights plus standalone activation layers.
         reduction: `"mean"`, `"rms"` or `"max"` over the probe batch for the
             logged per-neuron value. Defaults to `"mean"`.
+        method: `"auto"` (exact when its predicted cost is at most twice the
+            estimate's, decided per `wrt` from the model's and probe's shapes),
+            `"exact"`, or `"estimate"`. Defaults to `"auto"`.
+        num_probes: random tangents of the estimate (at least 2). Defaults to
+            None: 32.
+        seed: the estimate's seed, a non-negative int. The same tangents are
+            used at every logged epoch, so that epochs compare with each
+            other more precisely than their values with the truth. Defaults
+            to None: drawn once, when the callback is made, from the
+            operating system (never from a global random state).
         num_bins: histogram buckets. Defaults to 30.
         probe_size: keep at most this many samples (a dataset defaults to
             128). Defaults to None: the whole probe batch.
@@ -53,8 +69,10 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
             Defaults to 0.
 
     Attributes:
-        sensitivities: what was logged, `{step: {wrt: {key: (C,) array}}}`;
-            the step is the epoch index (continued across `fit` calls).
+        sensitivities: what was logged, `{step: {wrt: Sensitivities}}`, each
+            a dict `{key: (C,) array}` with `method`, `num_probes` and
+            `std_error` attributes; the step is the epoch index (continued
+            across `fit` calls).
 
     Example:
 
@@ -76,6 +94,9 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         freq=1,
         layers=None,
         reduction="mean",
+        method="auto",
+        num_probes=None,
+        seed=None,
         num_bins=30,
         probe_size=None,
         memory_budget_mb=api.DEFAULT_MEMORY_BUDGET_MB,
@@ -83,20 +104,25 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         verbose=0,
     ):
         super().__init__()
-        self.wrt = api._check_wrt(wrt, allow_both=True)
-        self.freq = _check_freq(freq)
+        self.wrt = _arguments.check_wrt(wrt, allow_both=True)
+        self.freq = _arguments.check_freq(freq)
         if reduction is None:
             raise ValueError(
                 "Received reduction=None. Expected 'mean', 'rms' or 'max': the "
                 "callback logs one value per neuron. For per-sample norms, "
                 "call `neuron_sensitivity(..., reduction=None)`."
             )
-        api._check_reduction(reduction)
+        _arguments.check_reduction(reduction)
         self.reduction = reduction
-        self.num_bins = _check_positive_int("num_bins", num_bins)
+        _arguments.check_method(method)
+        self.method = method
+        self.num_probes = _arguments.check_num_probes(num_probes)
+        seed = _arguments.check_seed(seed)
+        self.seed = secrets.randbits(62) if seed is None else seed
+        self.num_bins = _arguments.check_positive_int("num_bins", num_bins)
         if probe_size is not None:
-            _check_positive_int("probe_size", probe_size)
-        api._check_budget(memory_budget_mb)
+            _arguments.check_positive_int("probe_size", probe_size)
+        _arguments.check_budget(memory_budget_mb)
         self.memory_budget_mb = memory_budget_mb
         if on_error not in ON_ERROR_CHOICES:
             raise ValueError(
@@ -106,7 +132,7 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
             )
         self.on_error = on_error
         self.verbose = verbose
-        self.log_dir = _check_log_dir(log_dir)
+        self.log_dir = _arguments.check_log_dir(log_dir)
         if probe_data is None:
             raise ValueError(
                 "Received probe_data=None. Expected a batch of inputs (an "
@@ -117,7 +143,7 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         self.layers = layers
         self.sensitivities = {}
         self._writer = SensitivityWriter(self.log_dir, self.num_bins)
-        self._prepared = None  # (graph, inputs, keys) once the model is built
+        self._problem = None  # once the model is built
         self._step_offset = None
         self._failed = False
 
@@ -132,13 +158,13 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         # A model built inside `fit` (a Sequential without `Input`) is built
         # by its first step: check the probe against it right after. (A batch
         # *end* hook would turn off Keras's asynchronous batch dispatch.)
-        if self._prepared is None and probe.is_model_built(self.model):
+        if self._problem is None and probe.is_model_built(self.model):
             self._prepare()
 
     # tf_keras (Keras 2) asks each callback which batch hooks it implements,
     # once per fit: ours is needed only for a model built inside `fit`.
     def _implements_train_batch_hooks(self):
-        return self._prepared is None and not probe.is_model_built(self.model)
+        return self._problem is None and not probe.is_model_built(self.model)
 
     def _implements_test_batch_hooks(self):
         return False
@@ -165,16 +191,19 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
             self._failed = True
 
     def _log(self, epoch):
-        graph, inputs, keys = self._prepare()
-        sweep = api.cached_sweep(self.model, graph, keys, self.wrt, self.memory_budget_mb)
-        per_sample = sweep(inputs)
-        reduced = {
-            w: {k: reduce_samples(v, self.reduction) for k, v in d.items()}
-            for w, d in per_sample.items()
-        }
-        dead = {w: {k: dead_neurons(v) for k, v in d.items()} for w, d in per_sample.items()}
+        results = _computation.compute(
+            self._prepare(),
+            method=self.method,
+            num_probes=self.num_probes,
+            seed=self.seed,
+            memory_budget_mb=self.memory_budget_mb,
+        )
+        reduced = {w: result.reduce(self.reduction) for w, result in results.items()}
+        dead = {w: {k: dead_neurons(v) for k, v in s.items()} for w, s in reduced.items()}
+        errors = {w: s.std_error for w, s in reduced.items() if s.method == "estimate"}
+        methods = {w: describe_method(s) for w, s in reduced.items()}
         step = self._step(epoch)
-        self._writer.write(step, reduced, dead)
+        self._writer.write(step, reduced, dead, errors, methods)
         self.sensitivities[step] = reduced
         if self.verbose:
             io_utils.print_msg(_one_line(step, reduced, dead))
@@ -201,14 +230,12 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
 
     def _prepare(self):
         """Checks the probe and layers against the model, once."""
-        if self._prepared is None:
-            graph = api.model_graph(self.model, self.probe_data)
-            inputs = _batch.standardize(graph, self.probe_data, "probe_data")
-            keys = probe.resolve_layers(graph, self.layers)
-            if "inputs" in self.wrt:
-                _batch.warn_integer_inputs(graph)
-            self._prepared = (graph, inputs, keys)
-        return self._prepared
+        if self._problem is None:
+            self._problem = _computation.prepare(
+                self.model, self.probe_data, wrt=self.wrt, layers=self.layers,
+                what="probe_data",
+            )
+        return self._problem
 
 
 def _is_chief(model):
@@ -219,61 +246,20 @@ def _is_chief(model):
     return bool(getattr(extended, "should_checkpoint", True))
 
 
+def describe_method(sensitivities):
+    """`"exact"` or `"estimate (32 probes)"`."""
+    if sensitivities.method == "exact":
+        return "exact"
+    return f"estimate ({sensitivities.num_probes} probes)"
+
+
 def _one_line(epoch, reduced, dead):
     parts = []
     for wrt, per_layer in reduced.items():
         values = np.concatenate(list(per_layer.values()))
         n_dead = int(sum(d.sum() for d in dead[wrt].values()))
         parts.append(
-            f"to {wrt}: mean {values.mean():.3g}, {n_dead}/{values.size} dead"
+            f"to {wrt} ({describe_method(per_layer)}): mean {values.mean():.3g}, "
+            f"{n_dead}/{values.size} dead"
         )
     return f"Epoch {epoch}: neuron sensitivity " + "; ".join(parts)
-
-
-def _check_freq(freq):
-    if isinstance(freq, (int, np.integer)) and not isinstance(freq, bool):
-        if freq >= 1:
-            return int(freq)
-    elif isinstance(freq, (list, tuple, set, range)) and freq:
-        if all(
-            isinstance(e, (int, np.integer)) and not isinstance(e, bool) and e >= 0
-            for e in freq
-        ):
-            return frozenset(int(e) for e in freq)
-    raise ValueError(
-        f"Received freq={freq!r}. Expected a positive int N (log every N "
-        "epochs: 0, N, 2N, ...) or a non-empty list of 0-based epoch indices, "
-        "for example freq=1 or freq=[0, 5, 9]."
-    )
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0:
-        return int(value)
-    raise ValueError(f"Received {name}={value!r}. Expected a positive int.")
-
-
-def _check_log_dir(log_dir):
-    if not isinstance(log_dir, (str, os.PathLike)) or not os.fspath(log_dir):
-        raise ValueError(
-            f"Received log_dir={log_dir!r}. Expected a directory path (str or "
-            "os.PathLike), for example 'logs'."
-        )
-    log_dir = os.fspath(log_dir)
-    # The first existing ancestor decides whether the run can be created.
-    existing = os.path.abspath(log_dir)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise ValueError(
-            f"Received log_dir={log_dir!r}, but {existing!r} is a file, so no "
-            "log directory can be created there. Expected a directory path. "
-            "Choose another log_dir or move the file."
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(
-            f"Received log_dir={log_dir!r}, but {existing!r} is not writable. "
-            "Expected a directory this process can write to. Choose another "
-            "log_dir or fix its permissions."
-        )
-    return log_dir

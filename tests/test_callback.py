@@ -298,7 +298,7 @@ def test_layers_and_reduction_arguments(tmp_path):
     } <= tags
     # Only the selected layer and wrt (further summaries per layer are
     # allowed), besides the run-wide dead-neuron table.
-    assert all(tag.endswith("_to_inputs/out") for tag in tags - {"dead_neurons"}), tags
+    assert all(tag.endswith("_to_inputs/out") for tag in tags - {"dead_neurons", "method"}), tags
 
 
 def test_training_is_unchanged_by_the_callback(tmp_path):
@@ -369,3 +369,45 @@ def test_whole_layer_dead(tmp_path):
         _check_histogram(buckets, np.zeros(8), num_bins=4)
         assert float(_series(events, f"dead_fraction_to_{wrt}/act")[0]) == 1.0
         assert float(_series(events, f"mean_sensitivity_to_{wrt}/act")[0]) == 0.0
+
+
+def test_estimate_logs_its_errors_and_says_which_method(tmp_path, capsys):
+    x, y = _data()
+    probe = x[:10]
+    callback = NeuronSensitivityCallback(
+        probe, log_dir=tmp_path, method="estimate", num_probes=4, seed=3, verbose=1
+    )
+    model = _fit([callback], epochs=2)
+    events = _events(tmp_path / "sensitivity")
+    for wrt in WRTS:
+        for key, width in KEYS.items():
+            errors = _series(events, f"per_neuron_error_to_{wrt}/{key}")
+            relative = _series(events, f"relative_error_to_{wrt}/{key}")
+            assert sorted(errors) == sorted(relative) == [0, 1]
+            for step in (0, 1):
+                logged = callback.sensitivities[step][wrt]
+                assert logged.method == "estimate" and logged.num_probes == 4
+                np.testing.assert_array_equal(errors[step], logged.std_error[key])
+                live = logged[key] > 0
+                expected = np.median(logged.std_error[key][live] / logged[key][live])
+                assert float(relative[step]) == pytest.approx(expected, rel=1e-5)
+                assert errors[step].shape == (width,)
+        # Dead units are exactly dead under the estimator too.
+        assert np.all(callback.sensitivities[1][wrt]["act"][[0, 3]] == 0.0)
+        # The same seed outside training gives the values of the last epoch.
+        again = neuron_sensitivity(model, probe, wrt=wrt, method="estimate", num_probes=4, seed=3)
+        for key in KEYS:
+            np.testing.assert_allclose(callback.sensitivities[1][wrt][key], again[key], rtol=1e-5)
+    texts = [tf.make_ndarray(e.tensor_proto).item().decode() for e in events.Tensors("method")]
+    assert len(texts) == 2
+    assert "to weights: estimate (4 probes)" in texts[0] and "to inputs: estimate (4 probes)" in texts[0]
+    lines = capsys.readouterr().out.splitlines()
+    assert "to weights (estimate (4 probes)): mean" in lines[0]
+
+
+def test_auto_is_exact_on_this_small_model_and_says_so(default_run):
+    *_, callback, _, events = default_run
+    texts = [tf.make_ndarray(e.tensor_proto).item().decode() for e in events.Tensors("method")]
+    assert [t.count(": exact") for t in texts] == [2, 2, 2]
+    assert not any(tag.startswith("per_neuron_error_to_") for tag in events.Tags()["tensors"])
+    assert all(callback.sensitivities[s][w].method == "exact" for s in range(3) for w in WRTS)

@@ -185,6 +185,6 @@ def test_quiet_by_default_one_line_per_logged_epoch_when_asked(tmp_path, capsys,
     lines = capsys.readouterr().out.splitlines()
     if verbose:
         assert [line.split(":")[0] for line in lines] == ["Epoch 0", "Epoch 2"]
-        assert "to weights: mean" in lines[0] and "/6 dead" in lines[0]
+        assert "to weights (exact): mean" in lines[0] and "/6 dead" in lines[0]
     else:
         assert lines == []

@@ -206,15 +206,25 @@ def test_shared_layer_sums_gradients_over_calls():
     np.testing.assert_allclose(got, oracle.brute_force(model, x, fn, "weights"), rtol=RTOL, atol=ATOL)
 
 
+def _sweeps(model):
+    """`{memory budget in bytes: Sweep}` of the exact method objects cached for `model`."""
+    from keras_neuron_sensitivity import _computation
+
+    return {
+        key[2]: runner._sweep
+        for per_config in _computation._CACHE[model].values()
+        for key, runner in per_config.items()
+        if key[0] == "exact"
+    }
+
+
 def test_one_trace_across_calls():
     model = _seq((4,), L.Dense(5, activation="relu"), L.Dense(3))
     x = _probe((4,), n=6)
-    from keras_neuron_sensitivity import api
-
     for _ in range(3):
         neuron_sensitivity(model, x, wrt="inputs")
         model.layers[0].kernel.assign(model.layers[0].kernel * 1.1)
-    (sweep,) = api._SWEEPS[model].values()
+    (sweep,) = _sweeps(model).values()
     # Everything fits in one chunk: one compiled function, traced once.
     assert sweep._whole_fn.experimental_get_tracing_count() == 1
     assert sweep._forward_fn.experimental_get_tracing_count() == 0
@@ -223,12 +233,10 @@ def test_one_trace_across_calls():
 def test_one_trace_across_calls_when_chunked():
     model = _seq((4,), L.Dense(5, activation="relu"), L.Dense(3))
     x = _probe((4,), n=6)
-    from keras_neuron_sensitivity import api
-
     for _ in range(3):
         neuron_sensitivity(model, x, memory_budget_mb=0.0005)  # 524 bytes: chunks
         model.layers[0].kernel.assign(model.layers[0].kernel * 1.1)
-    (sweep,) = api._SWEEPS[model].values()
+    (sweep,) = _sweeps(model).values()
     assert sweep._plan[0] < 6 or max(sweep._plan[1]) < 5  # really chunked
     assert sweep._forward_fn.experimental_get_tracing_count() == 1
     assert sweep._reverse_fn.experimental_get_tracing_count() == 1
@@ -241,10 +249,8 @@ def test_wide_layer_under_small_budget_equals_unchunked():
     x = np.random.default_rng(3).normal(size=(64, 4096)).astype("float32")
     small = neuron_sensitivity(model, x, wrt="inputs", reduction=None, memory_budget_mb=128)
     big = neuron_sensitivity(model, x, wrt="inputs", reduction=None, memory_budget_mb=8192)
-    from keras_neuron_sensitivity import api
-
-    plans = {config[3]: sweep._plan for config, sweep in api._SWEEPS[model].items()}
-    assert max(plans[128][1]) < 4096  # really chunked
+    plans = {budget: sweep._plan for budget, sweep in _sweeps(model).items()}
+    assert max(plans[128 * 2**20][1]) < 4096  # really chunked
     for key in big:
         np.testing.assert_allclose(small[key], big[key], rtol=1e-5, atol=1e-7)
     # And against the literal first-layer answer: |relu'(z_k)| * ||W[:, k]||.

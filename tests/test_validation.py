@@ -202,6 +202,24 @@ def test_inputs_of_int_and_float_model_warns_naming_the_int_input():
     assert np.all(result["d"] > 0)
 
 
+@pytest.mark.parametrize("method", ["fast", "Exact", None, 1], ids=repr)
+def test_api_bad_method(method):
+    with pytest.raises(ValueError, match=r"Received method=.*Expected one of \('exact', 'estimate', 'auto'\)"):
+        neuron_sensitivity(_mlp(), X, method=method)
+
+
+@pytest.mark.parametrize("num_probes", [0, 1, -4, 2.5, "8", True], ids=repr)
+def test_api_bad_num_probes(num_probes):
+    with pytest.raises(ValueError, match=r"Received num_probes=.*at least 2"):
+        neuron_sensitivity(_mlp(), X, method="estimate", num_probes=num_probes)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**62, 1.5, "0", True], ids=repr)
+def test_api_bad_seed(seed):
+    with pytest.raises(ValueError, match=r"Received seed=.*non-negative int"):
+        neuron_sensitivity(_mlp(), X, method="estimate", seed=seed)
+
+
 # --- callback arguments --------------------------------------------------------
 
 
@@ -375,3 +393,17 @@ def test_layer_without_gradient_names_the_layer_and_the_fix():
     # Layers before it are fine, and the error is a NotImplementedError.
     assert neuron_sensitivity(model, np.ones((2, 3), "float32"), layers=["d"])["d"].shape == (4,)
     assert issubclass(UnsupportedLayerError, NotImplementedError)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(method="sampled"), r"Received method='sampled'"),
+        (dict(num_probes=1), r"Received num_probes=1.*at least 2"),
+        (dict(seed=-3), r"Received seed=-3.*non-negative int"),
+    ],
+    ids=["method", "num_probes", "seed"],
+)
+def test_callback_bad_method_arguments_fail_at_creation(kwargs, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        NeuronSensitivityCallback(X, tmp_path, **kwargs)

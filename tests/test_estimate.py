@@ -1,0 +1,210 @@
+"""The estimator (`method="estimate"`) and `method="auto"`.
+
+The estimator's claims are statistical, so they are tested statistically,
+against brute force (tests/oracle.py), never against the exact engine alone:
+
+- unbiased in the square: over many seeds, the mean of `value**2` matches
+  the brute-force squared norm, per neuron and sample (a z-test with a
+  tolerance of 5 standard errors: with fixed seeds the test is repeatable,
+  and a wrong factor or a missing term shows as tens of standard errors),
+  and per layer (the ratio of sums);
+- its reported standard error matches the seed-to-seed spread;
+- exact zeros stay exact, seeds are independent and reproducible, and no
+  global random state is touched.
+"""
+
+import random
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import oracle
+from keras_neuron_sensitivity import neuron_sensitivity
+from keras_neuron_sensitivity.engine.estimate import Estimator
+from keras_neuron_sensitivity.probe import build_graph
+
+L = keras.layers
+SEEDS = range(300)
+Z_TOLERANCE = 5.0
+
+
+def _mlp_with_dead_units():
+    """Dense(10, relu): units 0-2 dead on every sample, 3 on the first only."""
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            L.Dense(10, activation="relu", name="h1"),
+            L.Dense(5, activation="tanh", name="h2"),
+            L.Dense(3, name="out"),
+        ]
+    )
+    kernel, bias = model.get_layer("h1").get_weights()
+    bias[:3] = -1e3
+    kernel[:, 3], bias[3] = 0.0, 0.0
+    kernel[0, 3] = 1.0  # unit 3 is x[:, 0], switched off where x[:, 0] < 0
+    model.get_layer("h1").set_weights([kernel, bias])
+    x = np.random.default_rng(1).normal(size=(4, 6)).astype("float32")
+    x[:, 0] = [-1.0, 0.5, 1.0, 2.0]
+    return model, x
+
+
+def _cnn():
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            L.Conv2D(4, 3, activation="relu", name="c1"),
+            L.MaxPooling2D(name="pool"),
+            L.Conv2D(3, 2, activation="tanh", name="c2"),
+            L.Flatten(),
+            L.Dense(3, name="out"),
+        ]
+    )
+    x = np.random.default_rng(2).normal(size=(3, 6, 6, 2)).astype("float32")
+    return model, x
+
+
+MODELS = {"mlp": _mlp_with_dead_units, "cnn": _cnn}
+
+
+def _brute_force(model, x, wrt):
+    keys = [layer.name for layer in model.layers if layer.trainable_weights]
+    return {
+        key: oracle.brute_force(model, x, oracle.output_fn(model, model.get_layer(key).output), wrt)
+        for key in keys
+    }
+
+
+@pytest.mark.parametrize("wrt", ["weights", "inputs"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_unbiased_in_the_square_against_brute_force(name, wrt):
+    model, x = MODELS[name]()
+    truth = _brute_force(model, x, wrt)
+    draws = {key: [] for key in truth}
+    for seed in SEEDS:
+        got = neuron_sensitivity(
+            model, x, wrt=wrt, method="estimate", num_probes=4, seed=seed, reduction=None
+        )
+        assert got.method == "estimate" and got.num_probes == 4
+        for key in truth:
+            draws[key].append(np.square(got[key]))
+    for key, exact in truth.items():
+        squares = np.stack(draws[key])  # (seeds, B, C)
+        exact_sq = np.square(exact)
+        zero = exact_sq == 0
+        # A neuron exactly insensitive on a sample is exactly zero every time.
+        assert np.all(squares[:, zero] == 0), key
+        mean = squares.mean(0)
+        se = squares.std(0, ddof=1) / np.sqrt(len(SEEDS))
+        z = (mean[~zero] - exact_sq[~zero]) / se[~zero]
+        assert np.abs(z).max() < Z_TOLERANCE, (key, np.round(z, 2))
+        # Per layer: the ratio of sums, against the spread of the sums.
+        sums = squares.reshape(len(SEEDS), -1).sum(1)
+        z_sum = (sums.mean() - exact_sq.sum()) / (sums.std(ddof=1) / np.sqrt(len(SEEDS)))
+        assert abs(z_sum) < Z_TOLERANCE, (key, sums.mean() / exact_sq.sum())
+
+
+def test_dead_units_are_exactly_zero_and_live_ones_are_not():
+    model, x = _mlp_with_dead_units()
+    for wrt in ("weights", "inputs"):
+        exact = neuron_sensitivity(model, x, wrt=wrt, reduction=None)
+        estimate = neuron_sensitivity(
+            model, x, wrt=wrt, reduction=None, method="estimate", num_probes=4, seed=3
+        )
+        for key in exact:
+            np.testing.assert_array_equal(estimate[key] == 0, exact[key] == 0, err_msg=key)
+        assert np.all(estimate["h1"][:, :3] == 0)
+        np.testing.assert_array_equal(estimate["h1"][:, 3] == 0, [True, False, False, False])
+
+
+def test_reported_standard_error_matches_the_spread_over_seeds():
+    model, x = _mlp_with_dead_units()
+    for wrt in ("weights", "inputs"):
+        runs = [
+            neuron_sensitivity(model, x, wrt=wrt, method="estimate", num_probes=16, seed=s)
+            for s in range(100)
+        ]
+        for key in runs[0]:
+            values = np.stack([r[key] for r in runs])
+            reported = np.stack([r.std_error[key] for r in runs])
+            live = values.mean(0) > 0
+            spread = values[:, live].std(0, ddof=1)
+            ratio = np.sqrt(np.mean(np.square(reported[:, live]))) / np.sqrt(np.mean(np.square(spread)))
+            assert 0.75 < ratio < 1.33, (wrt, key, ratio)
+            assert np.all(reported[:, ~live] == 0)
+
+
+def test_same_seed_same_values_other_seed_other_values():
+    model, x = _cnn()
+    kwargs = dict(method="estimate", num_probes=3, reduction=None)
+    a = neuron_sensitivity(model, x, seed=11, **kwargs)
+    b = neuron_sensitivity(model, x, seed=11, **kwargs)
+    c = neuron_sensitivity(model, x, seed=12, **kwargs)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+        assert not np.allclose(a[key], c[key]), key
+
+
+@pytest.mark.parametrize("wrt", ["weights", "inputs"])
+def test_consecutive_seeds_share_no_tangent(wrt):
+    # tf.random.Generator.from_seed(s + 1) replays s's stream shifted by a few
+    # draws (DESIGN.md §6b): no probe of seed 1 may repeat one of seed 0's.
+    model, x = _mlp_with_dead_units()
+    graph = build_graph(model)
+    estimator = Estimator(graph, ["h2"], (wrt,), num_probes=4, memory_budget=2**30)
+    inputs = [tf.constant(x)]
+    first = estimator(inputs, 0)[wrt]["h2"]
+    second = estimator(inputs, 1)[wrt]["h2"]
+    for i in range(4):
+        for j in range(4):
+            assert not np.allclose(first[i], second[j]), (i, j)
+
+
+@pytest.mark.parametrize("wrt", ["weights", "inputs"])
+def test_values_do_not_depend_on_the_memory_budget(wrt):
+    model, x = _cnn()
+    kwargs = dict(wrt=wrt, method="estimate", num_probes=5, seed=4, reduction=None)
+    big = neuron_sensitivity(model, x, **kwargs)
+    small = neuron_sensitivity(model, x, memory_budget_mb=0.002, **kwargs)  # a sample a chunk
+    for key in big:
+        np.testing.assert_allclose(small[key], big[key], rtol=1e-5, atol=1e-7)
+
+
+def test_no_global_random_state_is_read_or_advanced():
+    model, x = _cnn()
+    keras.utils.set_random_seed(5)
+    expected = (random.random(), np.random.random(), tf.random.uniform([]).numpy(),
+                keras.random.uniform([], seed=None).numpy())
+    keras.utils.set_random_seed(5)
+    for wrt in ("weights", "inputs"):
+        neuron_sensitivity(model, x, wrt=wrt, method="estimate", num_probes=2)
+        neuron_sensitivity(model, x, wrt=wrt, method="estimate", num_probes=2, seed=1)
+    got = (random.random(), np.random.random(), tf.random.uniform([]).numpy(),
+           keras.random.uniform([], seed=None).numpy())
+    assert got == expected
+
+
+def test_auto_is_exact_on_a_small_mlp():
+    model, x = _mlp_with_dead_units()
+    for wrt in ("weights", "inputs"):
+        got = neuron_sensitivity(model, x, wrt=wrt, method="auto", reduction=None)
+        assert got.method == "exact" and got.num_probes is None
+        truth = _brute_force(model, x, wrt)
+        for key in truth:
+            np.testing.assert_allclose(got[key], truth[key], rtol=2e-3, atol=1e-6)
+            assert np.all(got.std_error[key] == 0)
+
+
+def test_auto_estimates_where_exact_is_costly():
+    # Wide convolutions over many positions: 3 x 48 neurons whose cotangents
+    # each cross every earlier convolution.
+    model = keras.Sequential(
+        [keras.Input((16, 16, 3))]
+        + [L.Conv2D(48, 3, padding="same", activation="relu", name=f"c{i}") for i in range(3)]
+        + [L.GlobalAveragePooling2D(), L.Dense(2)]
+    )
+    x = np.random.default_rng(0).normal(size=(8, 16, 16, 3)).astype("float32")
+    got = neuron_sensitivity(model, x, method="auto", layers=["c2"], num_probes=4, seed=0)
+    assert got.method == "estimate" and got.num_probes == 4
+    assert got["c2"].shape == (48,)
