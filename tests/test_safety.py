@@ -31,7 +31,7 @@ def _steps(log_dir, tag="sensitivity_to_weights/hidden"):
     return [event.step for event in acc.Tensors(tag)]
 
 
-def _train(with_callback, tmp_path):
+def _train(with_callback, tmp_path, **options):
     keras.utils.set_random_seed(7)
     x, y = _data()
     # No Input: the model is built inside fit, by its first step.
@@ -44,14 +44,15 @@ def _train(with_callback, tmp_path):
         ]
     )
     model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
-    callbacks = [NeuronSensitivityCallback(x[:16], log_dir=tmp_path)] if with_callback else []
+    callbacks = [NeuronSensitivityCallback(x[:16], log_dir=tmp_path, **options)] if with_callback else []
     model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=callbacks, shuffle=True)
     return model.get_weights(), model.optimizer.iterations.numpy()
 
 
-def test_training_is_bit_identical_with_and_without_callback(tmp_path):
+@pytest.mark.parametrize("method", ["auto", "estimate"])
+def test_training_is_bit_identical_with_and_without_callback(tmp_path, method):
     without, steps_without = _train(False, tmp_path / "a")
-    with_cb, steps_with = _train(True, tmp_path / "b")
+    with_cb, steps_with = _train(True, tmp_path / "b", method=method, num_probes=3)
     assert steps_without == steps_with
     assert len(without) == len(with_cb)
     for a, b in zip(without, with_cb):
