@@ -24,6 +24,9 @@ def test_mirrored_strategy_logs_single_device_values_from_one_writer(tmp_path):
         assert out["logged"][wrt].keys() == out["twin"][wrt].keys() == {"h", "bn", "o"}
         for key, values in out["twin"][wrt].items():
             np.testing.assert_allclose(out["logged"][wrt][key], values, rtol=1e-5, atol=1e-7)
+        for key, values in out["twin_estimated"][wrt].items():
+            np.testing.assert_allclose(out["estimated"][wrt][key], values, rtol=1e-5, atol=1e-7)
+    assert out["estimated"]["weights"].keys() == {"h", "bn", "o"}
     events = [n for n in os.listdir(tmp_path / "sensitivity") if ".tfevents." in n]
     assert len(events) == 1
 

@@ -208,3 +208,64 @@ def test_auto_estimates_where_exact_is_costly():
     got = neuron_sensitivity(model, x, method="auto", layers=["c2"], num_probes=4, seed=0)
     assert got.method == "estimate" and got.num_probes == 4
     assert got["c2"].shape == (48,)
+
+
+# --- every kind of model the exact method takes --------------------------------
+# Same seed, same structure: the same tangents, so the estimate must equal that
+# of a plain Keras 3 twin (whose estimate is checked against brute force above).
+
+
+def _twin_equal(model, twin, x, rtol=1e-5, **kwargs):
+    for wrt in ("weights", "inputs"):
+        kwargs_wrt = dict(wrt=wrt, method="estimate", num_probes=3, seed=9, reduction=None, **kwargs)
+        got = neuron_sensitivity(model, x, **kwargs_wrt)
+        expected = neuron_sensitivity(twin, x, **kwargs_wrt)
+        assert got.keys() == expected.keys()
+        for key in expected:
+            np.testing.assert_allclose(got[key], expected[key], rtol=rtol, atol=1e-6, err_msg=f"{key} {wrt}")
+
+
+def test_tf_keras_model_equals_its_keras3_twin():
+    tf_keras = pytest.importorskip("tf_keras")
+
+    def build(lib):
+        x = lib.Input((5,))
+        h = lib.layers.Dense(4, activation="relu", name="h")(x)
+        a = lib.layers.Dense(4, activation="tanh", name="a")(h)
+        return lib.Model(x, lib.layers.Dense(3, name="o")(lib.layers.Add()([h, a])))
+
+    model, twin = build(tf_keras), build(keras)
+    twin.set_weights(model.get_weights())
+    _twin_equal(model, twin, np.random.default_rng(0).normal(size=(3, 5)).astype("float32"))
+
+
+def test_mixed_precision_equals_its_float32_twin():
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model, x = _cnn()
+        assert model.get_layer("c1").compute_dtype == "float16"
+    finally:
+        keras.config.set_dtype_policy(policy)
+    twin, _ = _cnn()
+    twin.set_weights(model.get_weights())
+    _twin_equal(model, twin, x)
+    assert model.get_layer("c1").compute_dtype == "float16"
+
+
+def test_subclassed_model_equals_its_functional_twin():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d1 = L.Dense(5, activation="relu", name="d1")
+            self.d2 = L.Dense(3, name="d2")
+
+        def call(self, x):
+            return self.d2(self.d1(x))
+
+    net = Net()
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    net(x)
+    inputs = keras.Input((4,))
+    twin = keras.Model(inputs, net.d2(net.d1(inputs)))
+    _twin_equal(net, twin, x)

@@ -22,6 +22,8 @@ an unbiased estimate of the squared norm, whatever the number of neurons.
 Index letters: `m` probe (tangent), `n` sample, `k` neuron.
 """
 
+import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -58,6 +60,9 @@ class Estimator:
         self.num_probes = int(num_probes)
         self.memory_budget = int(memory_budget)
         self._variables = self.replay.weights()
+        # Keras 3 variables are replaced by explicit values (a pure function
+        # of them); tf_keras's are tf.Variables, which the accumulator watches.
+        self._stateless = all(isinstance(v, keras.Variable) for v in self._variables)
         self._float_inputs = [
             j for j, dtype in enumerate(graph.input_dtypes) if tf.as_dtype(dtype).is_floating
         ]
@@ -77,7 +82,9 @@ class Estimator:
                 for w in self.wrt:
                     fn = self._weights_probe if w == "weights" else self._inputs_probe
                     self._fns[w] = tf.function(fn, autograph=False)
-            values = [tf.convert_to_tensor(v) for v in self._variables]
+            values = self._variables
+            if self._stateless:
+                values = [tf.convert_to_tensor(v) for v in values]
             return {w: self._run(w, inputs, values, seed) for w in self.wrt}
 
     # --- planning -----------------------------------------------------------
@@ -129,9 +136,11 @@ class Estimator:
             tf.random.stateless_normal(tf.shape(v), _fold(key, j), dtype=v.dtype)
             for j, v in enumerate(values)
         ]
-        with tf.autodiff.ForwardAccumulator(values, tangents) as acc:
-            with keras.StatelessScope(state_mapping=list(zip(self._variables, values))):
-                targets = self.replay.target_outputs(self.replay.run(inputs))
+        scope = contextlib.nullcontext()
+        if self._stateless:
+            scope = keras.StatelessScope(state_mapping=list(zip(self._variables, values)))
+        with tf.autodiff.ForwardAccumulator(values, tangents) as acc, scope:
+            targets = self.replay.target_outputs(self.replay.run(inputs))
         return [_jvp(acc, y)[None] for y in targets]
 
     def _inputs_probe(self, inputs, values, seed, stream, first, count, begin):

@@ -2,8 +2,8 @@
 logical CPU devices, which must be set before TensorFlow initializes.
 
 Trains with the callback under a two-replica MirroredStrategy, then prints
-one JSON line: the callback's last logged values and those of a single-device
-twin with the same final weights (computed by the package on the twin, so the
+one JSON line: the callback's last logged values (exact, and estimated with a
+fixed seed) and those of a single-device twin with the same final weights (computed by the package on the twin, so the
 comparison is distributed versus not, on identical weights).
 """
 
@@ -42,13 +42,22 @@ def main(log_dir):
         model = build()
         model.compile("adam", "sparse_categorical_crossentropy")
     callback = NeuronSensitivityCallback(x[:16], log_dir=log_dir)
-    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[callback])
+    estimated = NeuronSensitivityCallback(
+        x[:16], log_dir=os.path.join(log_dir, "estimate"), method="estimate", num_probes=4, seed=5
+    )
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[callback, estimated])
     twin = build()
     twin.set_weights(model.get_weights())
     result = {
         "replicas": strategy.num_replicas_in_sync,
         "logged": {w: {k: v.tolist() for k, v in d.items()} for w, d in callback.sensitivities[1].items()},
         "twin": {w: {k: v.tolist() for k, v in neuron_sensitivity(twin, x[:16], wrt=w).items()} for w in ["weights", "inputs"]},
+        "estimated": {w: {k: v.tolist() for k, v in d.items()} for w, d in estimated.sensitivities[1].items()},
+        "twin_estimated": {
+            w: {k: v.tolist() for k, v in neuron_sensitivity(
+                twin, x[:16], wrt=w, method="estimate", num_probes=4, seed=5).items()}
+            for w in ["weights", "inputs"]
+        },
     }
     print(json.dumps(result))
 
