@@ -201,8 +201,11 @@ _HISTOGRAM, _SCALAR, _VALUES, _IMAGE, _TEXT = "histogram", "scalar", "values", "
 _METADATA = {
     _HISTOGRAM: histogram_metadata.create_summary_metadata(None, None),
     _SCALAR: scalar_metadata.create_summary_metadata(None, None),
+    # The data class lets TensorBoard's data providers serve these tensors
+    # (`list_tensors`); without it they are stored but never listed.
     _VALUES: summary_pb2.SummaryMetadata(
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME)
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME),
+        data_class=summary_pb2.DATA_CLASS_TENSOR,
     ),
     _IMAGE: image_metadata.create_summary_metadata(None, HEATMAP_DESCRIPTION),
     _TEXT: text_metadata.create_summary_metadata(None, None),
