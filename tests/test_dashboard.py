@@ -145,7 +145,12 @@ def tensorboard(logged):
     yield start
     for process, _ in servers.values():
         process.terminate()
-        process.wait(timeout=30)
+    for process, _ in servers.values():
+        try:
+            process.wait(timeout=3)
+        except subprocess.TimeoutExpired:  # it lingers on its reload thread
+            process.kill()
+            process.wait(timeout=30)
 
 
 INGESTERS = [pytest.param("auto", id="rust-data-server"), pytest.param("false", id="python-multiplexer")]
