@@ -43,12 +43,19 @@ WRT_PREFIX = "per_neuron_to_"
 ERROR_PREFIX = "per_neuron_error_to_"
 TEXT_TAG = "dead_neurons"
 METHOD_TAG = "method"
+# The colour scale's limits: these percentiles of the image's positive
+# values, so that a few outlying neurons cannot push every other cell to one
+# end of the palette. The dashboard's matrices use the same rule.
+HEATMAP_QUANTILES = (0.05, 0.95)
 HEATMAP_DESCRIPTION = (
     "Rows: the layer's neurons, 0 at the top. Columns: the logged epochs, "
-    "oldest on the left. Colour: log10 of the sensitivity, from the image's "
-    "smallest non-zero value (dark purple) to its largest (yellow); the strip "
-    "at the bottom is that scale, and the `dead_neurons` text gives the "
-    "numbers. Magenta: dead (exactly zero). Grey: NaN or infinite."
+    "oldest on the left. Colour: log10 of the sensitivity, from the 5th "
+    "percentile of the image's non-zero values (dark purple) to the 95th "
+    "(yellow); values beyond take the end colours, so a few outlying neurons "
+    "cannot wash out the others. The strip at the bottom is that scale, with "
+    "its two limits printed under its ends; the `dead_neurons` text gives "
+    "each epoch's smallest and largest value. Magenta: dead (exactly zero). "
+    "Grey: NaN or infinite."
 )
 
 
@@ -123,8 +130,25 @@ def _colour(t):
     return _COLOURS[low] * (1 - frac) + _COLOURS[low + 1] * frac
 
 
+def colour_limits(matrix):
+    """`(low, high)`: the log10 limits of a heat map's colour scale.
+
+    The `HEATMAP_QUANTILES` of log10 of the positive finite values (numpy's
+    linear interpolation); None when there is none (all dead or NaN).
+    """
+    matrix = np.asarray(matrix, np.float64)
+    positive = matrix[np.isfinite(matrix) & (matrix > 0)]
+    if not positive.size:
+        return None
+    low, high = np.quantile(np.log10(positive), HEATMAP_QUANTILES)
+    return float(low), float(high)
+
+
 def heatmap(columns):
     """`(H, W, 3)` uint8: neurons (rows) by logged epochs (columns).
+
+    Below the cells, the colour scale as a strip with its limits written
+    under its two ends (see `HEATMAP_DESCRIPTION`).
 
     Args:
         columns: one `(C,)` per-neuron vector per logged epoch, oldest first.
@@ -133,20 +157,59 @@ def heatmap(columns):
     finite = np.isfinite(matrix)
     positive = finite & (matrix > 0)
     image = np.zeros(matrix.shape + (3,))
-    if positive.any():
-        logs = np.log10(np.where(positive, matrix, 1.0))
-        low, high = logs[positive].min(), logs[positive].max()
-        image[positive] = _colour((logs[positive] - low) / ((high - low) or 1.0))
+    limits = colour_limits(matrix)
+    if limits is not None:
+        low, high = limits
+        logs = np.log10(matrix[positive])
+        # One distinct value: the middle colour rather than an end.
+        image[positive] = _colour((logs - low) / (high - low) if high > low else 0.5)
     image[finite & (matrix == 0)] = _DEAD
     image[~finite] = _NONFINITE
     neurons, epochs = matrix.shape
     cell_height = int(np.clip(192 // neurons, 1, 8))
-    cell_width = int(np.clip(256 // epochs, 1, 16))
+    # Wide enough for the two limits under the strip.
+    cell_width = max(int(np.clip(256 // epochs, 1, 16)), -(-_LEGEND_MIN_WIDTH // epochs))
     image = np.repeat(np.repeat(image, cell_height, 0), cell_width, 1)
     width = image.shape[1]
     gap = np.full((2, width, 3), 255.0)
     scale = np.repeat(_colour(np.linspace(0, 1, width))[None], 6, axis=0)
-    return np.concatenate([image, gap, scale]).astype(np.uint8)
+    labels = np.full((_GLYPH_SCALE * 5 + 4, width, 3), 255.0)
+    if limits is not None:
+        left, right = (_label(_short_number(10 ** v)) for v in limits)
+        labels[2:2 + left.shape[0], :left.shape[1]][left] = _INK
+        labels[2:2 + right.shape[0], width - right.shape[1]:][right] = _INK
+    return np.rint(np.concatenate([image, gap, scale, labels])).astype(np.uint8)
+
+
+# Digits for the legend, 3 x 5 pixels each (a bitmap font: PNGs are drawn
+# here with NumPy alone).
+_GLYPHS = {
+    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111",
+    "3": "111001111001111", "4": "101101111001001", "5": "111100111001111",
+    "6": "111100111101111", "7": "111001001010010", "8": "111101111101111",
+    "9": "111101111001111", ".": "000000000000010", "-": "000000111000000",
+    "E": "111100111100111",
+}
+_GLYPH_SCALE = 2
+_INK = (64, 64, 64)
+_LEGEND_MIN_WIDTH = 128  # two labels of up to 7 glyphs, 8 pixels apart
+
+
+def _short_number(value):
+    """Two significant digits, the exponent short: 0.028, 4.1, 1.2E-5."""
+    text = f"{value:.2g}".upper()
+    if "E" in text:
+        mantissa, exponent = text.split("E")
+        text = f"{mantissa}E{int(exponent)}"
+    return text
+
+
+def _label(text):
+    """A boolean `(10, 8 * len(text) - 2)` mask of `text` in `_GLYPHS`."""
+    glyphs = [np.array(list(_GLYPHS[c]), int).reshape(5, 3).astype(bool) for c in text if c in _GLYPHS]
+    space = np.zeros((5, 1), bool)
+    mask = np.concatenate([part for glyph in glyphs for part in (glyph, space)][:-1], axis=1)
+    return np.repeat(np.repeat(mask, _GLYPH_SCALE, 0), _GLYPH_SCALE, 1)
 
 
 def encode_png(image):
@@ -201,8 +264,11 @@ _HISTOGRAM, _SCALAR, _VALUES, _IMAGE, _TEXT = "histogram", "scalar", "values", "
 _METADATA = {
     _HISTOGRAM: histogram_metadata.create_summary_metadata(None, None),
     _SCALAR: scalar_metadata.create_summary_metadata(None, None),
+    # The data class lets TensorBoard's data providers serve these tensors
+    # (`list_tensors`); without it they are stored but never listed.
     _VALUES: summary_pb2.SummaryMetadata(
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME)
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME),
+        data_class=summary_pb2.DATA_CLASS_TENSOR,
     ),
     _IMAGE: image_metadata.create_summary_metadata(None, HEATMAP_DESCRIPTION),
     _TEXT: text_metadata.create_summary_metadata(None, None),

@@ -2,9 +2,11 @@
 # Rerunnable: trains the digits demo, serves its logs with a real TensorBoard
 # on loopback, and saves what headless Chromium shows to docs/tensorboard.png.
 #
-#   scripts/screenshot.sh [DASHBOARD]    # DASHBOARD: histograms (default), images, scalars
+#   scripts/screenshot.sh [DASHBOARD]    # DASHBOARD: histograms (default), images, scalars, neurons
 #
 # Needs Debian's chromium (installed with apt-get when missing and run as root).
+# The Neurons tab is driven with playwright (the `dev` extra) on that same
+# chromium: it sorts the neurons, clicks one for its curve and hovers a cell.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dashboard="${1:-histograms}"
@@ -29,9 +31,41 @@ for _ in $(seq 60); do
 done
 
 mkdir -p docs
+if [ "$dashboard" = neurons ]; then
+  .venv/bin/python - "http://127.0.0.1:$port" "$out" <<'EOF'
+import sys
+
+from playwright.sync_api import sync_playwright
+
+base, out = sys.argv[1:]
+with sync_playwright() as driver:
+    browser = driver.chromium.launch(executable_path="/usr/bin/chromium", args=[
+        "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+    page = browser.new_page(viewport={"width": 1600, "height": 1300})
+    page.goto(f"{base}/#keras_neuron_sensitivity")
+    frame = page.frame_locator("iframe")  # TensorBoard puts the tab in an iframe
+    frame.locator("body[data-state=ready]").wait_for(timeout=60_000)
+    # Dead neurons first, longest dead at the top; then click a live neuron
+    # for its curves and hover a dead cell for its values.
+    frame.locator("#sort").select_option("death")
+    layer = frame.locator('section[data-layer="hidden_1"]')
+    dead = int(layer.locator(".dead-count").inner_text().split()[0])
+    matrix = layer.locator("canvas.matrix")
+    cell = matrix.evaluate("c => ({...c.dataset})")
+    x0, top, width, height = (float(cell[k]) for k in ("x0", "top", "cellWidth", "cellHeight"))
+    matrix.click(position={"x": x0 + width / 2, "y": top + (dead + 4.5) * height})
+    frame.locator("#curve").wait_for()
+    matrix.hover(position={"x": x0 + 9.5 * width, "y": top + 1.5 * height})
+    frame.locator("#tooltip").wait_for()
+    page.screenshot(path=out)
+    browser.close()
+EOF
+else
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
   --disable-background-networking --disable-component-update --disable-sync \
   --user-data-dir="$profile" --hide-scrollbars --window-size=1600,1100 \
   --virtual-time-budget=20000 --screenshot="$out" \
   "http://127.0.0.1:$port/?runFilter=sensitivity#$dashboard&tagFilter=sensitivity_to_weights%7Cheatmap_to_weights" >/dev/null 2>&1
+fi
 echo "wrote $out"

@@ -111,7 +111,7 @@ def test_heatmap_and_dead_text_are_logged(dead_run):
     image = tf.io.decode_png(png).numpy()
     assert image.shape[:2] == (int(height), int(width))
     # Rows 0 and 2 (dead) are magenta in every column; rows 1 and 3 are not.
-    cell = image.shape[0] - 8  # the colour scale strip is the last 8 rows
+    cell = image.shape[0] - 22  # the colour scale strip and its labels are the last 22 rows
     rows = cell // 4
     for neuron, dead in enumerate([True, False, True, False]):
         colour = image[neuron * rows + rows // 2, :, :]

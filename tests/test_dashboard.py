@@ -1,0 +1,389 @@
+"""The Neurons dashboard in a real TensorBoard, and the heat-map images' colours.
+
+The runs are written with `SensitivityWriter` itself, from values set here:
+twelve logged epochs (more than the ten TensorBoard keeps of a third-party
+plugin's tensors by default), dead neurons, NaN and Inf, and three epochs
+whose values to weights came from the estimator (with standard errors). A
+real `tensorboard` serves them on loopback, with its Rust data server (the
+default) and with the Python one; the routes must give back exactly what was
+written. A headless Chromium then loads the tab and is driven as a person
+would: hover, sort, click.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import numpy as np
+import pytest
+
+from keras_neuron_sensitivity.tensorboard import SensitivityWriter, colour_limits, heatmap
+
+PLUGIN = "keras_neuron_sensitivity"
+STEPS = list(range(12))
+ESTIMATED = {9, 10, 11}  # steps whose values to weights are estimates
+ESTIMATE_TEXT = "estimate (8 probes)"
+# In the model's order, which is not alphabetical; a nested model's key has a slash.
+LAYERS = {"zeta_dense": 6, "alpha_conv": 4, "block/inner": 3}
+RUNS = {"first": list(LAYERS), "second": ["zeta_dense", "alpha_conv"]}
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+
+
+def _values(run, seed):
+    """`{wrt: {key: (len(STEPS), C) float32}}` with dead, NaN and Inf cells."""
+    rng = np.random.default_rng(seed)
+    values = {}
+    for wrt in ("weights", "inputs"):
+        values[wrt] = {}
+        for key in RUNS[run]:
+            matrix = (10 ** rng.uniform(-3, 1, (len(STEPS), LAYERS[key]))).astype(np.float32)
+            values[wrt][key] = matrix
+        values[wrt]["zeta_dense"][4:, 1] = 0  # dies at epoch 4 and stays dead
+        values[wrt]["zeta_dense"][2:6, 4] = 0  # dead for a while, then back
+        values[wrt]["zeta_dense"][:, 5] = 0  # dead from the start
+        values[wrt]["alpha_conv"][7, 2] = np.nan
+        values[wrt]["alpha_conv"][8, 3] = np.inf
+    return values
+
+
+def _errors(values, seed):
+    rng = np.random.default_rng(seed)
+    return {
+        key: (matrix * rng.uniform(0.05, 0.2, matrix.shape)).astype(np.float32)
+        for key, matrix in values["weights"].items()
+    }
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    """Two runs side by side, `{run}/sensitivity`, as `dead_relus.py` lays them out."""
+    log_dir = tmp_path_factory.mktemp("dashboard")
+    written = {}
+    for seed, run in enumerate(RUNS):
+        values, errors = _values(run, seed), _errors(_values(run, seed), seed + 10)
+        writer = SensitivityWriter(log_dir / run, num_bins=5)
+        for step in STEPS:
+            reduced = {w: {k: m[step] for k, m in per_key.items()} for w, per_key in values.items()}
+            dead = {w: {k: v == 0 for k, v in per_key.items()} for w, per_key in reduced.items()}
+            estimated = step in ESTIMATED
+            writer.write(
+                step, reduced, dead,
+                errors={"weights": {k: e[step] for k, e in errors.items()}} if estimated else None,
+                methods={"weights": ESTIMATE_TEXT if estimated else "exact", "inputs": "exact"},
+            )
+        writer.close()
+        written[f"{run}/sensitivity"] = {"values": values, "errors": errors}
+    return log_dir, written
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url):
+    with urllib.request.urlopen(url, timeout=20) as response:
+        return response.status, response.headers.get("Content-Type", ""), response.read()
+
+
+def _json(base, path, **query):
+    url = base + path + ("?" + urllib.parse.urlencode(query) if query else "")
+    return json.loads(_get(url)[2])
+
+
+def _status(url):
+    try:
+        return _get(url)[0]
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+@pytest.fixture(scope="module")
+def tensorboard(logged):
+    """`tensorboard(load_fast)`: the base URL of a real TensorBoard on the runs,
+    started once per `--load_fast` value ("auto" is the Rust data server here,
+    "false" the Python multiplexer) and stopped after the module."""
+    servers = {}
+
+    def start(load_fast):
+        if load_fast in servers:
+            return servers[load_fast][1]
+        port = _free_port()
+        command = [
+            os.path.join(os.path.dirname(sys.executable), "tensorboard"),
+            "--logdir", str(logged[0]), "--host", "127.0.0.1", "--port", str(port),
+            "--load_fast", load_fast,
+        ]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
+        servers[load_fast] = (process, base)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                runs = _json(base, f"/data/plugin/{PLUGIN}/runs")["runs"]
+                # Loaded when every run's first layer has every step.
+                if len(runs) == len(RUNS) and all(
+                    len(_json(base, f"/data/plugin/{PLUGIN}/layer", run=r["run"], layer="zeta_dense")
+                        ["wrt"]["inputs"]["steps"]) == len(STEPS)
+                    for r in runs
+                ):
+                    return base
+            except (OSError, KeyError, ValueError):
+                pass
+            assert process.poll() is None, f"tensorboard exited: {command}"
+            time.sleep(0.5)
+        raise AssertionError(f"TensorBoard did not serve the runs within 90 s: {command}")
+
+    yield start
+    for process, _ in servers.values():
+        process.terminate()
+    for process, _ in servers.values():
+        try:
+            process.wait(timeout=3)
+        except subprocess.TimeoutExpired:  # it lingers on its reload thread
+            process.kill()
+            process.wait(timeout=30)
+
+
+INGESTERS = [pytest.param("auto", id="rust-data-server"), pytest.param("false", id="python-multiplexer")]
+
+
+@pytest.mark.parametrize("load_fast", INGESTERS)
+def test_plugin_is_listed_enabled_and_routes_give_back_what_was_written(tensorboard, logged, load_fast):
+    base = tensorboard(load_fast)
+    listing = _json(base, "/data/plugins_listing")[PLUGIN]
+    assert listing["enabled"] is True
+    assert listing["tab_name"] == "Neurons"
+    assert listing["loading_mechanism"] == {
+        "type": "IFRAME", "module_path": f"/data/plugin/{PLUGIN}/static/index.js",
+    }
+
+    runs = _json(base, f"/data/plugin/{PLUGIN}/runs")["runs"]
+    assert [r["run"] for r in runs] == ["first/sensitivity", "second/sensitivity"]
+    for entry in runs:
+        expected = RUNS[entry["run"].split("/")[0]]
+        # Every layer, in the model's order, each to weights and to inputs.
+        assert [layer["key"] for layer in entry["layers"]] == expected
+        assert all(layer["wrt"] == ["weights", "inputs"] for layer in entry["layers"])
+
+    for run, truth in logged[1].items():
+        for key in RUNS[run.split("/")[0]]:
+            layer = _json(base, f"/data/plugin/{PLUGIN}/layer", run=run, layer=key)
+            assert (layer["run"], layer["layer"]) == (run, key)
+            for wrt in ("weights", "inputs"):
+                served = layer["wrt"][wrt]
+                assert served["steps"] == STEPS  # all twelve, not a sample of ten
+                values = np.array([[float(v) for v in row] for row in served["values"]], np.float32)
+                np.testing.assert_array_equal(values, truth["values"][wrt][key])  # NaN == NaN here
+                for step, errors, method in zip(STEPS, served["errors"], served["methods"]):
+                    if wrt == "weights" and step in ESTIMATED:
+                        # The logged text where TensorBoard kept that step's
+                        # `method` entry (it samples text; the last is kept).
+                        assert method == ESTIMATE_TEXT if step == STEPS[-1] else method in (ESTIMATE_TEXT, "estimate")
+                        np.testing.assert_array_equal(np.float32(errors), truth["errors"][key][step])
+                    else:
+                        assert (errors, method) == (None, "exact")
+    nonfinite = _json(base, f"/data/plugin/{PLUGIN}/layer", run="first/sensitivity", layer="alpha_conv")
+    assert nonfinite["wrt"]["weights"]["values"][7][2] == "NaN"
+    assert nonfinite["wrt"]["weights"]["values"][8][3] == "Infinity"
+
+
+def test_routes_refuse_bad_requests_and_serve_the_front_end(tensorboard):
+    base = tensorboard("auto") + f"/data/plugin/{PLUGIN}"
+    assert _status(f"{base}/layer?run=first/sensitivity&layer=nope") == 404
+    assert _status(f"{base}/layer?run=first/sensitivity") == 400
+    status, content_type, body = _get(f"{base}/static/index.js")
+    assert status == 200 and content_type.startswith("text/javascript")
+    assert b"export async function render" in body
+    for path in ["static/../plugin.py", "static/%2e%2e/plugin.py", "static/", "static/nope.js"]:
+        assert _status(f"{base}/{path}") == 404, path
+    entry = _get(tensorboard("auto") + f"/data/plugin_entry.html?name={PLUGIN}")[2].decode()
+    assert "static/index.js" in entry
+
+
+# --- The front-end in headless Chromium --------------------------------------
+
+def _expected_order(matrix, how):
+    """Rows of the matrix view, computed here independently of the page's JavaScript."""
+    first, last = matrix[0].astype(np.float64), matrix[-1].astype(np.float64)
+    neurons = range(matrix.shape[1])
+    if how == "last":  # largest first, non-finite last
+        key = [last[n] if np.isfinite(last[n]) else -np.inf for n in neurons]
+    elif how == "death":  # dead at the end: earliest final dead streak first
+        key = []
+        for n in neurons:
+            column = matrix[:, n]
+            if column[-1] != 0:
+                key.append(-np.inf)
+            else:
+                alive = np.flatnonzero(column != 0)
+                key.append(-(alive[-1] + 1 if alive.size else 0))
+    else:  # change: |log10(last / first)|, dying or reviving largest
+        key = []
+        for n in neurons:
+            a, b = first[n], last[n]
+            if not (np.isfinite(a) and np.isfinite(b)):
+                key.append(-np.inf)
+            elif a == 0 and b == 0:
+                key.append(0.0)
+            elif a == 0 or b == 0:
+                key.append(np.inf)
+            else:
+                key.append(abs(np.log10(b) - np.log10(a)))
+    return sorted(neurons, key=lambda n: (-key[n], n))
+
+
+def _cell_centre(canvas, row, col):
+    data = canvas.evaluate("c => ({...c.dataset})")
+    x = float(data["x0"]) + (col + 0.5) * float(data["cellWidth"])
+    y = float(data["top"]) + (row + 0.5) * float(data["cellHeight"])
+    return {"x": x, "y": y}
+
+
+def _order(canvas):
+    return [int(n) for n in canvas.get_attribute("data-order").split(",")]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium)")
+def test_the_tab_in_headless_chromium(tensorboard, logged):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+    base = tensorboard("auto")
+    truth = logged[1]["first/sensitivity"]
+    with sync_api.sync_playwright() as driver:
+        browser = driver.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            errors = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            # TensorBoard puts a plugin in an iframe: its own entry page is the tab.
+            page.goto(f"{base}/data/plugin_entry.html?name={PLUGIN}")
+            page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+            assert errors == []
+
+            # A matrix per layer, in the model's order; a panel per run that has the layer.
+            sections = page.locator("section.layer")
+            assert [sections.nth(i).get_attribute("data-layer") for i in range(sections.count())] == list(LAYERS)
+            for key in LAYERS:
+                panels = page.locator(f'section.layer[data-layer="{key}"] .panel')
+                assert panels.count() == sum(key in layers for layers in RUNS.values())
+                assert page.locator(f'section.layer[data-layer="{key}"] canvas.matrix').count() == panels.count()
+
+            def matrix(key, run="first/sensitivity"):
+                return page.locator(f'section.layer[data-layer="{key}"] .panel[data-run="{run}"] canvas.matrix')
+
+            tooltip = page.locator("#tooltip")
+
+            def hover(key, row, col):
+                canvas = matrix(key)
+                canvas.hover(position=_cell_centre(canvas, row, col))
+                tooltip.wait_for(state="visible")
+                return tooltip.evaluate("t => ({...t.dataset})"), tooltip.inner_text()
+
+            # Hover: layer, neuron, epoch, value and method of the cell, in the DOM.
+            data, text = hover("zeta_dense", 3, 2)
+            assert (data["layer"], data["neuron"], data["epoch"], data["method"]) == ("zeta_dense", "3", "2", "exact")
+            assert np.float32(float(data["value"])) == truth["values"]["weights"]["zeta_dense"][2, 3]
+            assert "zeta_dense, neuron 3, epoch 2, value " in text and "exact" in text
+            data, text = hover("zeta_dense", 0, 10)  # an estimate: value ± its standard error
+            assert data["method"] == ESTIMATE_TEXT
+            assert np.float32(float(data["value"])) == truth["values"]["weights"]["zeta_dense"][10, 0]
+            assert np.float32(float(data["error"])) == truth["errors"]["zeta_dense"][10, 0]
+            assert f"{ESTIMATE_TEXT} ± " in text
+            data, text = hover("zeta_dense", 5, 0)
+            assert data["value"] == "0" and "(dead)" in text
+            data, text = hover("alpha_conv", 2, 7)
+            assert data["value"] == "NaN" and "value NaN" in text
+
+            # Sorting: the rows' neurons, against an order computed here.
+            assert _order(matrix("zeta_dense")) == list(range(LAYERS["zeta_dense"]))
+            for how in ["last", "death", "change"]:
+                page.select_option("#sort", how)
+                for key in ["zeta_dense", "alpha_conv"]:
+                    assert _order(matrix(key)) == _expected_order(truth["values"]["weights"][key], how), (how, key)
+            page.select_option("#sort", "last")
+            data, _ = hover("zeta_dense", 0, len(STEPS) - 1)
+            assert int(data["neuron"]) == _expected_order(truth["values"]["weights"]["zeta_dense"], "last")[0]
+
+            # Click a neuron: its curve, to weights and to inputs, with the numbers behind it.
+            canvas = matrix("zeta_dense")
+            row = 2
+            neuron = _order(canvas)[row]
+            canvas.click(position=_cell_centre(canvas, row, 0))
+            curve = page.locator("#curve")
+            curve.wait_for(state="visible")
+            assert curve.get_attribute("data-neuron") == str(neuron)
+            assert f"zeta_dense, neuron {neuron}" in curve.locator("h2").inner_text()
+            assert curve.locator("canvas.curve").count() == 1
+            for wrt in ("weights", "inputs"):
+                cells = curve.locator(f'td[data-wrt="{wrt}"]')
+                shown = [float(cells.nth(i).get_attribute("data-value")) for i in range(cells.count())]
+                np.testing.assert_array_equal(np.float32(shown), truth["values"][wrt]["zeta_dense"][:, neuron])
+            assert errors == []
+        finally:
+            browser.close()
+
+
+# --- The static heat-map images ----------------------------------------------
+
+VIRIDIS = {0.0: [68, 1, 84], 0.5: [33, 145, 140], 0.75: [94, 201, 98], 1.0: [253, 231, 37]}
+
+
+def test_heatmap_colours_span_the_5th_to_95th_percentile():
+    # 21 values: numpy's 5th and 95th percentiles are then exactly the second
+    # smallest and second largest, 0.1 and 10. The outliers 1e-3 and 1e12 take
+    # the end colours instead of stretching the scale: under the old min-max
+    # rule, 1.0 would have sat at 3/15 of the palette, nearly dark purple.
+    regular = [0.1] * 3 + [10 ** -0.5] * 4 + [1.0] * 5 + [10 ** 0.5] * 4 + [10.0] * 3
+    values = np.array([1e-3, *regular, 1e12, 0.0, np.nan], np.float32)
+    low, high = colour_limits(values[:, None])
+    assert (low, high) == pytest.approx((-1.0, 1.0), abs=1e-6)
+
+    image = heatmap([values])
+    cells = image[: 8 * len(values): 8, 0]  # 23 neurons: 8 pixel rows each
+    expected = {
+        0: VIRIDIS[0.0],  # 1e-3, below the 5th percentile
+        1: VIRIDIS[0.0],  # 0.1
+        8: VIRIDIS[0.5],  # 1.0, the middle in log10
+        13: VIRIDIS[0.75],  # 10**0.5
+        19: VIRIDIS[1.0],  # 10
+        20: VIRIDIS[1.0],  # 1e12, above the 95th percentile
+        21: [255, 0, 255],  # dead
+        22: [128, 128, 128],  # NaN
+    }
+    for neuron, colour in expected.items():
+        np.testing.assert_allclose(cells[neuron], colour, atol=1, err_msg=f"neuron {neuron}")
+
+
+def test_heatmap_of_one_distinct_value_is_the_middle_colour_and_all_dead_has_no_scale():
+    image = heatmap([np.array([2.0, 2.0, 0.0], np.float32)])
+    np.testing.assert_allclose(image[0, 0], VIRIDIS[0.5], atol=1)
+    assert colour_limits(np.zeros((3, 2))) is None
+    dead = heatmap([np.zeros(3, np.float32)])
+    assert (dead[:3 * 8:8, 0] == [255, 0, 255]).all()  # 8 pixel rows a neuron
+
+
+def test_heatmap_writes_the_scale_limits_under_the_strip():
+    # The labels are dark pixels in the rows under the colour strip, at both
+    # ends: the left one reads "0.1", the right one "10".
+    image = heatmap([np.array([1e-3] + [0.1] * 9 + [1.0] + [10.0] * 9 + [1e12], np.float32)])
+    labels = image[-14:]
+    ink = (labels == 64).all(axis=-1)
+    width = image.shape[1]
+    assert ink[:, : width // 2].any() and ink[:, width // 2:].any()
+    # "0.1" is three glyphs (6 pixels each, 2 apart); "10" is two.
+    left_columns = np.flatnonzero(ink[:, : width // 2].any(axis=0))
+    right_columns = np.flatnonzero(ink[:, width // 2:].any(axis=0))
+    assert left_columns.max() - left_columns.min() + 1 == 3 * 6 + 2 * 2
+    assert right_columns.max() - right_columns.min() + 1 == 2 * 6 + 2
