@@ -34,7 +34,10 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
             are ignored), or a `tf.data.Dataset` (its first batches).
         log_dir: directory for the logs; the run is `{log_dir}/sensitivity`.
             Defaults to `"logs"`.
-        wrt: `"weights"`, `"inputs"`, or both as a tuple. Defaults to both.
+        wrt: `"weights"`, `"inputs"`, or both as a tuple. Defaults to None:
+            both where they exist (a model whose integer or string inputs no
+            layer embeds logs weights only, with a warning). For token ids,
+            "inputs" means the embedded input (the `Embedding` output).
         freq: an int `N` to log every `N` epochs (epochs 0, N, 2N, ... as
             Keras's `histogram_freq`), or a list of epoch indices. Defaults
             to 1.
@@ -72,7 +75,7 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         probe_data,
         log_dir="logs",
         *,
-        wrt=("weights", "inputs"),
+        wrt=None,
         freq=1,
         layers=None,
         reduction="mean",
@@ -83,7 +86,7 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         verbose=0,
     ):
         super().__init__()
-        self.wrt = api._check_wrt(wrt, allow_both=True)
+        self.wrt = None if wrt is None else api._check_wrt(wrt, allow_both=True)
         self.freq = _check_freq(freq)
         if reduction is None:
             raise ValueError(
@@ -166,7 +169,7 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
 
     def _log(self, epoch):
         graph, inputs, keys = self._prepare()
-        sweep = api.cached_sweep(self.model, graph, keys, self.wrt, self.memory_budget_mb)
+        sweep = api.cached_sweep(self.model, graph, keys, self._wrt, self.memory_budget_mb)
         per_sample = sweep(inputs)
         reduced = {
             w: {k: reduce_samples(v, self.reduction) for k, v in d.items()}
@@ -205,8 +208,7 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
             graph = api.model_graph(self.model, self.probe_data)
             inputs = _batch.standardize(graph, self.probe_data, "probe_data")
             keys = probe.resolve_layers(graph, self.layers)
-            if "inputs" in self.wrt:
-                _batch.warn_integer_inputs(graph)
+            self._wrt = _batch.resolve_wrt(graph, self.wrt)  # None: where they exist
             self._prepared = (graph, inputs, keys)
         return self._prepared
 

@@ -42,16 +42,23 @@ class Replay:
                     variables.append(v)
         return variables
 
-    def run(self, inputs):
+    def run(self, inputs, tape=None):
         """`{tensor id: value}` for every tensor of the replayed calls.
 
         Args:
-            inputs: one tensor per model input, batch first.
+            inputs: one tensor per `graph.inputs` entry, batch first.
+            tape: a `tf.GradientTape` that watches every tensor of
+                `graph.sensitivity_inputs` as it is computed (embedded inputs
+                are outputs of calls), or None.
         """
         values = dict(zip(self.graph.inputs, inputs))
+        watched = self.graph.sensitivity_inputs if tape is not None else {}
         for call in self.calls:
             site = Site(call, [values[t] for t in call.inputs])
             values.update(zip(call.outputs, site.run(site.inputs)))
+            for t in watched:
+                if t in call.outputs:
+                    tape.watch(values[t])
         return values
 
     def target_outputs(self, values):
