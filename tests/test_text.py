@@ -73,16 +73,24 @@ TEXTS = np.array([
     "the cat sat on the mat", "a dog ran far away", "the dog sat",
     "cats and dogs and birds", "far far away", "a cat", "the end", "dogs ran",
 ])
+# Without `output_sequence_length`, TextVectorization pads a batch to its
+# longest text, so a sample's neurons depend on the batch it is in. The
+# oracle runs one sample at a time: the probe's texts have equal lengths.
+SAME_LENGTH = np.array(["the cat sat down", "a dog ran far", "cats and dogs ran"], dtype=object)
 
 
-def text_vectorization():
-    vectorize = L.TextVectorization(max_tokens=20, output_mode="int", name="text_vectorization")
+def text_vectorization(length=None):
+    vectorize = L.TextVectorization(
+        max_tokens=20, output_mode="int", output_sequence_length=length, name="text_vectorization"
+    )
     vectorize.adapt(TEXTS)
     text = keras.Input(shape=(1,), dtype="string", name="text")
     h = L.Embedding(20, 4, name="embedding")(vectorize(text))
     h = L.Dense(3, activation="tanh", name="hidden")(L.GlobalAveragePooling1D()(h))
+    model = keras.Model(text, L.Dense(2, name="out")(h))
     # Object strings, as `fit` takes them (it refuses NumPy fixed-width "<U").
-    return keras.Model(text, L.Dense(2, name="out")(h)), TEXTS[:3].astype(object), ["embedding"]
+    probe = SAME_LENGTH if length is None else TEXTS[:3].astype(object)
+    return model, probe, ["embedding"]
 
 
 def _hub(cls, **extra):
@@ -112,6 +120,7 @@ def distil_bert():
 MODELS = {
     "transformer_classifier": transformer_classifier,
     "text_vectorization": text_vectorization,
+    "text_vectorization_fixed_length": lambda: text_vectorization(LENGTH),
     "bert": bert,
     "gpt2_causal_lm": gpt2,
     "distil_bert": distil_bert,
@@ -131,14 +140,30 @@ def _layer(model, key):
 
 
 def _output_tensor(model, key):
-    """The Keras tensor of a key's first call, in the outer model's graph."""
+    """The Keras tensor of a key's call, in the outer model's graph."""
     *outer, name = key.split("/")
-    if not outer:
-        return model.get_layer(name)._inbound_nodes[0].output_tensors[0]
-    inner = model.get_layer(outer[0])
-    tensor = inner.get_layer(name)._inbound_nodes[0].output_tensors[0]
-    node = inner._inbound_nodes[0]
-    return keras.Model(inner.inputs, tensor)(node.arguments.args[0])
+    owner = model.get_layer(outer[0]) if outer else model
+    tensor = _node_output(owner, name)
+    if outer:  # re-expressed through the outer model's call of the inner one
+        tensor = keras.Model(owner.inputs, tensor)(_node_of(model, owner).arguments.args[0])
+    return tensor
+
+
+def _node_of(model, layer, call=0):
+    """The `call`-th node of `layer` in `model`'s own graph (a layer shared
+    with a nested model, like GPT-2's token embedding, has nodes in both)."""
+    nodes = [
+        node
+        for depth in sorted(model._nodes_by_depth, reverse=True)
+        for node in model._nodes_by_depth[depth]
+        if node.operation is layer
+    ]
+    return nodes[call]
+
+
+def _node_output(model, name):
+    name, _, call = name.partition("@")
+    return _node_of(model, model.get_layer(name), int(call or 0)).output_tensors[0]
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -161,6 +186,7 @@ def test_callback_defaults_log_both_wrt_per_default_layer(name, tmp_path):
         for key, values in logged[wrt].items():
             assert np.all(np.isfinite(values)), (wrt, key)
     # Each embedded input's own layer: its neurons' derivative with respect to
-    # that output is 1/positions on each of the LENGTH positions.
+    # that output is 1/positions on each of its positions (here 4 or LENGTH).
+    positions = 4 if name == "text_vectorization" else LENGTH
     for key in embedded:
-        np.testing.assert_allclose(logged["inputs"][key], LENGTH**-0.5, rtol=1e-5)
+        np.testing.assert_allclose(logged["inputs"][key], positions**-0.5, rtol=1e-5)

@@ -45,6 +45,13 @@ _RULES = {
     layers.Concatenate: ConcatenateRule(),
 }
 
+# Attention (engine/attention.py). keras_hub's transformer layers get their
+# rules when a model built from keras_hub is first seen (probe.build_graph):
+# this package never imports keras_hub itself.
+from keras_neuron_sensitivity.engine.attention import MultiHeadAttentionRule  # noqa: E402
+
+_RULES[layers.MultiHeadAttention] = MultiHeadAttentionRule()
+
 
 def register_rule(layer_class, rule):
     """Makes `rule` handle `layer_class` (and subclasses that keep its `call`).
