@@ -307,9 +307,9 @@ def _subclassed_graph(model, example):
 def _split(builder, input_ids, names, shapes):
     """The `Graph` of the recorded calls: preprocessing split off, the
     engine's inputs and the sensitivity inputs found."""
-    from keras_neuron_sensitivity.engine.attention import register_keras_hub_rules
+    from keras_neuron_sensitivity.engine import hub
 
-    register_keras_hub_rules([call.layer for call in builder.calls])
+    hub.register_rules([call.layer for call in builder.calls])
     dtypes = builder.dtypes
     model_inputs = [
         ModelInput(i, name, dtypes.get(i), shape)

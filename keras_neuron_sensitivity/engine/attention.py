@@ -24,6 +24,7 @@ head, `i` feature in, `o` feature out.
 """
 
 import inspect
+import sys
 
 import keras
 import tensorflow as tf
@@ -190,7 +191,7 @@ def keras_attention_mask(layer, query, value, key, masks, attention_mask, use_ca
     )
 
 
-def _bound(site):
+def bound_arguments(site):
     """The call's arguments by name, defaults included."""
     args, kwargs = site.arguments(site.inputs)
     bound = inspect.signature(type(site.layer).call).bind(site.layer, *args, **kwargs)
@@ -229,7 +230,7 @@ class MultiHeadAttentionRule(Rule):
         return attention_supported(layer)
 
     def forward(self, site):
-        a = _bound(site)
+        a = bound_arguments(site)
         if a["return_attention_scores"]:
             return GENERIC_RULE.forward(site)
         query, value = a["query"], a["value"]
@@ -249,7 +250,7 @@ class MultiHeadAttentionRule(Rule):
         return [y], cache
 
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
-        a = _bound(site)
+        a = bound_arguments(site)
         if a["return_attention_scores"]:
             return GENERIC_RULE.backward(site, cache, cotangents, need_inputs, need_weights)
         (gq, gv, gk), sqnorm = attend_backward(
@@ -266,7 +267,7 @@ class CachedMultiHeadAttentionRule(MultiHeadAttentionRule):
     computation, masked by its `attention_mask` argument only."""
 
     def forward(self, site):
-        a = _bound(site)
+        a = bound_arguments(site)
         if a["return_attention_scores"] or a["cache"] is not None:
             return GENERIC_RULE.forward(site)
         key = a["value"] if a["key"] is None else a["key"]
@@ -275,7 +276,7 @@ class CachedMultiHeadAttentionRule(MultiHeadAttentionRule):
         return [y], cache
 
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
-        a = _bound(site)
+        a = bound_arguments(site)
         if a["return_attention_scores"] or a["cache"] is not None:
             return GENERIC_RULE.backward(site, cache, cotangents, need_inputs, need_weights)
         (gq, gv, gk), sqnorm = attend_backward(
@@ -351,7 +352,7 @@ class _TransformerRule(Rule):
         )
 
     def forward(self, site):
-        a = _bound(site)
+        a = bound_arguments(site)
         if self.unsupported(a):
             return GENERIC_RULE.forward(site)
         layer, steps = site.layer, _Steps(site, site.need_weights)
@@ -381,7 +382,7 @@ class _TransformerRule(Rule):
         return [x], saved
 
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
-        a = _bound(site)
+        a = bound_arguments(site)
         if self.unsupported(a):
             return GENERIC_RULE.backward(site, cache, cotangents, need_inputs, need_weights)
         layer, steps, saved = site.layer, _Steps(site, need_weights), cache
@@ -473,27 +474,4 @@ class TransformerDecoderRule(_TransformerRule):
 def _module_function(layer, name):
     """A function of the module that defines the layer's class (keras_hub's
     own mask helpers, so that the masks are the layer's, not a copy)."""
-    import sys
-
     return getattr(sys.modules[type(layer).__module__], name)
-
-
-_KERAS_HUB_RULES = {
-    "keras_hub.src.layers.modeling.cached_multi_head_attention.CachedMultiHeadAttention": CachedMultiHeadAttentionRule,
-    "keras_hub.src.layers.modeling.transformer_encoder.TransformerEncoder": TransformerEncoderRule,
-    "keras_hub.src.layers.modeling.transformer_decoder.TransformerDecoder": TransformerDecoderRule,
-}
-
-
-def register_keras_hub_rules(layers):
-    """Registers the rules for keras_hub's classes among `layers`' classes.
-
-    keras_hub takes seconds to import, so this package never imports it:
-    the rules are added when a model built from it is first seen (its
-    classes are then at hand). A rule the user registered stays.
-    """
-    for layer in layers:
-        for cls in type(layer).__mro__:
-            rule = _KERAS_HUB_RULES.get(f"{cls.__module__}.{cls.__qualname__}")
-            if rule is not None and cls not in registry._RULES:
-                registry.register_rule(cls, rule())
