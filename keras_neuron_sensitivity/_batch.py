@@ -117,7 +117,18 @@ def preprocess(graph, tensors):
             site = Site(call, [values[t] for t in call.inputs])
             outputs = site.run(site.inputs)
             values.update(zip(call.outputs, (tf.convert_to_tensor(y) for y in outputs)))
-    return [values[t] for t in graph.inputs]
+    return [
+        _as_declared(values[t], dtype) for t, dtype in zip(graph.inputs, graph.input_dtypes)
+    ]
+
+
+def _as_declared(value, dtype):
+    """A preprocessing output in the dtype its layer declares: a multi-hot
+    `TextVectorization` says float32 and returns int64, which the next
+    layer casts on the way in; the engine's rules read it as declared."""
+    if dtype is None or value.dtype == tf.string or value.dtype.name == dtype:
+        return value
+    return tf.cast(value, dtype)
 
 
 def _to_tensor(value, name, dtype, spec, what):

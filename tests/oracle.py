@@ -52,18 +52,37 @@ def _cast(model, x):
     ]
 
 
+class InputOf:
+    """In `embedded=`: the first input of the layer's first call, cast to the
+    layer's float dtype, for an embedded input that no layer outputs as a
+    float (a multi-hot `TextVectorization` declares float32 but returns
+    integers, which the next layer casts)."""
+
+    def __init__(self, layer):
+        self.layer = layer
+
+
 @contextlib.contextmanager
-def _watching_first_call(layers, tape, captured):
-    """While active, the first call of each layer in `layers` has its output
-    watched by `tape` and appended to `captured` (in the layers' order)."""
-    slots = [None] * len(layers)
+def _watching_first_call(entries, tape, captured):
+    """While active, the first call of each layer in `entries` has its output
+    (its first input, for an `InputOf`) watched by `tape` and appended to
+    `captured` (in the entries' order)."""
+    slots = [None] * len(entries)
     originals = []
-    for j, layer in enumerate(layers):
+    layers = [e.layer if isinstance(e, InputOf) else e for e in entries]
+    for j, (layer, entry) in enumerate(zip(layers, entries)):
         original = layer.call
 
-        def call(*args, _j=j, _original=original, **kwargs):
+        def call(*args, _j=j, _original=original, _layer=layer, _input=isinstance(entry, InputOf), **kwargs):
+            if _input and slots[_j] is None:
+                # The layer casts integers itself, inside `call`: cast first,
+                # so that the derivative exists (the values are the same).
+                first = tf.cast(args[0], _layer.compute_dtype)
+                tape.watch(first)
+                slots[_j] = first
+                args = (first, *args[1:])
             y = _original(*args, **kwargs)
-            if slots[_j] is None:
+            if not _input and slots[_j] is None:
                 tape.watch(y)
                 slots[_j] = y
             return y

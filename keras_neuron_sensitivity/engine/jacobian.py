@@ -45,14 +45,21 @@ def _one_sample(replay, sample, wrt, variables):
         values = replay.run(sample, tape=tape)
         (y,) = replay.target_outputs(values)
         value = neuron_values(y)[0]
+    # A loop over neurons, not pfor: pfor's Jacobian through
+    # MultiHeadAttention gives wrong rows, then corrupts the heap (TF 2.21).
     if wrt == "inputs":
         # At the float inputs and the embedded inputs the target depends on.
         return [
-            tape.jacobian(value, values[t], unconnected_gradients="zero").numpy()[None, :, 0]
+            tape.jacobian(
+                value, values[t], unconnected_gradients="zero", experimental_use_pfor=False
+            ).numpy()[None, :, 0]
             for t in sensitivity
             if t in values
         ]
     grads = tape.jacobian(
-        value, [variable_tensor(v) for v in variables], unconnected_gradients="zero"
+        value,
+        [variable_tensor(v) for v in variables],
+        unconnected_gradients="zero",
+        experimental_use_pfor=False,
     )
     return [g.numpy()[None] for g in grads]
