@@ -4,7 +4,7 @@ For each model: `neuron_sensitivity(model, probe)` at its default layers, to
 the weights and to the inputs (the embedded input for token ids), after a
 warm-up call that traces (its time is shown too), median of a few runs; and
 one `train_on_batch` step of the same model with a classification head,
-batch 32, median of 20 after warm-up. Each (model, rules) pair runs in its
+batch 32, median of 50 after warm-up. Each (model, rules) pair runs in its
 own process, which times its own training step: read the ratios, the
 seconds move with the machine's load.
 
@@ -128,7 +128,7 @@ def run(name, rules, repeats):
     trained.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x_train, y_train = inputs(TRAIN_BATCH, 1), np.arange(TRAIN_BATCH) % 2
     trained.train_on_batch(x_train, y_train)
-    step = _median_seconds(lambda: trained.train_on_batch(x_train, y_train), 20)
+    step = _median_seconds(lambda: trained.train_on_batch(x_train, y_train), 50)
     probe = inputs(PROBE, 2)
     row = [f"{name}, {rules}", f"{step * 1e3:.1f} ms"]
     neurons = "?"

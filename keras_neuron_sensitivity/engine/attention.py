@@ -79,9 +79,9 @@ def attend(layer, query, value, key, mask):
         query: `(n, t, i)`; value, key: `(n, s, i)`.
         mask: the boolean attention mask, `(n or 1, t, s)`, or None.
     """
-    q = layer._query_dense(query)  # (n, t, h, e)
-    k = layer._key_dense(key)
-    v = layer._value_dense(value)
+    q = layer._query_dense(_unmasked(query))  # (n, t, h, e)
+    k = layer._key_dense(_unmasked(key))
+    v = layer._value_dense(_unmasked(value))
     logits = tf.einsum("nthe,nshe->nhts", q, k) * tf.cast(layer._inverse_sqrt_key_dim, q.dtype)
     if mask is not None:
         mask = tf.cast(mask, tf.bool)[:, None]  # (n, 1, t, s): every head
@@ -91,6 +91,13 @@ def attend(layer, query, value, key, mask):
     o = tf.einsum("nhts,nshf->nthf", attended, v)
     y = layer._output_dense(o)
     return y, (query, key, value, q, k, v, probs, mask, o)
+
+
+def _unmasked(x):
+    """`x` without its Keras mask (the attention has used it), so that the
+    projections do not warn that they drop it, as `MultiHeadAttention.call`
+    does by clearing it."""
+    return tf.identity(x) if get_keras_mask(x) is not None else x
 
 
 def _large_negative(dtype):
