@@ -102,7 +102,7 @@ def _median_seconds(fn, repeats):
 def _generic_rules(model):
     """Routes the text layers' calls through the generic rule."""
     from keras_neuron_sensitivity import api
-    from keras_neuron_sensitivity.engine import attention, base, hub, registry, token_embedding
+    from keras_neuron_sensitivity.engine import attention, base, registry, token_embedding
 
     api.model_graph(model)  # registers keras_hub's rules, to be replaced
     text_rules = (
@@ -114,10 +114,8 @@ def _generic_rules(model):
         token_embedding.TokenAndPositionEmbeddingRule,
     )
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        for cls in type(layer).__mro__:
-            if registry.has_rule(cls) and isinstance(registry._RULES[cls], text_rules):
-                registry.register_rule(cls, base.GenericRule())
-    assert hub.RULES  # (imported for its registration above)
+        if isinstance(registry.rule_for(layer), text_rules):
+            registry.register_rule(type(layer), base.GenericRule())
 
 
 def run(name, rules, repeats):

@@ -246,6 +246,16 @@ def test_neuron_jacobian_inputs_is_at_the_embedding_output():
     np.testing.assert_allclose(got, np.stack([jac[0] for jac in per_sample]), rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("wrt", ["weights", "inputs"])
+def test_chunks_of_one_row_read_the_embedded_input(wrt):
+    # Budget for one (neuron, sample) row at a time: several rounds, each
+    # reading the cotangent at the embedding output before it is used up.
+    model, x, embedded = transformer_classifier()
+    got = neuron_sensitivity(model, x, wrt=wrt, layers=["embedding", "ffn_2"], reduction=None, memory_budget_mb=1e-4)
+    for key in got:
+        np.testing.assert_allclose(got[key], _expected(model, x, key, wrt, embedded), rtol=RTOL, atol=ATOL)
+
+
 def test_training_is_bit_identical_with_and_without_callback(tmp_path):
     def train(with_callback):
         keras.utils.set_random_seed(3)

@@ -40,6 +40,7 @@ from keras_neuron_sensitivity.engine.base import (
     shape_of,
 )
 from keras_neuron_sensitivity.engine.site import Site
+from keras_neuron_sensitivity.probe import Call
 
 _MHA = keras.layers.MultiHeadAttention
 
@@ -236,29 +237,37 @@ class MultiHeadAttentionRule(Rule):
     def applies(self, layer):
         return attention_supported(layer)
 
-    def forward(self, site):
-        a = bound_arguments(site)
-        if a["return_attention_scores"]:
-            return GENERIC_RULE.forward(site)
+    def needs_generic(self, a):
+        """Whether this call (its arguments `a`) is one `attend` does not replay."""
+        return bool(a["return_attention_scores"])
+
+    def attention_mask(self, layer, a, key):
+        """The boolean mask the layer's `call` computes from its arguments."""
         query, value = a["query"], a["value"]
-        key = value if a["key"] is None else a["key"]
         # As Keras's `__call__` fills them, from the tensors' Keras masks.
         masks = (
             get_keras_mask(query),
             a["value_mask"] if a["value_mask"] is not None else get_keras_mask(value),
             a["key_mask"] if a["key_mask"] is not None or a["key"] is None else get_keras_mask(key),
         )
-        mask = keras_attention_mask(
-            site.layer, query, value, key, masks, a["attention_mask"], a["use_causal_mask"]
+        return keras_attention_mask(
+            layer, query, value, key, masks, a["attention_mask"], a["use_causal_mask"]
         )
-        y, cache = attend(site.layer, query, value, key, mask)
-        if masks[0] is not None:
-            set_keras_mask(y, masks[0])
+
+    def forward(self, site):
+        a = bound_arguments(site)
+        if self.needs_generic(a):
+            return GENERIC_RULE.forward(site)
+        key = a["value"] if a["key"] is None else a["key"]
+        query_mask = get_keras_mask(a["query"])
+        y, cache = attend(site.layer, a["query"], a["value"], key, self.attention_mask(site.layer, a, key))
+        if query_mask is not None:  # as Keras: the output keeps the query's mask
+            set_keras_mask(y, query_mask)
         return [y], cache
 
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
         a = bound_arguments(site)
-        if a["return_attention_scores"]:
+        if self.needs_generic(a):
             return GENERIC_RULE.backward(site, cache, cotangents, need_inputs, need_weights)
         (gq, gv, gk), sqnorm = attend_backward(
             site.layer, cache, cotangents[0], _trainable(site, need_weights), need_inputs
@@ -273,26 +282,11 @@ class CachedMultiHeadAttentionRule(MultiHeadAttentionRule):
     """keras_hub's `CachedMultiHeadAttention` without a cache: the same
     computation, masked by its `attention_mask` argument only."""
 
-    def forward(self, site):
-        a = bound_arguments(site)
-        if a["return_attention_scores"] or a["cache"] is not None:
-            return GENERIC_RULE.forward(site)
-        key = a["value"] if a["key"] is None else a["key"]
-        mask = a["attention_mask"]
-        y, cache = attend(site.layer, a["query"], a["value"], key, mask)
-        return [y], cache
+    def needs_generic(self, a):
+        return super().needs_generic(a) or a["cache"] is not None
 
-    def backward(self, site, cache, cotangents, need_inputs, need_weights):
-        a = bound_arguments(site)
-        if a["return_attention_scores"] or a["cache"] is not None:
-            return GENERIC_RULE.backward(site, cache, cotangents, need_inputs, need_weights)
-        (gq, gv, gk), sqnorm = attend_backward(
-            site.layer, cache, cotangents[0], _trainable(site, need_weights), need_inputs
-        )
-        if not need_inputs:
-            return None, sqnorm
-        key = a["value"] if a["key"] is None else a["key"]
-        return _by_position(site, [(a["query"], gq), (a["value"], gv), (key, gk)]), sqnorm
+    def attention_mask(self, layer, a, key):
+        return a["attention_mask"]
 
 
 class _Steps:
@@ -303,8 +297,6 @@ class _Steps:
         self.trainable = _trainable(site, need_weights)
 
     def sub_site(self, layer, x):
-        from keras_neuron_sensitivity.probe import Call
-
         call = Call(layer, f"{self.site.key}/{layer.name}", (0,), (1,))
         need = any(id(v) in self.trainable for v in layer.trainable_weights)
         return Site(call, [x], need_weights=need)
@@ -335,8 +327,15 @@ def _sub_rules_exact(layers):
 class _TransformerRule(Rule):
     """A pre- or post-norm transformer block with self-attention only."""
 
-    def attention_parts(self, layer, site, a):
-        """`(attention layer, sequence, mask, query Keras mask)`."""
+    sequence_argument = None  # the name of `call`'s sequence argument
+
+    def attention_parts(self, layer, a):
+        """`(attention layer, sequence, the block's mask, query Keras mask)`."""
+        raise NotImplementedError
+
+    def attention_mask(self, attention, x, masks, mask):
+        """The mask the block's attention computes from the block's mask and
+        the Keras masks (query, value, key) its `__call__` would fill."""
         raise NotImplementedError
 
     def unsupported(self, a):
@@ -363,7 +362,7 @@ class _TransformerRule(Rule):
         if self.unsupported(a):
             return GENERIC_RULE.forward(site)
         layer, steps = site.layer, _Steps(site, site.need_weights)
-        attention, x, mask, query_mask = self.attention_parts(layer, site, a)
+        attention, x, mask, query_mask = self.attention_parts(layer, a)
         first_norm, second_norm = layer._self_attention_layer_norm, layer._feedforward_layer_norm
         saved = {}
         residual = x
@@ -434,7 +433,7 @@ class TransformerEncoderRule(_TransformerRule):
     def unsupported(self, a):
         return bool(a["return_attention_scores"])
 
-    def attention_parts(self, layer, site, a):
+    def attention_parts(self, layer, a):
         merge = _module_function(layer, "merge_padding_and_attention_mask")
         x = a["inputs"]
         mask = merge(x, a["padding_mask"], a["attention_mask"])
@@ -462,7 +461,7 @@ class TransformerDecoderRule(_TransformerRule):
             or a["cross_attention_cache"] is not None
         )
 
-    def attention_parts(self, layer, site, a):
+    def attention_parts(self, layer, a):
         x = a["decoder_sequence"]
         mask = layer._compute_self_attention_mask(
             decoder_sequence=x,
