@@ -2,8 +2,9 @@
 
 Run with `python demos/sequence_lstm.py [LOG_DIR]` (under a minute). The
 task: tell whether a noisy sequence's first half sums higher than its second
-half. Token ids go through an Embedding (integer inputs have no derivative,
-so sensitivity to inputs covers the float input only).
+half. Token ids go through an Embedding: integer inputs have no derivative,
+so the sensitivity to inputs covers the float input and the Embedding's
+output (the embedded input) together.
 """
 
 import os

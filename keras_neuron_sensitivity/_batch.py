@@ -1,9 +1,18 @@
-"""The probe batch: from what users pass to tensors aligned with the model's inputs."""
+"""The probe batch: from what users pass to the tensors the engine is fed.
+
+The user's batch is checked against the model's inputs (strings included);
+the model's preprocessing layers (`TextVectorization`, lookups, hashing) are
+then replayed on it, once and eagerly, so that the engine starts from plain
+integer and float tensors whose every dimension the probe fixes.
+"""
 
 import warnings
 
 import numpy as np
 import tensorflow as tf
+
+from keras_neuron_sensitivity.engine.replay import float32_compute
+from keras_neuron_sensitivity.engine.site import Site
 
 
 def take_inputs(data, probe_size=None):
@@ -44,13 +53,17 @@ def _from_dataset(dataset, size):
 
 
 def standardize(graph, x, what="x"):
-    """Returns one tensor per model input, checked against the model.
+    """Returns the engine's inputs (one tensor per `graph.inputs` entry).
+
+    `x` is checked against the model's inputs, then the model's
+    preprocessing calls (`graph.preprocessing`) are replayed on it.
 
     Raises:
         ValueError: on a structure, shape or size that does not fit the model,
             an empty batch, or non-finite values.
     """
-    names = graph.input_names
+    model_inputs = graph.model_inputs
+    names = [m.name for m in model_inputs]
     if isinstance(x, dict):
         missing = [name for name in names if name not in x]
         if missing:
@@ -71,10 +84,8 @@ def standardize(graph, x, what="x"):
             "input name) with one array per input."
         )
     tensors = [
-        _to_tensor(value, name, dtype, spec, what)
-        for value, name, dtype, spec in zip(
-            flat, names, graph.input_dtypes, graph.input_shapes
-        )
+        _to_tensor(value, m.name, m.dtype, m.shape, what)
+        for value, m in zip(flat, model_inputs)
     ]
     sizes = {int(t.shape[0]) for t in tensors}
     if len(sizes) > 1:
@@ -83,7 +94,41 @@ def standardize(graph, x, what="x"):
             f"{[int(t.shape[0]) for t in tensors]}. Expected the same number "
             "for every input. Slice them to the same length."
         )
-    return tensors
+    return preprocess(graph, tensors)
+
+
+def preprocess(graph, tensors):
+    """Replays the model's preprocessing calls on the model's inputs.
+
+    Eager and once per probe batch: these calls (string lookups, hashing)
+    have nothing to differentiate, and their outputs' shapes (a
+    `TextVectorization`'s sequence length) are known only once they ran.
+
+    Args:
+        graph: the model's `probe.Graph`.
+        tensors: one tensor per `graph.model_inputs` entry.
+
+    Returns:
+        One tensor per `graph.inputs` entry.
+    """
+    values = {m.id: t for m, t in zip(graph.model_inputs, tensors, strict=True)}
+    with float32_compute([call.layer for call in graph.preprocessing]):
+        for call in graph.preprocessing:
+            site = Site(call, [values[t] for t in call.inputs])
+            outputs = site.run(site.inputs)
+            values.update(zip(call.outputs, (tf.convert_to_tensor(y) for y in outputs)))
+    return [
+        _as_declared(values[t], dtype) for t, dtype in zip(graph.inputs, graph.input_dtypes)
+    ]
+
+
+def _as_declared(value, dtype):
+    """A preprocessing output in the dtype its layer declares: a multi-hot
+    `TextVectorization` says float32 and returns int64, which the next
+    layer casts on the way in; the engine's rules read it as declared."""
+    if dtype is None or value.dtype == tf.string or value.dtype.name == dtype:
+        return value
+    return tf.cast(value, dtype)
 
 
 def _to_tensor(value, name, dtype, spec, what):
@@ -103,6 +148,7 @@ def _to_tensor(value, name, dtype, spec, what):
             "probe batch."
         )
     expected = tuple(spec[1:])
+    array = _adjust_rank(array, expected)
     got = array.shape[1:]
     if len(got) != len(expected) or any(
         e is not None and e != g for e, g in zip(expected, got)
@@ -118,32 +164,83 @@ def _to_tensor(value, name, dtype, spec, what):
             f"{int(np.size(array) - np.isfinite(array).sum())} NaN or infinite "
             "value(s). Expected finite numbers. Clean or drop those samples."
         )
-    return tf.convert_to_tensor(array.astype(tf.as_dtype(dtype).as_numpy_dtype))
+    dtype = tf.as_dtype(dtype)
+    if dtype == tf.string:
+        if array.dtype.kind not in "USO":
+            raise TypeError(
+                f"Received `{what}` for input {name!r} of dtype {array.dtype}. "
+                "Expected strings: the model reads text there. Pass the raw "
+                "strings (a NumPy array or list of str)."
+            )
+        return tf.convert_to_tensor(array.astype(object))
+    if array.dtype.kind in "USO":
+        raise TypeError(
+            f"Received `{what}` for input {name!r} holding strings "
+            f"({array.dtype}). Expected {dtype.name} numbers: that input "
+            "is not text. Pass numbers, or give the model a string input."
+        )
+    return tf.convert_to_tensor(array.astype(dtype.as_numpy_dtype))
+
+
+def _adjust_rank(array, expected):
+    """Adds a missing last axis of size 1, as Keras's functional models do
+    (strings of shape `(B,)` for `Input(shape=(1,), dtype="string")`)."""
+    if array.ndim == len(expected) and expected and expected[-1] == 1:
+        return array[..., None]
+    return array
 
 
 def warn_integer_inputs(graph):
-    """Warns that integer inputs are left out of sensitivity to inputs.
+    """Checks that a sensitivity to inputs exists, and warns about the
+    integer or string inputs it leaves out.
 
-    Python's warning registry shows it once per calling line (the default
-    filter), not once per epoch; users control it with `warnings` filters.
+    It is measured at `graph.sensitivity_inputs`: the floating-point inputs
+    and the embedded inputs (the output of the call that first turns integer
+    or string inputs into floats). Inputs from which none is computed (a
+    padding mask going straight into attention) are left out, with a
+    warning naming them.
 
     Raises:
-        ValueError: if no floating-point input is left.
+        ValueError: if the model has no tensor at which a sensitivity to
+            inputs exists.
     """
-    ints = [
-        name
-        for name, dtype in zip(graph.input_names, graph.input_dtypes)
-        if not tf.as_dtype(dtype).is_floating
-    ]
-    if len(ints) == len(graph.input_names):
+    if not graph.sensitivity_inputs:
+        names = [m.name for m in graph.model_inputs]
         raise ValueError(
-            f"Received wrt='inputs' for a model whose inputs {ints} are all "
-            "integers (for example token ids), which have no derivative. "
-            "Expected at least one floating-point input. Use wrt='weights'."
+            f"Received wrt='inputs' for a model whose inputs {names} are "
+            "integers or strings that no layer turns into floating-point "
+            "values, so there is no derivative with respect to them (nor to "
+            "an embedding of them). Expected a floating-point input, or an "
+            "Embedding-like layer on the integer inputs. Use wrt='weights'."
         )
-    message = (
-        f"Integer model inputs {ints} have no derivative and are left out of "
-        "the sensitivity to inputs."
-    )
-    if ints:
-        warnings.warn(message, stacklevel=4)
+    if graph.left_out_inputs:
+        # Python's default filter shows it once per call site, not per epoch.
+        warnings.warn(
+            f"Model inputs {graph.left_out_inputs} are integers or strings "
+            "that reach no Embedding-like layer; they have no derivative and "
+            "are left out of the sensitivity to inputs, which is measured at "
+            f"{list(graph.sensitivity_inputs.values())}.",
+            stacklevel=3,
+        )
+
+
+def resolve_wrt(graph, wrt):
+    """The callback's `wrt` for this model: None means both where they
+    exist, so a model without any tensor at which a sensitivity to inputs
+    exists logs weights only (with a warning saying why). An explicit
+    "inputs" must be honoured (see `warn_integer_inputs`)."""
+    if wrt is None:
+        if graph.sensitivity_inputs:
+            warn_integer_inputs(graph)
+            return ("weights", "inputs")
+        warnings.warn(
+            f"The model's inputs {[m.name for m in graph.model_inputs]} "
+            "are integers or strings that no layer turns into floating-point "
+            "values, so only the sensitivity to weights is logged (the "
+            "default wrt logs both where they exist).",
+            stacklevel=3,
+        )
+        return ("weights",)
+    if "inputs" in wrt:
+        warn_integer_inputs(graph)
+    return wrt

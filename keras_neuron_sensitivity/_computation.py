@@ -30,6 +30,10 @@ class Problem:
 def prepare(model, x, *, wrt, layers, what="x"):
     """Checks `x` and `layers` against the model; returns a `Problem`.
 
+    `wrt` None means both where they exist (the callback's default): a model
+    without any tensor at which a sensitivity to inputs exists gets weights
+    only, with a warning; an explicit "inputs" there is an error.
+
     Raises:
         TypeError, ValueError, UnsupportedModelError: with what was received,
             what was expected and how to fix it.
@@ -37,8 +41,7 @@ def prepare(model, x, *, wrt, layers, what="x"):
     graph = model_graph(model, x)
     inputs = _batch.standardize(graph, x, what)
     keys = probe.resolve_layers(graph, layers)
-    if "inputs" in wrt:
-        _batch.warn_integer_inputs(graph)
+    wrt = _batch.resolve_wrt(graph, wrt)
     return Problem(model, graph, inputs, keys, tuple(wrt))
 
 

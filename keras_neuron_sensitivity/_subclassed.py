@@ -85,7 +85,8 @@ def recorded_graph(model, inputs, new_id):
     Args:
         model: the subclassed model.
         inputs: one eager tensor per model input, one sample each.
-        new_id: a function returning fresh tensor ids.
+        new_id: a function returning a fresh tensor id (given the tensor,
+            it also records its dtype).
 
     Returns:
         `(input_ids, [(layer, input_ids, output_ids, arguments, keras_ids)])`.
@@ -95,7 +96,7 @@ def recorded_graph(model, inputs, new_id):
             layers, or outside of layers, that a replay would miss.
     """
     calls, output = record_calls(model, inputs)
-    ids = {id(t): new_id() for t in inputs}
+    ids = {id(t): new_id(t) for t in inputs}
     input_ids = [ids[id(t)] for t in inputs]
     recorded = []
     for layer, args, kwargs, outputs in calls:
@@ -126,7 +127,7 @@ def recorded_graph(model, inputs, new_id):
         filled_kwargs = keras.tree.map_structure(replace, kwargs)
         output_ids = []
         for t in keras.tree.flatten(outputs):
-            ids[id(t)] = new_id()
+            ids[id(t)] = new_id(t)
             output_ids.append(ids[id(t)])
         arguments = RecordedArguments(filled_args, filled_kwargs, placeholders)
         recorded.append((layer, call_inputs, output_ids, arguments, keras_ids))

@@ -40,7 +40,10 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
             are ignored), or a `tf.data.Dataset` (its first batches).
         log_dir: directory for the logs; the run is `{log_dir}/sensitivity`.
             Defaults to `"logs"`.
-        wrt: `"weights"`, `"inputs"`, or both as a tuple. Defaults to both.
+        wrt: `"weights"`, `"inputs"`, or both as a tuple. Defaults to None:
+            both where they exist (a model whose integer or string inputs no
+            layer embeds logs weights only, with a warning). For token ids,
+            "inputs" means the embedded input (the `Embedding` output).
         freq: an int `N` to log every `N` epochs (epochs 0, N, 2N, ... as
             Keras's `histogram_freq`), or a list of epoch indices. Defaults
             to 1.
@@ -90,7 +93,7 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         probe_data,
         log_dir="logs",
         *,
-        wrt=("weights", "inputs"),
+        wrt=None,
         freq=1,
         layers=None,
         reduction="mean",
@@ -104,7 +107,7 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         verbose=0,
     ):
         super().__init__()
-        self.wrt = _arguments.check_wrt(wrt, allow_both=True)
+        self.wrt = None if wrt is None else _arguments.check_wrt(wrt, allow_both=True)
         self.freq = _arguments.check_freq(freq)
         if reduction is None:
             raise ValueError(

@@ -5,6 +5,16 @@ itself so that it can keep every layer's inputs (and pre-activations) from one
 forward pass and push neuron cotangents back through it. This module turns a
 `Sequential` or `Functional` model, with nested models expanded in place, into
 that replayable form.
+
+Text models start with calls that nothing can be differentiated through:
+`TextVectorization`, `StringLookup`, `Hashing` and the like turn strings or
+ids into ids. Those calls (the *preprocessing*) are split off here and
+replayed once, eagerly, on the probe batch (`_batch.standardize`); the engine
+starts after them, on plain integer and float tensors whose shapes the probe
+fixes. This module also says where the sensitivity to inputs is measured
+(`Graph.sensitivity_inputs`): at the floating-point model inputs, and, for
+integer or string inputs, at the output of the call that first turns them into
+floats (an `Embedding`, say): the *embedded input*.
 """
 
 import dataclasses
@@ -53,15 +63,41 @@ class Call:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelInput:
+    """One of the model's own inputs, as the user passes it."""
+
+    id: int  # tensor id
+    name: str
+    dtype: str
+    shape: tuple  # with the batch axis; None where any size is accepted
+
+
 @dataclasses.dataclass(eq=False)
 class Graph:
-    """A model as layer calls in topological order."""
+    """A model as layer calls in topological order.
 
-    inputs: list  # tensor ids of the model's inputs, in `model.inputs` order
-    input_names: list
+    The engine replays `calls`, fed with one tensor per entry of `inputs`;
+    `_batch.standardize` makes those tensors from the user's batch (one per
+    `model_inputs` entry) by replaying `preprocessing` on it. Without
+    preprocessing layers, `inputs` are the model's inputs.
+    """
+
+    inputs: list  # tensor ids the engine is fed, in this order
+    input_names: list  # a name per entry of `inputs`
     input_dtypes: list
     input_shapes: list
-    calls: list
+    calls: list  # the differentiable part, in topological order
+    model_inputs: list = dataclasses.field(default_factory=list)  # ModelInput
+    preprocessing: list = dataclasses.field(default_factory=list)  # calls
+    # Where the sensitivity to inputs is measured: tensor id -> readable name.
+    # The floating-point inputs of `calls`, then the float outputs of the calls
+    # that first turn integer (or string) inputs into floats: the embedded
+    # inputs. Every method reads the derivative at exactly these tensors.
+    sensitivity_inputs: dict = dataclasses.field(default_factory=dict)
+    # Non-float model inputs from which no sensitivity input is computed (a
+    # padding mask going straight into attention): left out, with a warning.
+    left_out_inputs: list = dataclasses.field(default_factory=list)
 
     @property
     def keys(self):
@@ -107,12 +143,11 @@ def build_graph(model, example=None):
         return _subclassed_graph(model, example)
     builder = _Builder()
     inputs = _model_inputs(model)
-    ids = [builder.new_id() for _ in inputs]
+    ids = [builder.new_id(t) for t in inputs]
     builder.add_model(model, ids, prefix="")
     names = [getattr(t, "name", f"input_{i}") for i, t in enumerate(inputs)]
-    dtypes = [t.dtype for t in inputs]
     shapes = [tuple(t.shape) for t in inputs]
-    return Graph(ids, names, dtypes, shapes, builder.calls)
+    return _split(builder, ids, names, shapes)
 
 
 def default_selection(graph):
@@ -161,8 +196,9 @@ def resolve_layers(graph, layers):
         if isinstance(entry, keras.layers.Layer):
             found = [c.key for c in graph.calls if c.layer is entry]
         else:
-            found = [entry] if entry in graph.keys else []
+            found = [entry] if entry in graph.keys else _short_name(graph, entry)
         if not found:
+            _check_not_preprocessing(graph, entry)
             raise ValueError(
                 f"Received a layer {entry if isinstance(entry, str) else entry.name!r} "
                 f"that the model does not have. Expected one of {graph.keys}. "
@@ -170,6 +206,36 @@ def resolve_layers(graph, layers):
             )
         keys.extend(k for k in found if k not in keys)
     return keys
+
+
+def _short_name(graph, name):
+    """`[key]` for a name that ends exactly one key after a `/` (a layer of a
+    nested model named without its model: "transformer_layer_0" for
+    "bert_backbone/transformer_layer_0"); `[]` when none does.
+
+    Raises:
+        ValueError: when several keys end with it.
+    """
+    matches = [key for key in graph.keys if key.endswith("/" + name)]
+    if len(matches) > 1:
+        raise ValueError(
+            f"Received a layer {name!r} that names several layers of the "
+            f"model: {matches}. Expected one; pass the full key."
+        )
+    return matches
+
+
+def _check_not_preprocessing(graph, entry):
+    names = {c.key for c in graph.preprocessing if c.layer is entry or c.key == entry}
+    if names:
+        (key,) = sorted(names)[:1]
+        raise ValueError(
+            f"Received the layer {key!r}, a preprocessing layer: it reads "
+            "strings or outputs integers, so it has no neurons with a "
+            "derivative; it is replayed once on the probe batch and the "
+            "computation starts after it. Expected a layer with a floating-"
+            f"point output, one of {graph.keys}."
+        )
 
 
 def _model_inputs(model):
@@ -211,7 +277,7 @@ def _subclassed_graph(model, example):
         )
     arrays = [np.asarray(a) for a in (example if isinstance(example, (list, tuple)) else [example])]
     sample = [
-        tf.constant(a[:1], keras.config.floatx() if a.dtype.kind == "f" else a.dtype)
+        tf.constant(a[:1], keras.config.floatx() if a.dtype.kind == "f" else None)
         for a in arrays
     ]
     builder = _Builder()
@@ -234,9 +300,118 @@ def _subclassed_graph(model, example):
             continue
         builder.add_call(layer, ins, outs, arguments, keras_ids)
     names = [f"input_{i}" for i in range(len(sample))]
-    dtypes = [t.dtype.name for t in sample]
     shapes = [(None, *a.shape[1:]) for a in arrays]
-    return Graph(input_ids, names, dtypes, shapes, builder.calls)
+    return _split(builder, input_ids, names, shapes)
+
+
+def _split(builder, input_ids, names, shapes):
+    """The `Graph` of the recorded calls: preprocessing split off, the
+    engine's inputs and the sensitivity inputs found."""
+    from keras_neuron_sensitivity.engine import hub
+
+    hub.register_rules([call.layer for call in builder.calls])
+    dtypes = builder.dtypes
+    model_inputs = [
+        ModelInput(i, name, dtypes.get(i), shape)
+        for i, name, shape in zip(input_ids, names, shapes, strict=True)
+    ]
+    origins = {i: (name,) for i, name in zip(input_ids, names)}
+    preprocessing, calls = [], []
+    fixed = set(input_ids)  # tensors the probe alone determines
+    for call in builder.calls:
+        if _is_preprocessing(call, fixed, dtypes):
+            preprocessing.append(call)
+            fixed.update(call.outputs)
+            _trace_origins(call, origins)
+        else:
+            calls.append(call)
+    read = {t for call in calls for t in call.inputs}
+    engine_inputs = [t for t in input_ids if t in read]
+    engine_inputs += [
+        t for call in preprocessing for t in call.outputs if t in read
+    ]
+    labels = {i: name for i, name in zip(input_ids, names)}
+    for call in preprocessing:
+        for t in call.outputs:
+            labels[t] = _output_label(call, t, origins)
+    sensitivity = {
+        t: labels[t] for t in engine_inputs if _is_float_dtype(dtypes.get(t))
+    }
+    # Front-end calls: every input is integer or string data (nothing float
+    # reaches them), so their float outputs are the embedded inputs.
+    data = {t for t in engine_inputs if not _is_float_dtype(dtypes.get(t))}
+    for call in calls:
+        if not call.inputs or not all(t in data for t in call.inputs):
+            continue
+        _trace_origins(call, origins)
+        for t in call.outputs:
+            if _is_float_dtype(dtypes.get(t)):
+                sensitivity[t] = _output_label(call, t, origins)
+            else:
+                data.add(t)
+    reached = {name for t in sensitivity for name in origins.get(t, ())}
+    left_out = [
+        m.name
+        for m in model_inputs
+        if not _is_float_dtype(m.dtype) and m.name not in reached
+    ]
+    return Graph(
+        inputs=engine_inputs,
+        input_names=[labels[t] for t in engine_inputs],
+        input_dtypes=[dtypes.get(t) for t in engine_inputs],
+        input_shapes=[
+            next((m.shape for m in model_inputs if m.id == t), None)
+            for t in engine_inputs
+        ],
+        calls=calls,
+        model_inputs=model_inputs,
+        preprocessing=preprocessing,
+        sensitivity_inputs=sensitivity,
+        left_out_inputs=left_out,
+    )
+
+
+def _is_preprocessing(call, fixed, dtypes):
+    """A call that nothing is differentiated through, computed from the probe
+    alone: it reads only model inputs and other such calls' outputs, has no
+    trainable weights, and either reads strings or outputs no float
+    (`TextVectorization`, `StringLookup`, `IntegerLookup`, `Hashing`,
+    `Discretization`, an id mask such as `ops.not_equal(ids, 0)`)."""
+    if not call.inputs or call.weights or not all(t in fixed for t in call.inputs):
+        return False
+    reads_strings = any(dtypes.get(t) == "string" for t in call.inputs)
+    outputs_float = any(_is_float_dtype(dtypes.get(t)) for t in call.outputs)
+    return reads_strings or not outputs_float
+
+
+def _trace_origins(call, origins):
+    """The model inputs each output of `call` is computed from."""
+    sources = tuple(dict.fromkeys(n for t in call.inputs for n in origins.get(t, ())))
+    for t in call.outputs:
+        origins[t] = sources
+
+
+def _output_label(call, tensor, origins):
+    which = "" if len(call.outputs) == 1 else f" {call.outputs.index(tensor)}"
+    sources = ", ".join(origins.get(tensor, ()))
+    return f"{call.key} output{which} (from {sources})"
+
+
+def _dtype_name(dtype):
+    try:
+        return tf.as_dtype(dtype).name
+    except TypeError:
+        return str(dtype)
+
+
+def _is_float_dtype(name):
+    """Floating point, or unknown (treated as a tensor with a derivative)."""
+    if name is None:
+        return True
+    try:
+        return tf.as_dtype(name).is_floating
+    except TypeError:
+        return True
 
 
 def _is_functional(model):
@@ -264,11 +439,14 @@ class _NestedArguments:
 class _Builder:
     def __init__(self):
         self.calls = []
+        self.dtypes = {}  # tensor id -> dtype name, where the graph says it
         self._next_id = 0
         self._calls_per_key = {}
 
-    def new_id(self):
+    def new_id(self, tensor=None):
         self._next_id += 1
+        if tensor is not None and getattr(tensor, "dtype", None) is not None:
+            self.dtypes[self._next_id - 1] = _dtype_name(tensor.dtype)
         return self._next_id - 1
 
     def add_model(self, model, input_ids, prefix):
@@ -288,6 +466,8 @@ class _Builder:
         tensor_ids = {
             id(t): i for t, i in zip(functional.inputs, input_ids, strict=True)
         }
+        for t, i in zip(functional.inputs, input_ids):
+            self.dtypes.setdefault(i, _dtype_name(t.dtype))
         for depth in sorted(functional._nodes_by_depth, reverse=True):
             for node in functional._nodes_by_depth[depth]:
                 if node.operation is None or node.is_input:
@@ -307,6 +487,7 @@ class _Builder:
                 )
                 for t, i in zip(node.outputs, outputs, strict=True):
                     tensor_ids[id(t)] = i
+                    self.dtypes[i] = _dtype_name(t.dtype)
         return [tensor_ids[id(t)] for t in functional.outputs]
 
     def _add_tf_keras_model(self, model, input_ids, prefix):
@@ -318,6 +499,8 @@ class _Builder:
                 "as a functional model."
             )
         tensor_ids = {id(t): i for t, i in zip(model.inputs, input_ids, strict=True)}
+        for t, i in zip(model.inputs, input_ids):
+            self.dtypes.setdefault(i, _dtype_name(t.dtype))
         for depth in sorted(model._nodes_by_depth, reverse=True):
             for node in model._nodes_by_depth[depth]:
                 if node.is_input:
@@ -334,6 +517,7 @@ class _Builder:
                 )
                 for t, i in zip(tf.nest.flatten(node.outputs), outputs, strict=True):
                     tensor_ids[id(t)] = i
+                    self.dtypes[i] = _dtype_name(t.dtype)
         return [tensor_ids[id(t)] for t in model.outputs]
 
     def _add_layer_or_model(

@@ -8,8 +8,13 @@ per neuron and sample or from central finite differences.
 Definitions (DESIGN.md section 2): the neuron value `a_k(x)` is channel `k` of
 the layer output averaged over every axis that is neither batch nor channel;
 its sensitivity is the 2-norm of `d a_k(x_n) / d theta` over all trainable
-weights, or of `d a_k(x_n) / d x_n` over all floating-point inputs.
+weights, or of `d a_k(x_n) / d x_n` over all floating-point inputs. For
+integer or string inputs the derivative is taken at the embedded input: the
+output of the layer (an `Embedding`) that the test names as turning them into
+floats; `embedded=` lists those layers.
 """
+
+import contextlib
 
 import keras
 import numpy as np
@@ -47,11 +52,57 @@ def _cast(model, x):
     ]
 
 
-def jacobians(model, x, fn, wrt):
+class InputOf:
+    """In `embedded=`: the first input of the layer's first call, cast to the
+    layer's float dtype, for an embedded input that no layer outputs as a
+    float (a multi-hot `TextVectorization` declares float32 but returns
+    integers, which the next layer casts)."""
+
+    def __init__(self, layer):
+        self.layer = layer
+
+
+@contextlib.contextmanager
+def _watching_first_call(entries, tape, captured):
+    """While active, the first call of each layer in `entries` has its output
+    (its first input, for an `InputOf`) watched by `tape` and appended to
+    `captured` (in the entries' order)."""
+    slots = [None] * len(entries)
+    originals = []
+    layers = [e.layer if isinstance(e, InputOf) else e for e in entries]
+    for j, (layer, entry) in enumerate(zip(layers, entries)):
+        original = layer.call
+
+        def call(*args, _j=j, _original=original, _layer=layer, _input=isinstance(entry, InputOf), **kwargs):
+            if _input and slots[_j] is None:
+                # The layer casts integers itself, inside `call`: cast first,
+                # so that the derivative exists (the values are the same).
+                first = tf.cast(args[0], _layer.compute_dtype)
+                tape.watch(first)
+                slots[_j] = first
+                args = (first, *args[1:])
+            y = _original(*args, **kwargs)
+            if not _input and slots[_j] is None:
+                tape.watch(y)
+                slots[_j] = y
+            return y
+
+        originals.append(original)
+        layer.call = call
+    try:
+        yield
+    finally:
+        for layer, original in zip(layers, originals):
+            layer.call = original
+        captured.extend(slots)
+
+
+def jacobians(model, x, fn, wrt, embedded=()):
     """Per sample, the list of Jacobians `(C, *shape)` of the neuron values.
 
     `wrt="weights"`: one per trainable weight of the model (zero if the neuron
-    does not depend on it); `wrt="inputs"`: one per floating-point input.
+    does not depend on it); `wrt="inputs"`: one per floating-point input, then
+    one per layer of `embedded` (at the output of its first call).
 
     Row `k` of the Jacobian is one `tape.gradient` of neuron `k` on one sample:
     the plainest brute force there is. (`tape.jacobian` gives the same rows
@@ -65,11 +116,15 @@ def jacobians(model, x, fn, wrt):
     for n in range(len(xs[0])):
         sample = [tf.constant(a[n : n + 1]) for a in xs]
         floats = [s for s in sample if s.dtype.is_floating]
+        captured = []
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(floats)
-            a = neuron_values(fn, sample)[0]
+            with _watching_first_call(list(embedded), tape, captured):
+                a = neuron_values(fn, sample)[0]
             neurons = [a[k] for k in range(a.shape[0])]
-        targets = weights if wrt == "weights" else floats
+        # A layer not called on the way to the neurons adds nothing.
+        captured = [y for y in captured if y is not None]
+        targets = weights if wrt == "weights" else floats + captured
         rows = [
             tape.gradient(
                 neuron, targets, unconnected_gradients=tf.UnconnectedGradients.ZERO
@@ -96,9 +151,13 @@ def _norms(per_sample):
     return np.stack(rows)
 
 
-def brute_force(model, x, fn, wrt):
-    """`(B, C)` per-sample sensitivities by brute force, one sample at a time."""
-    return _norms(jacobians(model, x, fn, wrt))
+def brute_force(model, x, fn, wrt, embedded=()):
+    """`(B, C)` per-sample sensitivities by brute force, one sample at a time.
+
+    `embedded`: layers whose first call's output counts as an input (the
+    embedded input of integer or string inputs) for `wrt="inputs"`.
+    """
+    return _norms(jacobians(model, x, fn, wrt, embedded))
 
 
 def finite_difference(model, x, fn, wrt, eps=1e-6):

@@ -269,3 +269,35 @@ def test_subclassed_model_equals_its_functional_twin():
     inputs = keras.Input((4,))
     twin = keras.Model(inputs, net.d2(net.d1(inputs)))
     _twin_equal(net, twin, x)
+
+
+def test_unbiased_at_the_embedded_input_of_a_string_model():
+    # Strings -> TextVectorization -> Embedding -> ...: to inputs, the tangents
+    # sit at the embedding output (the embedded input), as the exact method's
+    # derivative does; checked against brute force there.
+    texts = np.array(["the cat sat", "a dog ran far", "the dog sat down", "cats run"], object)
+    vectorize = L.TextVectorization(max_tokens=12, output_mode="int", output_sequence_length=4)
+    vectorize.adapt(texts)
+    text = keras.Input(shape=(1,), dtype="string")
+    embedding = L.Embedding(12, 3, name="embedding")
+    h = L.Dense(4, activation="tanh", name="hidden")(embedding(vectorize(text)))
+    model = keras.Model(text, L.Dense(2, name="out")(L.GlobalAveragePooling1D()(h)))
+    ids = vectorize(texts[:, None]).numpy()
+    truth = {}
+    for key in ("hidden", "out"):
+        fn = oracle.output_fn(model, model.get_layer(key).output)
+        truth[key] = oracle.brute_force(model, [texts[:, None]], fn, "inputs", [embedding])
+    draws = {key: [] for key in truth}
+    for seed in range(300):
+        got = neuron_sensitivity(
+            model, texts, wrt="inputs", method="estimate", num_probes=4, seed=seed,
+            reduction=None, layers=list(truth),
+        )
+        for key in truth:
+            draws[key].append(np.square(got[key]))
+    assert ids.shape == (4, 4)
+    for key, exact in truth.items():
+        squares = np.stack(draws[key])
+        mean, se = squares.mean(0), squares.std(0, ddof=1) / np.sqrt(len(draws[key]))
+        z = (mean - np.square(exact)) / se
+        assert np.abs(z).max() < Z_TOLERANCE, (key, np.round(z, 2))

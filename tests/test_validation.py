@@ -175,31 +175,49 @@ def _token_model(name):
     return ids, e
 
 
-def test_inputs_of_integer_only_model():
+def test_inputs_of_integer_only_model_are_measured_at_the_embedding():
     ids, e = _token_model("token_ids")
     model = keras.Model(ids, L.Dense(2, name="out")(e))
     tokens = np.array([[1, 2, 3], [0, 4, 4]], "int32")
-    with pytest.raises(ValueError, match=r"\['token_ids'\] are all integers.*wrt='weights'"):
-        neuron_sensitivity(model, tokens, wrt="inputs")
-    with pytest.raises(ValueError, match=r"all integers"):
-        neuron_jacobian(model, tokens, "out", wrt="inputs")
-    # With respect to the weights the same model is fine.
-    assert neuron_sensitivity(model, tokens)["out"].shape == (2,)
+    result = neuron_sensitivity(model, tokens, wrt="inputs")
+    # The embedding's own neurons: the mean over 3 positions of its output,
+    # differentiated with respect to that output, has norm 1 / sqrt(3).
+    np.testing.assert_allclose(result["emb"], 3**-0.5, rtol=1e-6)
+    jac = neuron_jacobian(model, tokens, "out", wrt="inputs")
+    assert jac.shape == (2, 2, 3, 2)  # (B, C, *embedding output)
+
+
+def test_model_without_any_sensitivity_input():
+    """No functional model has integer inputs that no layer turns into
+    floats (the first float any layer makes from them is an embedded input),
+    so this checks the rule on the graph's description directly."""
+    from keras_neuron_sensitivity import _batch, probe
+
+    graph = probe.Graph([], [], [], [], [], model_inputs=[probe.ModelInput(0, "ids", "int32", (None, 3))])
+    with pytest.raises(ValueError, match=r"wrt='inputs'.*\['ids'\].*no layer turns into floating-point.*wrt='weights'"):
+        _batch.warn_integer_inputs(graph)
+    with pytest.raises(ValueError, match=r"no layer turns"):
+        _batch.resolve_wrt(graph, ("weights", "inputs"))
+    with pytest.warns(UserWarning, match=r"\['ids'\].*only the sensitivity to weights is logged"):
+        assert _batch.resolve_wrt(graph, None) == ("weights",)
+
+
+def _masked_attention_model(mask_name):
+    x = keras.Input((3, 4), name="floats")
+    mask = keras.Input((3, 3), dtype="int32", name=mask_name)
+    a = L.MultiHeadAttention(1, 2, name="mha")(x, x, attention_mask=mask)
+    return keras.Model([x, mask], L.Dense(2, name="out")(L.Flatten()(a)))
 
 
 def test_inputs_of_int_and_float_model_warns_naming_the_int_input():
-    # A name of its own: the warning is issued once per process and message.
-    ids, e = _token_model("ids_in_warning_test")
-    x = keras.Input((2,), name="floats")
-    h = L.Concatenate()([e, L.Dense(2, name="d")(x)])
-    model = keras.Model([ids, x], L.Dense(2, name="out")(h))
-    batch = [np.array([[1, 2, 3], [0, 4, 4]], "int32"), np.ones((2, 2), "float32")]
-    with pytest.warns(UserWarning, match=r"\['ids_in_warning_test'\] have no derivative"):
+    # An integer input that reaches no Embedding-like layer (a mask going
+    # straight into attention) is left out, with a warning naming it.
+    model = _masked_attention_model("mask_in_warning_test")
+    batch = [np.ones((2, 3, 4), "float32"), np.tril(np.ones((2, 3, 3), "int32"))]
+    with pytest.warns(UserWarning, match=r"\['mask_in_warning_test'\] are integers.*left out.*\['floats'\]"):
         result = neuron_sensitivity(model, batch, wrt="inputs")
-    assert set(result) == {"emb", "d", "out"}
-    # The embedding sees no float input: its sensitivity to inputs is zero.
-    np.testing.assert_array_equal(result["emb"], 0.0)
-    assert np.all(result["d"] > 0)
+    assert set(result) == {"mha", "out"}
+    assert np.all(result["out"] > 0)
 
 
 @pytest.mark.parametrize("method", ["fast", "Exact", None, 1], ids=repr)
@@ -224,14 +242,14 @@ def test_api_bad_seed(seed):
 
 
 @pytest.mark.parametrize(
-    "wrt", ["bias", (), ("weights", "bias"), None, ""], ids=repr
+    "wrt", ["bias", (), ("weights", "bias"), ""], ids=repr
 )
 def test_callback_bad_wrt(wrt, tmp_path):
     with pytest.raises(ValueError, match=r"Received wrt=.*'weights', 'inputs' or a tuple"):
         NeuronSensitivityCallback(X, tmp_path, wrt=wrt)
 
 
-@pytest.mark.parametrize("wrt", ["weights", "inputs", ("inputs",), ["weights", "inputs"]])
+@pytest.mark.parametrize("wrt", [None, "weights", "inputs", ("inputs",), ["weights", "inputs"]])
 def test_callback_good_wrt(wrt, tmp_path):
     NeuronSensitivityCallback(X, tmp_path, wrt=wrt)
 
@@ -364,16 +382,27 @@ def test_unknown_layer_fails_before_first_epoch_ends(tmp_path):
     assert ends.epochs == []
 
 
-def test_callback_integer_only_model_fails_before_first_epoch_ends(tmp_path):
+def test_callback_default_wrt_logs_both_on_a_token_model(tmp_path):
     ids, e = _token_model("ids_callback")
     model = keras.Model(ids, L.Dense(2, name="out")(e))
     model.compile("sgd", "mse")
     tokens = np.array([[1, 2, 3], [0, 4, 4]], "int32")
-    ends = _EpochEnds()
-    callback = NeuronSensitivityCallback(tokens, tmp_path)  # wrt both by default
-    with pytest.raises(ValueError, match=r"all integers"):
-        model.fit(tokens, np.zeros((2, 2)), epochs=3, verbose=0, callbacks=[callback, ends])
-    assert ends.epochs == []
+    callback = NeuronSensitivityCallback(tokens, tmp_path)  # wrt=None: both where they exist
+    model.fit(tokens, np.zeros((2, 2)), epochs=1, verbose=0, callbacks=[callback])
+    logged = callback.sensitivities[0]
+    assert set(logged) == {"weights", "inputs"}
+    assert set(logged["inputs"]) == {"emb", "out"}
+    np.testing.assert_allclose(logged["inputs"]["emb"], 3**-0.5, rtol=1e-6)
+
+
+def test_callback_explicit_inputs_on_a_mask_only_int_input_warns(tmp_path):
+    model = _masked_attention_model("mask_callback")
+    model.compile("sgd", "mse")
+    batch = [np.ones((2, 3, 4), "float32"), np.tril(np.ones((2, 3, 3), "int32"))]
+    callback = NeuronSensitivityCallback(batch, tmp_path, wrt="inputs")
+    with pytest.warns(UserWarning, match=r"\['mask_callback'\]"):
+        model.fit(batch, np.zeros((2, 2)), epochs=1, verbose=0, callbacks=[callback])
+    assert set(callback.sensitivities[0]) == {"inputs"}
 
 
 class _Sampled(L.Layer):

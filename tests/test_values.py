@@ -396,6 +396,14 @@ def activation_layers_only():
     return keras.Model(x, s), _normal(3, 3), {"relu": a, "tanh": s}
 
 
+# Cases with integer inputs: the layers whose outputs are the embedded inputs.
+EMBEDDED = {"int_and_float_inputs": ["emb"]}
+
+
+def _embedded(model, case):
+    return [model.get_layer(name) for name in EMBEDDED.get(case, ())]
+
+
 CASES = {
     "mlp_relu_tanh_softmax": mlp,
     "dense_on_sequence_direct": dense_on_sequence_direct,
@@ -461,7 +469,9 @@ def test_per_sample_and_mean_match_brute_force(case, wrt):
     assert list(mean) == list(refs)
     batch = len(oracle.as_list(probe)[0])
     for key, ref in refs.items():
-        expected = oracle.brute_force(model, probe, _oracle_fn(model, ref), wrt)
+        expected = oracle.brute_force(
+            model, probe, _oracle_fn(model, ref), wrt, _embedded(model, case)
+        )
         assert per_sample[key].shape == (batch, expected.shape[1]), key
         np.testing.assert_allclose(
             per_sample[key], expected, rtol=RTOL, atol=ATOL, err_msg=key
@@ -725,10 +735,12 @@ def test_neuron_jacobian_two_inputs_gives_a_list():
 def test_neuron_jacobian_matches_brute_force(case, key, wrt):
     model, probe, refs = CASES[case]()
     got = _quiet(neuron_jacobian, model, probe, key, wrt=wrt)
-    per_sample = oracle.jacobians(model, probe, _oracle_fn(model, refs[key]), wrt)
+    per_sample = oracle.jacobians(
+        model, probe, _oracle_fn(model, refs[key]), wrt, _embedded(model, case)
+    )
     if wrt == "inputs":
         got = got if isinstance(got, list) else [got]
-        assert len(got) == len(per_sample[0])  # one per float input
+        assert len(got) == len(per_sample[0])  # float inputs, embedded inputs
         for i, array in enumerate(got):
             expected = np.stack([jac[i] for jac in per_sample])
             np.testing.assert_allclose(array, expected, rtol=RTOL, atol=ATOL)

@@ -15,6 +15,7 @@ Cotangent tensors have shape `(k, n, ...)`; forward tensors `(n, ...)`.
 import keras
 import numpy as np
 import tensorflow as tf
+from keras.src.backend import get_keras_mask, set_keras_mask
 
 from keras_neuron_sensitivity.errors import UnsupportedLayerError
 
@@ -36,8 +37,17 @@ def _is_float(x):
 
 
 def tile_rows(x, k):
-    """`(n, ...)` -> `(k * n, ...)`: row `j * n + m` is sample `m`."""
-    return tf.tile(x, [k] + [1] * (x.shape.rank - 1))
+    """`(n, ...)` -> `(k * n, ...)`: row `j * n + m` is sample `m`.
+
+    A Keras mask that a layer set on `x` at run time (keras_hub's embeddings
+    with `mask_zero` do) is tiled along, so that a replayed layer (masked
+    pooling, say) computes what it computed in the forward pass.
+    """
+    tiled = tf.tile(x, [k] + [1] * (x.shape.rank - 1))
+    mask = get_keras_mask(x)
+    if mask is not None:
+        set_keras_mask(tiled, tf.tile(mask, [k] + [1] * (mask.shape.rank - 1)))
+    return tiled
 
 
 def shape_of(x):

@@ -23,10 +23,22 @@ class EmbeddingRule(Rule):
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
         if not (need_weights and site.layer.trainable):
             return None, None
-        ids = tf.reshape(cache, [shape_of(cache)[0], -1])
-        g = cotangents[0]
-        k = g.shape[0]
-        g = tf.reshape(g, [k, shape_of(ids)[0], -1, g.shape[-1]])
-        same = tf.cast(tf.equal(ids[:, :, None], ids[:, None, :]), g.dtype)
-        gram = tf.einsum("knto,knso->knts", g, g)
-        return None, tf.einsum("nts,knts->kn", same, gram)
+        return None, table_sqnorm(cache, cotangents[0])
+
+
+def table_sqnorm(ids, g):
+    """`(k, n)`: squared norm of a lookup table's per-sample gradient.
+
+    Row `ids[n, t]` receives `g[k, n, t]`; positions holding the same id add
+    into the same row, hence the Gram form over positions.
+
+    Args:
+        ids: `(n, ...)` integer ids, one per position.
+        g: `(k, n, ..., o)` cotangents at the looked-up vectors.
+    """
+    ids = tf.reshape(ids, [shape_of(ids)[0], -1])
+    k = g.shape[0]
+    g = tf.reshape(g, [k, shape_of(ids)[0], -1, g.shape[-1]])
+    same = tf.cast(tf.equal(ids[:, :, None], ids[:, None, :]), g.dtype)
+    gram = tf.einsum("knto,knso->knts", g, g)
+    return tf.einsum("nts,knts->kn", same, gram)

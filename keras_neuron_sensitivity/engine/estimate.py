@@ -63,9 +63,9 @@ class Estimator:
         # Keras 3 variables are replaced by explicit values (a pure function
         # of them); tf_keras's are tf.Variables, which the accumulator watches.
         self._stateless = all(isinstance(v, keras.Variable) for v in self._variables)
-        self._float_inputs = [
-            j for j, dtype in enumerate(graph.input_dtypes) if tf.as_dtype(dtype).is_floating
-        ]
+        # To inputs: tangents at the float inputs and the embedded inputs
+        # (the outputs of the calls that turn token ids into floats).
+        self._sensitivity_inputs = list(graph.sensitivity_inputs)
         self._plan = None  # (samples per chunk, probes per call for inputs)
         self._fns = {}
 
@@ -152,9 +152,13 @@ class Estimator:
         """
         n = int(inputs[0].shape[0])
         tiled = [tf.tile(x, [count] + [1] * (x.shape.rank - 1)) for x in inputs]
+        # Embedded inputs first, outside the accumulator: they become primals.
+        computed = self.replay.run(tiled, calls=self.replay.embedding_calls())
         primals, tangents = [], []
-        for j in self._float_inputs:
-            x = tiled[j]
+        for j, t in enumerate(self._sensitivity_inputs):
+            if t not in computed:
+                continue  # an embedded input after the last target
+            x = computed[t]
             per_probe = []
             for i in range(count):
                 key = _fold(_key(seed, stream, first + i), j)
@@ -165,7 +169,7 @@ class Estimator:
             primals.append(x)
             tangents.append(tf.concat(per_probe, 0))
         with tf.autodiff.ForwardAccumulator(primals, tangents) as acc:
-            targets = self.replay.target_outputs(self.replay.run(tiled))
+            targets = self.replay.target_outputs(self.replay.run(tiled, values=computed))
         return [tf.reshape(_jvp(acc, y), [count, n, -1]) for y in targets]
 
 

@@ -17,7 +17,8 @@ from keras_neuron_sensitivity.engine.replay import (
 
 
 def layer_jacobian(graph, inputs, key, wrt):
-    """`wrt="inputs"`: one `(B, C, *input_shape)` array per model input.
+    """`wrt="inputs"`: one `(B, C, *shape)` array per sensitivity input (the
+    float inputs and the embedded inputs computed up to the target).
 
     `wrt="weights"`: `{path: (B, C, *weight.shape)}` over the trainable weights
     of every layer call replayed up to the target (those upstream of it).
@@ -38,17 +39,27 @@ def layer_jacobian(graph, inputs, key, wrt):
 
 
 def _one_sample(replay, sample, wrt, variables):
-    floats = [x for x in sample if x.dtype.is_floating]
+    sensitivity = replay.graph.sensitivity_inputs
     with tf.GradientTape(persistent=True) as tape:
-        tape.watch(floats)
-        (y,) = replay.target_outputs(replay.run(sample))
+        tape.watch([x for t, x in zip(replay.graph.inputs, sample) if t in sensitivity])
+        values = replay.run(sample, tape=tape)
+        (y,) = replay.target_outputs(values)
         value = neuron_values(y)[0]
+    # A loop over neurons, not pfor: pfor's Jacobian through
+    # MultiHeadAttention gives wrong rows, then corrupts the heap (TF 2.21).
     if wrt == "inputs":
+        # At the float inputs and the embedded inputs the target depends on.
         return [
-            tape.jacobian(value, x, unconnected_gradients="zero").numpy()[None, :, 0]
-            for x in floats
+            tape.jacobian(
+                value, values[t], unconnected_gradients="zero", experimental_use_pfor=False
+            ).numpy()[None, :, 0]
+            for t in sensitivity
+            if t in values
         ]
     grads = tape.jacobian(
-        value, [variable_tensor(v) for v in variables], unconnected_gradients="zero"
+        value,
+        [variable_tensor(v) for v in variables],
+        unconnected_gradients="zero",
+        experimental_use_pfor=False,
     )
     return [g.numpy()[None] for g in grads]

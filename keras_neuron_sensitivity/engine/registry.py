@@ -45,6 +45,21 @@ _RULES = {
     layers.Concatenate: ConcatenateRule(),
 }
 
+# Attention and language-model embeddings (engine/attention.py,
+# engine/token_embedding.py). keras_hub's layers get their rules when a model
+# built from keras_hub is first seen (engine/hub.py): this package never
+# imports keras_hub itself.
+from keras_neuron_sensitivity.engine.attention import MultiHeadAttentionRule  # noqa: E402
+from keras_neuron_sensitivity.engine.token_embedding import ReversibleEmbeddingRule  # noqa: E402
+
+_RULES[layers.MultiHeadAttention] = MultiHeadAttentionRule()
+_RULES[layers.ReversibleEmbedding] = ReversibleEmbeddingRule()
+
+
+def has_rule(layer_class):
+    """Whether `layer_class` itself has an entry in the table."""
+    return layer_class in _RULES
+
 
 def register_rule(layer_class, rule):
     """Makes `rule` handle `layer_class` (and subclasses that keep its `call`).

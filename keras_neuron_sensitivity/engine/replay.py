@@ -42,17 +42,46 @@ class Replay:
                     variables.append(v)
         return variables
 
-    def run(self, inputs):
+    def run(self, inputs, tape=None, values=None, calls=None):
         """`{tensor id: value}` for every tensor of the replayed calls.
 
         Args:
-            inputs: one tensor per model input, batch first.
+            inputs: one tensor per `graph.inputs` entry, batch first.
+            tape: a `tf.GradientTape` that watches every tensor of
+                `graph.sensitivity_inputs` as it is computed (embedded inputs
+                are outputs of calls), or None.
+            values: tensors already computed, `{tensor id: value}`: the calls
+                that produced them are not replayed again.
+            calls: replay only these calls (in graph order). Defaults to all.
         """
-        values = dict(zip(self.graph.inputs, inputs))
-        for call in self.calls:
+        values = {**dict(zip(self.graph.inputs, inputs)), **(values or {})}
+        watched = self.graph.sensitivity_inputs if tape is not None else {}
+        for call in self.calls if calls is None else calls:
+            if all(t in values for t in call.outputs):
+                continue
             site = Site(call, [values[t] for t in call.inputs])
             values.update(zip(call.outputs, site.run(site.inputs)))
+            for t in watched:
+                if t in call.outputs:
+                    tape.watch(values[t])
         return values
+
+    def embedding_calls(self):
+        """The calls that compute the embedded inputs, with their ancestors.
+
+        An embedded input is the float output of a call fed only integers or
+        strings, so these calls depend on no float tensor: replayed first,
+        their outputs can be differentiated against like model inputs.
+        """
+        embedded = set(self.graph.sensitivity_inputs) - set(self.graph.inputs)
+        producer = {t: call for call in self.calls for t in call.outputs}
+        needed, stack = set(), [producer[t] for t in embedded if t in producer]
+        while stack:
+            call = stack.pop()
+            if id(call) not in needed:
+                needed.add(id(call))
+                stack.extend(producer[t] for t in call.inputs if t in producer)
+        return [call for call in self.calls if id(call) in needed]
 
     def target_outputs(self, values):
         """The selected layers' outputs, in the order of `keys`."""

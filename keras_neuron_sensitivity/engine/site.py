@@ -36,6 +36,15 @@ class Site:
         self.weights = call.weights
         self.need_weights = need_weights
 
+    def arguments(self, inputs):
+        """The call's `(args, kwargs)` with `inputs` in place of its tensors.
+
+        For rules that need to know which tensor is which argument (an
+        attention's query, value and mask). Tensors that appear twice in the
+        call (`attention(x, x)`) are the same object in both places.
+        """
+        return self._call.fill(dict(zip(self._call.inputs, inputs)))
+
     def run(self, inputs):
         """Replays the call on other inputs, in inference mode.
 
@@ -46,7 +55,7 @@ class Site:
         Returns:
             The call's outputs, flattened to a list.
         """
-        args, kwargs = self._call.fill(dict(zip(self._call.inputs, inputs)))
+        args, kwargs = self.arguments(inputs)
         if getattr(self.layer, "_call_has_training_arg", False) or getattr(
             self.layer, "_expects_training_arg", False  # tf_keras
         ):

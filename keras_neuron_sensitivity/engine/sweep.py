@@ -51,11 +51,9 @@ class Sweep:
         self._calls = graph.calls[: max(self._targets) + 1]
         with float32_compute([call.layer for call in self._calls]):
             self._rules = [registry.rule_for(call.layer) for call in self._calls]
-        self._float_inputs = [
-            t
-            for t, dtype in zip(graph.inputs, graph.input_dtypes)
-            if _is_float_dtype(dtype)
-        ]
+        # Where the sensitivity to inputs is read: the float inputs and the
+        # embedded inputs (outputs of calls such as Embedding), see probe.py.
+        self._sensitivity_inputs = set(graph.sensitivity_inputs)
         self._live = self._liveness()
         self._shared = self._shared_layers()
         self._plan = None  # (samples per chunk, neurons per chunk per target)
@@ -127,12 +125,13 @@ class Sweep:
     def _liveness(self):
         """Tensor id -> whether a cotangent there is worth computing."""
         want_weights = "weights" in self.wrt
-        live = {t: ("inputs" in self.wrt) for t in self._float_inputs}
+        read = self._sensitivity_inputs if "inputs" in self.wrt else set()
+        live = {t: t in read for t in self.graph.inputs}
         for call in self._calls:
             owns = want_weights and bool(call.weights)
             flows = any(live.get(t, False) for t in call.inputs)
             for t in call.outputs:
-                live[t] = owns or flows
+                live[t] = owns or flows or t in read
         return live
 
     def _shared_layers(self):
@@ -237,11 +236,19 @@ class Sweep:
         cotangents = {}
         n = base.shape_of(y)[0]
         weights_sq = tf.zeros([k, n], dtype)
+        inputs_sq = tf.zeros([k, n], dtype)
         shared = {}
         for i in range(target, -1, -1):
             call = self._calls[i]
             is_seed = i == target
             outs = [cotangents.pop(t, None) for t in call.outputs]
+            if "inputs" in self.wrt and self._sensitivity_inputs.intersection(
+                call.outputs
+            ):  # an embedded input: read its cotangent before it is used up
+                read = [base.seed_cotangent(y, start, k)] if is_seed else outs
+                for t, g in zip(call.outputs, read):
+                    if g is not None and t in self._sensitivity_inputs:
+                        inputs_sq += base.sum_squares_per_row(tf.cast(g, dtype))
             if not is_seed and all(g is None for g in outs):
                 continue
             need_inputs = any(self._live.get(t, False) for t in call.inputs)
@@ -281,20 +288,16 @@ class Sweep:
         if "inputs" in self.wrt:
             terms = [
                 base.sum_squares_per_row(tf.cast(cotangents[t], dtype))
-                for t in self._float_inputs
-                if t in cotangents
+                for t in self.graph.inputs
+                if t in cotangents and t in self._sensitivity_inputs
             ]
-            result["inputs"] = tf.add_n(terms) if terms else tf.zeros([k, n], dtype)
+            result["inputs"] = tf.add_n([inputs_sq, *terms])
         return result
 
 
 def _result_dtype(y):
     """Norms are float32 (float64 for a float64 model), even under float16."""
     return tf.float64 if y.dtype == tf.float64 else tf.float32
-
-
-def _is_float_dtype(dtype):
-    return tf.as_dtype(dtype).is_floating
 
 
 def _take_rows(x, begin, size):
