@@ -22,10 +22,11 @@ def neuron_sensitivity(
 
     For neuron `k` of layer `l` and sample `x_n`, the sensitivity is
     `||d a_lk(x_n) / d theta||_2` over all trainable weights (`wrt="weights"`)
-    or `||d a_lk(x_n) / d x_n||_2` over the floating-point inputs
-    (`wrt="inputs"`), where `a_lk` is channel `k` of the layer's output averaged
-    over positions (spatial, time). The model runs in inference mode; no
-    labels are needed.
+    or `||d a_lk(x_n) / d x_n||_2` over the floating-point inputs and the
+    embedded inputs (for token ids: the output of the `Embedding` that first
+    turns them into floats) (`wrt="inputs"`), where `a_lk` is channel `k` of
+    the layer's output averaged over positions (spatial, time). The model
+    runs in inference mode; no labels are needed.
 
     By default the values are exact. On large models (a MobileNet, say) the
     exact cost grows with the number of neurons times the depth they cross;
@@ -108,7 +109,8 @@ def neuron_jacobian(model, x, layer, *, wrt="weights"):
 
     Returns:
         For `wrt="inputs"`: an array `(B, C, *input_shape)`, or a list of them
-        (one per floating-point input) for a model with several inputs.
+        (one per floating-point input, then one per embedded input) when
+        there are several.
         For `wrt="weights"`: `{weight.path: array (B, C, *weight.shape)}` over
         the trainable weights upstream of the layer.
 
