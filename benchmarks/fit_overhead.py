@@ -135,11 +135,12 @@ def run(config, x, y, args, log_root):
         )
         timer = Timed(callback)
         callbacks.append(callback)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     history = model.fit(x, y, batch_size=32, epochs=args.epochs, verbose=0, callbacks=callbacks)
     elapsed = time.perf_counter() - start
     result = {
         "time": elapsed,
+        "cpu": time.process_time() - cpu_start,
         "epoch_times": clock.durations,
         "weights": [w.copy() for w in model.get_weights()],
         "loss": history.history["loss"][-1],
@@ -256,6 +257,12 @@ def main():
     }
     print("  median over repeats of (run time / the (a) run of the same repeat): "
           + ", ".join(f"{LABELS[c][:3]} {ratios[c]:.3f}" for c in configs if c != "none"))
+    cpu_base = statistics.median(r["cpu"] for r in results["none"])
+    print("  process CPU time (all threads), median: "
+          + ", ".join(
+              f"{LABELS[c][:3]} {statistics.median(r['cpu'] for r in results[c]):.2f} s "
+              f"({statistics.median(r['cpu'] for r in results[c]) / cpu_base:.3f}x)"
+              for c in configs))
     print(
         "  (train 1st ep / train later: epoch begin -> end as seen by a clock callback placed first, "
         "i.e. the training steps without any callback's on_epoch_end; medians)"

@@ -145,16 +145,18 @@ def main():
 
     epoch_bytes = [sizes[s][0] for s in steps]
     drawn = {s: sizes[s][1] for s in steps if sizes[s][1]}
-    plain = [b for s, b in zip(steps, epoch_bytes) if s != steps[-1]]
+    # Step 0 carries each tag's metadata (the first value of a tag in a file).
+    plain = [b for s, b in zip(steps, epoch_bytes) if s not in (steps[0], steps[-1])]
     print("Event file:")
     print(f"  total {file_bytes / 2**20:.2f} MiB for {len(steps)} logged epochs")
-    print(f"  per logged epoch (without heat maps): median {statistics.median(plain):.0f} B, "
+    print(f"  first logged epoch (with each tag's metadata): {epoch_bytes[0]} B")
+    print(f"  later logged epochs (without heat maps): median {statistics.median(plain):.0f} B, "
           f"min {min(plain)} B, max {max(plain)} B")
     print("  heat-map drawings (step: bytes): " + ", ".join(f"{s}: {b}" for s, b in drawn.items()))
     largest = max(drawn.values())
     print(f"  largest drawing: {largest} B ({kns_tensorboard.HEATMAP_COLUMNS} columns at most)")
     print(
-        f"  bound: bytes after N logged epochs <= {max(plain)} N + {largest} x (drawings: "
+        f"  bound: bytes after N logged epochs <= {epoch_bytes[0]} + {max(plain)} N + {largest} x (drawings: "
         f"log2 of min(N, {kns_tensorboard.HEATMAP_EVERY}) + 1 + N / {kns_tensorboard.HEATMAP_EVERY} + 1 per fit)"
     )
     window = kns_tensorboard.HEATMAP_EVERY

@@ -1,6 +1,8 @@
 """`NeuronSensitivityCallback`: scheduling and orchestration only, no math."""
 
+import atexit
 import contextlib
+import queue
 import secrets
 import threading
 import time
@@ -176,8 +178,9 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         self._writer = SensitivityWriter(self.log_dir, self.num_bins)
         self._problem = None  # once the model is built
         self._copy = None  # a _snapshot.LayerCopy, or None: the model itself
-        self._copy_tried = False
+        self._no_copy = False  # the model cannot be copied: always itself
         self._job = None  # the computation in flight, if any
+        self._pending = None  # the warm-up, started after the first step
         self._step_offset = None
         self._first_epoch = None
         self._warned = set()  # kinds of warnings given, once each
@@ -204,6 +207,10 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         if self._problem is None and probe.is_model_built(self.model):
             with self._holding():
                 self._set_up()
+        elif self._pending is not None and batch >= 1:
+            # After the first step, in which Keras traces its train function:
+            # the warm-up would compete with that for the interpreter.
+            self._start_pending()
 
     # tf_keras (Keras 2) asks each callback which batch hooks it implements,
     # once per fit: ours is needed only for a model built inside `fit`.
@@ -228,6 +235,7 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
 
     def _log_epoch(self, epoch):
         # At most one computation in flight: this epoch waits for the last.
+        self._start_pending()
         self._finish_job()
         step = self._step(epoch)
         if step in self._writer.steps():
@@ -245,10 +253,13 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         with self._holding():
+            self._pending = None
             try:
                 self._finish_job()
             finally:
                 self._close_writer()
+            if self._copy is not None:
+                _snapshot.release(self._copy)  # for a later fit of this architecture
 
     def _close_writer(self):
         try:
@@ -271,9 +282,10 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
     # --- the computation ----------------------------------------------------
 
     def _set_up(self):
-        """Checks the probe against the model; copies the layers for the
-        background (once per callback) and starts tracing the computation
-        there while the first epoch trains."""
+        """Checks the probe against the model; prepares the copy of its layers
+        for the background (once per callback), which is made and traced
+        there while the first epoch trains (`_pending`, from its second step
+        on)."""
         problem = self._prepare()
         if not _is_chief(self.model):
             return
@@ -281,33 +293,61 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
             self._writer.open()  # a reader finds the run from the start
         except OSError:
             pass  # said when an epoch cannot be written
-        if not self._copy_tried:
-            self._copy_tried = True
+        self._pending = None
+        self._finish_job()  # a warm-up left by an interrupted `fit`
+        if self._copy is not None and not _snapshot.reclaim(self._copy):
+            self._copy = None  # kept after the last fit, and taken since
+        if self._copy is not None:
+            self._copy.sync_trainable()
+            self._pending = lambda: self._warm_up(None)
+        elif not self._no_copy:
             # tf_keras models and tf.distribute strategies (documented) are
             # computed at the end of the epoch; so is a model whose layers
             # cannot be copied, which the user is told once.
-            if _can_copy(self.model):
+            if not _can_copy(self.model):
+                self._no_copy = True
+            elif _snapshot.keras_layers_only(problem):
+                # Keras's own layers: copied in the background too.
+                self._pending = lambda: self._warm_up(problem)
+            else:
                 try:
-                    self._copy = _snapshot.LayerCopy(problem)
+                    self._copy = _snapshot.acquire(problem, check=True)
+                    self._pending = lambda: self._warm_up(None)
                 except _snapshot.CopyError as error:
-                    if self.asynchronous:
-                        self._warn_once(
-                            "copy",
-                            "NeuronSensitivityCallback computes at the end of "
-                            "each logged epoch, before training goes on, for "
-                            f"this model: could not copy its layers ({error}). "
-                            "Pass asynchronous=False to silence this.",
-                        )
-        if self._copy is not None:
-            self._copy.sync_trainable()
-            if self._job is None:
-                self._job = _Job(self._warm_up, run_dir=None)
+                    self._copy_failed(error)
 
-    def _warm_up(self):
-        """Traces the copy and the computation on the copy's weights (the
-        result is not used): the first logged epoch then only computes."""
+    def _start_pending(self):
+        if self._pending is not None:
+            target, self._pending = self._pending, None
+            self._job = _Job(target, run_dir=None)
+
+    def _warm_up(self, problem):
+        """Makes the copy (when `problem` is given), then traces the copy and
+        the computation on its current weights (the result is not used): the
+        first logged epoch then only computes."""
+        if problem is not None:
+            self._copy = _snapshot.acquire(problem, check=False)
         self._copy.take()
-        self._compute(self._copy.problem)
+        # Once per configuration of a copy (a copy kept from an earlier fit
+        # of the same architecture has its functions traced already).
+        trainable = tuple(
+            id(v) for call in self._copy.problem.graph.calls for v in call.weights
+        )
+        config = (self.method, self.num_probes, self.memory_budget_mb, trainable)
+        if config not in self._copy.warmed:
+            self._compute(self._copy.problem)
+            self._copy.warmed.add(config)
+
+    def _copy_failed(self, error):
+        self._no_copy = True
+        if self.asynchronous:
+            self._warn_once(
+                "copy",
+                "NeuronSensitivityCallback computes at the end of each logged "
+                "epoch, before training goes on, for this model: could not "
+                f"copy its layers ({error}). Pass asynchronous=False to "
+                "silence this.",
+            )
 
     def _compute(self, problem):
         return _computation.compute(
@@ -354,7 +394,10 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         if job.result is None and job.error is None:
             return  # the warm-up
         if job.error is not None:
-            if getattr(job, "epoch", None) is None:
+            if isinstance(job.error, _snapshot.CopyError):
+                self._copy_failed(job.error)  # made in the background
+                return
+            if job.epoch is None:
                 return  # the warm-up failed: the first logged epoch will say why
             self._report_failure(job.epoch, job.error)
             return
@@ -465,29 +508,22 @@ def continue_steps(steps, first_epoch):
 
 
 class _Job:
-    """One computation: in a background thread, or run at once (`now`).
-
-    Threads are not daemons: a computation in flight when `fit` is left by an
-    exception still writes its epoch before the interpreter exits.
-    """
+    """One computation: on the background thread, or run at once (`now`)."""
 
     def __init__(self, target, run_dir, now=False):
         self.result = self.error = self.epoch = None
         self._target = target
         self._run_dir = run_dir
-        self._thread = None
+        self._done = threading.Event()
         if now:
-            self._run()
+            self.run()
             return
-        self._thread = threading.Thread(
-            target=self._run, name="NeuronSensitivityCallback", daemon=False
-        )
         if run_dir is not None:
             with _IN_FLIGHT_LOCK:
                 _IN_FLIGHT[run_dir] = self
-        self._thread.start()
+        _worker().put(self)
 
-    def _run(self):
+    def run(self):
         try:
             self.result = self._target()
         except Exception as error:  # noqa: BLE001 - reported on the main thread
@@ -498,10 +534,10 @@ class _Job:
                 with _IN_FLIGHT_LOCK:
                     if _IN_FLIGHT.get(self._run_dir) is self:
                         del _IN_FLIGHT[self._run_dir]
+            self._done.set()
 
     def join(self):
-        if self._thread is not None:
-            self._thread.join()
+        self._done.wait()
 
 
 # The computation in flight per run directory, across callbacks: a `fit`
@@ -516,6 +552,40 @@ def _wait_for_run(run_dir):
         job = _IN_FLIGHT.get(run_dir)
     if job is not None:
         job.join()
+
+
+# One background thread for the process, kept for its lifetime: a thread
+# per computation would make the allocator open new arenas, and the
+# process's memory grow, over the first hundred epochs. It is a daemon, so
+# that it never keeps the interpreter alive; at exit, the computation in
+# flight is waited for first (a `fit` left by an exception still writes its
+# last epoch).
+_WORKER = None
+_WORKER_LOCK = threading.Lock()
+
+
+def _worker():
+    global _WORKER
+    with _WORKER_LOCK:
+        if _WORKER is None:
+            _WORKER = queue.SimpleQueue()
+            threading.Thread(
+                target=_work, args=(_WORKER,), name="NeuronSensitivityCallback", daemon=True
+            ).start()
+            atexit.register(_drain)
+        return _WORKER
+
+
+def _work(jobs):
+    while True:
+        jobs.get().run()
+
+
+def _drain():
+    """Waits until every computation submitted so far is done."""
+    if _WORKER is not None:
+        last = _Job(lambda: None, run_dir=None)
+        last.join()
 
 
 def _can_copy(model):

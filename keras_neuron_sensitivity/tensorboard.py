@@ -390,16 +390,20 @@ class SensitivityWriter:
         return entries
 
     def _emit(self, step, entries):
-        values = [
-            summary_pb2.Summary.Value(
-                tag=tag, metadata=_METADATA[kind], tensor=_tensor_proto(kind, value)
-            )
-            for tag, kind, value in entries
-        ]
+        file = self._event_file()
+        values = []
+        for tag, kind, value in entries:
+            value = summary_pb2.Summary.Value(tag=tag, tensor=_tensor_proto(kind, value))
+            # Readers take a tag's plugin from its first value in a file (as
+            # tf.summary writes it): later values need no metadata.
+            if tag not in file.tags:
+                value.metadata.CopyFrom(_METADATA[kind])
+            values.append(value)
         event = event_pb2.Event(
             wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)
         )
-        self._event_file().append(event.SerializeToString())
+        file.append(event.SerializeToString())
+        file.tags.update(tag for tag, _, _ in entries)
         self._last_written = step
 
     def _event_file(self):
@@ -484,6 +488,7 @@ class _EventFile:
         self.path = os.path.join(run_dir, name)
         self._file = open(self.path, "ab", buffering=0)
         self._size = 0  # bytes of whole events in the file
+        self.tags = set()  # tags written, with their metadata, to this file
         self.broken = False  # could not be cut back: start a new file
 
     def removed(self):

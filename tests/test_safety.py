@@ -1,7 +1,6 @@
 """The callback never changes training, never kills it, and never loses logs."""
 
 import os
-import threading
 import warnings
 
 import keras
@@ -11,6 +10,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from keras_neuron_sensitivity import NeuronSensitivityCallback
+from keras_neuron_sensitivity import callback as callback_module
 from keras_neuron_sensitivity.engine import GenericRule, registry
 
 L = keras.layers
@@ -148,11 +148,9 @@ class _Interrupt(keras.callbacks.Callback):
 
 
 def _join_computations():
-    """Waits for computations left in flight (threads are not daemons: the
-    interpreter would wait for them too)."""
-    for thread in threading.enumerate():
-        if thread.name == "NeuronSensitivityCallback":
-            thread.join()
+    """Waits for computations in flight on the callback's background thread
+    (the interpreter waits for them at exit too)."""
+    callback_module._drain()
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
