@@ -390,7 +390,9 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         job, self._job = self._job, None
         if job is None:
             return
+        started = time.perf_counter()
         job.join()
+        waited = time.perf_counter() - started
         if job.result is None and job.error is None:
             return  # the warm-up
         if job.error is not None:
@@ -413,7 +415,11 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
             )
         self._report_notices()
         if self.verbose:
-            io_utils.print_msg(_one_line(step, reduced, dead))
+            line = _one_line(step, reduced, dead)
+            if self.asynchronous and waited >= 0.01:
+                # The computation took longer than the training since.
+                line += f" (training waited {waited:.2f} s for it)"
+            io_utils.print_msg(line)
 
     def _report_failure(self, epoch, error):
         if self.on_error == "raise":
@@ -526,8 +532,8 @@ class _Job:
     def run(self):
         try:
             self.result = self._target()
-        except Exception as error:  # noqa: BLE001 - reported on the main thread
-            self.error = error
+        except BaseException as error:  # noqa: BLE001 - reported on the main thread
+            self.error = error  # (and the background thread lives on)
         finally:
             self._target = None
             if self._run_dir is not None:

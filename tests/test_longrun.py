@@ -35,8 +35,8 @@ def _model():
     model = keras.Sequential([
         keras.Input((6,)),
         L.Dense(8, activation="relu", name="hidden"),
-        L.BatchNormalization(),
-        L.Dropout(0.3),
+        L.BatchNormalization(name="norm"),
+        L.Dropout(0.3, name="drop"),
         L.Dense(3, activation="softmax", name="out"),
     ])
     model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
@@ -421,3 +421,18 @@ def test_heat_maps_are_drawn_on_a_schedule_with_bounded_columns():
     assert len(columns) == kns_tensorboard.HEATMAP_COLUMNS
     assert columns[0] == 0 and columns[-1] == 999
     assert columns == sorted(set(columns))
+
+
+def test_a_model_of_the_same_architecture_reuses_the_copy(tmp_path):
+    x, _ = _data()
+    first = NeuronSensitivityCallback(x[:8], log_dir=tmp_path / "a")
+    _fit(tmp_path, [first], epochs=2, seed=1)
+    saver, second = _SaveWeights(), NeuronSensitivityCallback(x[:8], log_dir=tmp_path / "b")
+    model = _fit(tmp_path, [saver, second], epochs=2, seed=2)
+    # Traced once, for both (its layers have the same names: auto-named
+    # layers would differ, dense_1, dense_2, ..., unless clear_session).
+    assert second._copy is first._copy
+    model.set_weights(saver.saved[1])
+    expected = neuron_sensitivity(model, x[:8], wrt="inputs")
+    for key in KEYS:
+        np.testing.assert_array_equal(second.sensitivities[1]["inputs"][key], expected[key])
