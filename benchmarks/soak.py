@@ -98,6 +98,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=400)
     parser.add_argument("--asynchronous", type=int, default=1)
+    parser.add_argument("--method", default="auto")
     args = parser.parse_args()
     print("soak.py: NeuronSensitivityCallback over many logged epochs")
     print(f"  CPU: {cpu_model()}; {os.cpu_count()} cores; load average at start: {loadavg()}")
@@ -105,7 +106,7 @@ def main():
     x, y = x[:512], y[:512]
     print(
         f"  MLP 64-128-64-10, 512 samples, batch 128 (4 steps/epoch), {args.epochs} epochs, "
-        f"probe 128, asynchronous={bool(args.asynchronous)}, every epoch, both wrt"
+        f"probe 128, asynchronous={bool(args.asynchronous)}, method={args.method!r}, every epoch, both wrt"
     )
     log_dir = tempfile.mkdtemp(prefix="kns_soak_")
     try:
@@ -113,7 +114,7 @@ def main():
         model = make_model()
         sampler = Sampler()
         callback = NeuronSensitivityCallback(
-            x[:128], log_dir=log_dir, asynchronous=bool(args.asynchronous)
+            x[:128], log_dir=log_dir, asynchronous=bool(args.asynchronous), method=args.method
         )
         start = time.perf_counter()
         model.fit(x, y, batch_size=128, epochs=args.epochs, verbose=0, callbacks=[callback, sampler])

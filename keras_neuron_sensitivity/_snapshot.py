@@ -53,15 +53,20 @@ def acquire(problem, check):
     Raises:
         CopyError: as `LayerCopy`.
     """
-    key = None if check else _signature(problem)
-    with _SPARE_LOCK:
-        copy = _SPARE.pop(key, None) if key is not None else None
-    if copy is not None:
-        copy.bind(problem)
+    try:
+        key = None if check else _signature(problem)
+        with _SPARE_LOCK:
+            copy = _SPARE.pop(key, None) if key is not None else None
+        if copy is not None:
+            copy.bind(problem)
+            return copy
+        copy = LayerCopy(problem, check)
+        copy.key = key
         return copy
-    copy = LayerCopy(problem, check)
-    copy.key = key
-    return copy
+    except CopyError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any failure: no copy
+        raise CopyError(f"{type(error).__name__}: {error}") from error
 
 
 def release(copy):
@@ -127,8 +132,13 @@ class LayerCopy:
         )
         self.bind(problem)
         if check:
-            self.take()
-            _check_same_outputs(problem, self.problem)
+            try:
+                self.take()
+                _check_same_outputs(problem, self.problem)
+            except CopyError:
+                raise
+            except Exception as error:  # noqa: BLE001 - any failure: no copy
+                raise CopyError(f"{type(error).__name__}: {error}") from error
 
     def bind(self, problem):
         """Makes this the copy of `problem`'s model (same architecture)."""

@@ -247,7 +247,11 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
                     "the interruption; not logged again"
                 )
             return
-        self._start_job(step, epoch)
+        try:
+            self._start_job(step, epoch)
+        except Exception as error:  # noqa: BLE001 - reported, see on_error
+            self._report_failure(epoch, error)
+            return
         if not self.asynchronous:
             self._finish_job()
 
