@@ -2,6 +2,7 @@
 
 import atexit
 import contextlib
+import os
 import queue
 import secrets
 import threading
@@ -523,14 +524,14 @@ class _Job:
     def __init__(self, target, run_dir, now=False):
         self.result = self.error = self.epoch = None
         self._target = target
-        self._run_dir = run_dir
+        self._run_dir = None if run_dir is None else os.path.abspath(run_dir)
         self._done = threading.Event()
         if now:
             self.run()
             return
-        if run_dir is not None:
+        if self._run_dir is not None:
             with _IN_FLIGHT_LOCK:
-                _IN_FLIGHT[run_dir] = self
+                _IN_FLIGHT[self._run_dir] = self
         _worker().put(self)
 
     def run(self):
@@ -559,7 +560,7 @@ _IN_FLIGHT_LOCK = threading.Lock()
 
 def _wait_for_run(run_dir):
     with _IN_FLIGHT_LOCK:
-        job = _IN_FLIGHT.get(run_dir)
+        job = _IN_FLIGHT.get(os.path.abspath(run_dir))
     if job is not None:
         job.join()
 
