@@ -1,11 +1,7 @@
 """`NeuronSensitivityCallback`: scheduling and orchestration only, no math."""
 
-import atexit
 import contextlib
-import os
-import queue
 import secrets
-import threading
 import time
 import warnings
 
@@ -14,7 +10,15 @@ import numpy as np
 import tensorflow as tf
 from keras.src.utils import io_utils
 
-from keras_neuron_sensitivity import _arguments, _batch, _computation, _snapshot, api, probe
+from keras_neuron_sensitivity import (
+    _arguments,
+    _background,
+    _batch,
+    _computation,
+    _snapshot,
+    api,
+    probe,
+)
 from keras_neuron_sensitivity.engine.summary import dead_neurons
 from keras_neuron_sensitivity.tensorboard import SensitivityWriter
 
@@ -195,7 +199,7 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
             # A computation still in flight for this run (an earlier `fit`
             # interrupted by an exception) must be written before this one
             # decides its steps.
-            _wait_for_run(self._writer.run_dir)
+            _background.wait_for_run(self._writer.run_dir)
             self._step_offset = None  # set at this fit's first logged epoch
             self._first_epoch = None
             if probe.is_model_built(self.model):
@@ -324,7 +328,7 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
     def _start_pending(self):
         if self._pending is not None:
             target, self._pending = self._pending, None
-            self._job = _Job(target, run_dir=None)
+            self._job = _background.Job(target, run_dir=None)
 
     def _warm_up(self, problem):
         """Makes the copy (when `problem` is given), then traces the copy and
@@ -366,14 +370,13 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
     def _start_job(self, step, epoch):
         if self._copy is None:
             # On the model itself: now, before training changes it.
-            self._job = _Job(lambda: self._log(self._prepare(), step, epoch),
-                             run_dir=None, now=True)
-            self._job.epoch = epoch
-            return
-        self._copy.take()  # the weights at this epoch's end
-        problem = self._copy.problem
-        self._job = _Job(lambda: self._log(problem, step, epoch),
-                         run_dir=self._writer.run_dir, now=not self.asynchronous)
+            problem, now = self._prepare(), True
+        else:
+            self._copy.take()  # the weights at this epoch's end
+            problem, now = self._copy.problem, not self.asynchronous
+        self._job = _background.Job(
+            lambda: self._log(problem, step, epoch), run_dir=self._writer.run_dir, now=now
+        )
         self._job.epoch = epoch
 
     def _log(self, problem, step, epoch):
@@ -516,87 +519,6 @@ def continue_steps(steps, first_epoch):
     if first_epoch <= last_epoch + 1:
         return last - last_epoch
     return 0 if first_epoch > last else last + 1 - first_epoch
-
-
-class _Job:
-    """One computation: on the background thread, or run at once (`now`)."""
-
-    def __init__(self, target, run_dir, now=False):
-        self.result = self.error = self.epoch = None
-        self._target = target
-        self._run_dir = None if run_dir is None else os.path.abspath(run_dir)
-        self._done = threading.Event()
-        if now:
-            self.run()
-            return
-        if self._run_dir is not None:
-            with _IN_FLIGHT_LOCK:
-                _IN_FLIGHT[self._run_dir] = self
-        _worker().put(self)
-
-    def run(self):
-        try:
-            self.result = self._target()
-        except BaseException as error:  # noqa: BLE001 - reported on the main thread
-            self.error = error  # (and the background thread lives on)
-        finally:
-            self._target = None
-            if self._run_dir is not None:
-                with _IN_FLIGHT_LOCK:
-                    if _IN_FLIGHT.get(self._run_dir) is self:
-                        del _IN_FLIGHT[self._run_dir]
-            self._done.set()
-
-    def join(self):
-        self._done.wait()
-
-
-# The computation in flight per run directory, across callbacks: a `fit`
-# left by an exception leaves its last epoch computing in the background,
-# and a new `fit` on the same run waits for it before it decides its steps.
-_IN_FLIGHT = {}
-_IN_FLIGHT_LOCK = threading.Lock()
-
-
-def _wait_for_run(run_dir):
-    with _IN_FLIGHT_LOCK:
-        job = _IN_FLIGHT.get(os.path.abspath(run_dir))
-    if job is not None:
-        job.join()
-
-
-# One background thread for the process, kept for its lifetime: a thread
-# per computation would make the allocator open new arenas, and the
-# process's memory grow, over the first hundred epochs. It is a daemon, so
-# that it never keeps the interpreter alive; at exit, the computation in
-# flight is waited for first (a `fit` left by an exception still writes its
-# last epoch).
-_WORKER = None
-_WORKER_LOCK = threading.Lock()
-
-
-def _worker():
-    global _WORKER
-    with _WORKER_LOCK:
-        if _WORKER is None:
-            _WORKER = queue.SimpleQueue()
-            threading.Thread(
-                target=_work, args=(_WORKER,), name="NeuronSensitivityCallback", daemon=True
-            ).start()
-            atexit.register(_drain)
-        return _WORKER
-
-
-def _work(jobs):
-    while True:
-        jobs.get().run()
-
-
-def _drain():
-    """Waits until every computation submitted so far is done."""
-    if _WORKER is not None:
-        last = _Job(lambda: None, run_dir=None)
-        last.join()
 
 
 def _can_copy(model):

@@ -15,7 +15,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from keras_neuron_sensitivity import NeuronSensitivityCallback, load_sensitivity, neuron_sensitivity
-from keras_neuron_sensitivity import callback as callback_module
+from keras_neuron_sensitivity import _background
 from keras_neuron_sensitivity import tensorboard as kns_tensorboard
 from keras_neuron_sensitivity.callback import continue_steps
 
@@ -46,7 +46,7 @@ def _model():
 def _join_computations():
     """Waits for computations in flight on the callback's background thread
     (the interpreter waits for them at exit too)."""
-    callback_module._drain()
+    _background.drain()
 
 
 def _raw_steps(log_dir, tag="per_neuron_to_weights/hidden"):

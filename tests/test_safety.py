@@ -10,7 +10,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from keras_neuron_sensitivity import NeuronSensitivityCallback
-from keras_neuron_sensitivity import callback as callback_module
+from keras_neuron_sensitivity import _background
 from keras_neuron_sensitivity.engine import GenericRule, registry
 
 L = keras.layers
@@ -150,7 +150,7 @@ class _Interrupt(keras.callbacks.Callback):
 def _join_computations():
     """Waits for computations in flight on the callback's background thread
     (the interpreter waits for them at exit too)."""
-    callback_module._drain()
+    _background.drain()
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
