@@ -1,13 +1,24 @@
 """`NeuronSensitivityCallback`: scheduling and orchestration only, no math."""
 
+import contextlib
 import secrets
+import time
 import warnings
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras.src.utils import io_utils
 
-from keras_neuron_sensitivity import _arguments, _batch, _computation, api, probe
+from keras_neuron_sensitivity import (
+    _arguments,
+    _background,
+    _batch,
+    _computation,
+    _snapshot,
+    api,
+    probe,
+)
 from keras_neuron_sensitivity.engine.summary import dead_neurons
 from keras_neuron_sensitivity.tensorboard import SensitivityWriter
 
@@ -31,8 +42,14 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
     grow with the number of neurons; the run says which method produced
     each value, and logs the estimate's relative error per layer.
 
-    It never changes training, and by default a failed computation is
-    reported as a warning and training goes on.
+    By default (`asynchronous=True`) a logged epoch is computed and written
+    in a background thread, on a private copy of the weights taken when the
+    epoch ends, while training goes on; the next logged epoch, and the end of
+    training, wait for it, so everything logged is on disk when `fit`
+    returns.
+
+    It never changes training, and by default a failed computation or write
+    (a full disk) is reported as a warning and training goes on.
 
     Args:
         probe_data: the probe batch, fixed for the whole run: an array, a
@@ -66,8 +83,16 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
             128). Defaults to None: the whole probe batch.
         memory_budget_mb: working memory in MiB for one computation. Defaults
             to 1024.
-        on_error: `"warn"` to report a failed computation and keep training,
-            `"raise"` to stop training with the error. Defaults to `"warn"`.
+        asynchronous: True to compute and write each logged epoch in a
+            background thread, on a copy of the weights, while training goes
+            on; False to do it at the end of the epoch, before training goes
+            on. Models whose layers cannot be copied (or trained under a
+            `tf.distribute` strategy, or `tf_keras` models) are computed at
+            the end of the epoch either way. Defaults to True.
+        on_error: `"warn"` to report a failed computation or write and keep
+            training, `"raise"` to stop training with the error (raised at
+            the next logged epoch or when training ends, when asynchronous).
+            Defaults to `"warn"`.
         verbose: 1 to print one line per logged epoch, 0 for silence.
             Defaults to 0.
 
@@ -76,6 +101,9 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
             a dict `{key: (C,) array}` with `method`, `num_probes` and
             `std_error` attributes; the step is the epoch index (continued
             across `fit` calls).
+        waited: seconds that the last `fit` waited for the callback (its
+            hooks' time: the set-up when training begins, each logged
+            epoch's end, the end of training).
 
     Example:
 
@@ -103,6 +131,7 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         num_bins=30,
         probe_size=None,
         memory_budget_mb=api.DEFAULT_MEMORY_BUDGET_MB,
+        asynchronous=True,
         on_error="warn",
         verbose=0,
     ):
@@ -134,6 +163,14 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
                 "keeps training, 'raise' stops training."
             )
         self.on_error = on_error
+        if not isinstance(asynchronous, bool):
+            raise TypeError(
+                f"Received asynchronous={asynchronous!r} of type "
+                f"{type(asynchronous).__name__}. Expected True (compute in a "
+                "background thread while training goes on) or False (compute "
+                "at the end of the epoch)."
+            )
+        self.asynchronous = asynchronous
         self.verbose = verbose
         self.log_dir = _arguments.check_log_dir(log_dir)
         if probe_data is None:
@@ -145,24 +182,43 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         self.probe_data = _batch.take_inputs(probe_data, probe_size)
         self.layers = layers
         self.sensitivities = {}
+        self.waited = 0.0
         self._writer = SensitivityWriter(self.log_dir, self.num_bins)
         self._problem = None  # once the model is built
+        self._copy = None  # a _snapshot.LayerCopy, or None: the model itself
+        self._no_copy = False  # the model cannot be copied: always itself
+        self._job = None  # the computation in flight, if any
+        self._pending = None  # the warm-up, started after the first step
         self._step_offset = None
-        self._failed = False
+        self._first_epoch = None
+        self._warned = set()  # kinds of warnings given, once each
+        self._write_failed = False
 
     # --- Keras hooks --------------------------------------------------------
 
     def on_train_begin(self, logs=None):
-        self._step_offset = None  # set at this fit's first logged epoch
-        if probe.is_model_built(self.model):
-            self._prepare()
+        self.waited = 0.0
+        with self._holding():
+            # A computation still in flight for this run (an earlier `fit`
+            # interrupted by an exception) must be written before this one
+            # decides its steps.
+            _background.wait_for_run(self._writer.run_dir)
+            self._step_offset = None  # set at this fit's first logged epoch
+            self._first_epoch = None
+            if probe.is_model_built(self.model):
+                self._set_up()
 
     def on_train_batch_begin(self, batch, logs=None):
         # A model built inside `fit` (a Sequential without `Input`) is built
         # by its first step: check the probe against it right after. (A batch
         # *end* hook would turn off Keras's asynchronous batch dispatch.)
         if self._problem is None and probe.is_model_built(self.model):
-            self._prepare()
+            with self._holding():
+                self._set_up()
+        elif self._pending is not None and batch >= 1:
+            # After the first step, in which Keras traces its train function:
+            # the warm-up would compete with that for the interpreter.
+            self._start_pending()
 
     # tf_keras (Keras 2) asks each callback which batch hooks it implements,
     # once per fit: ours is needed only for a model built inside `fit`.
@@ -175,45 +231,242 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
     def _implements_predict_batch_hooks(self):
         return False
 
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._first_epoch is None:
+            self._first_epoch = epoch  # after BackupAndRestore's restore
+
     def on_epoch_end(self, epoch, logs=None):
         if not self._scheduled(epoch) or not _is_chief(self.model):
             return
-        try:
-            self._log(epoch)
-        except Exception as error:  # noqa: BLE001 - reported, see on_error
-            if self.on_error == "raise":
-                raise
-            if not self._failed:
-                warnings.warn(
-                    f"NeuronSensitivityCallback could not compute or write the "
-                    f"sensitivities at epoch {epoch} ({type(error).__name__}: "
-                    f"{error}); training goes on without them. Pass "
-                    "on_error='raise' to stop instead.",
-                    stacklevel=2,
-                )
-            self._failed = True
+        with self._holding():
+            self._log_epoch(epoch)
 
-    def _log(self, epoch):
-        results = _computation.compute(
-            self._prepare(),
+    def _log_epoch(self, epoch):
+        # At most one computation in flight: this epoch waits for the last.
+        self._start_pending()
+        self._finish_job()
+        step = self._step(epoch)
+        if step in self._writer.steps():
+            # BackupAndRestore resumed at an epoch logged before the
+            # interruption: each step is written once.
+            if self.verbose:
+                io_utils.print_msg(
+                    f"Epoch {step}: neuron sensitivity already logged before "
+                    "the interruption; not logged again"
+                )
+            return
+        try:
+            self._start_job(step, epoch)
+        except Exception as error:  # noqa: BLE001 - reported, see on_error
+            self._report_failure(epoch, error)
+            return
+        if not self.asynchronous:
+            self._finish_job()
+
+    def on_train_end(self, logs=None):
+        with self._holding():
+            self._pending = None
+            try:
+                self._finish_job()
+            finally:
+                self._close_writer()
+            if self._copy is not None:
+                _snapshot.release(self._copy)  # for a later fit of this architecture
+
+    def _close_writer(self):
+        try:
+            self._writer.finish()  # the heat maps at the last logged epoch
+        except OSError as error:
+            self._report_write_failure(None, error)
+        finally:
+            self._writer.close()
+        self._report_notices()
+
+    @contextlib.contextmanager
+    def _holding(self):
+        """Counts the time training waits for this callback (`waited`)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.waited += time.perf_counter() - started
+
+    # --- the computation ----------------------------------------------------
+
+    def _set_up(self):
+        """Checks the probe against the model; prepares the copy of its layers
+        for the background (once per callback), which is made and traced
+        there while the first epoch trains (`_pending`, from its second step
+        on)."""
+        problem = self._prepare()
+        if not _is_chief(self.model):
+            return
+        try:
+            self._writer.open()  # a reader finds the run from the start
+        except OSError:
+            pass  # said when an epoch cannot be written
+        self._pending = None
+        self._finish_job()  # a warm-up left by an interrupted `fit`
+        if self._copy is not None and not _snapshot.reclaim(self._copy):
+            self._copy = None  # kept after the last fit, and taken since
+        if self._copy is not None:
+            self._copy.sync_trainable()
+            self._pending = lambda: self._warm_up(None)
+        elif not self._no_copy:
+            # tf_keras models and tf.distribute strategies (documented) are
+            # computed at the end of the epoch; so is a model whose layers
+            # cannot be copied, which the user is told once.
+            if not _can_copy(self.model):
+                self._no_copy = True
+            elif _snapshot.keras_layers_only(problem):
+                # Keras's own layers: copied in the background too.
+                self._pending = lambda: self._warm_up(problem)
+            else:
+                try:
+                    self._copy = _snapshot.acquire(problem, check=True)
+                    self._pending = lambda: self._warm_up(None)
+                except _snapshot.CopyError as error:
+                    self._copy_failed(error)
+
+    def _start_pending(self):
+        if self._pending is not None:
+            target, self._pending = self._pending, None
+            self._job = _background.Job(target, run_dir=None)
+
+    def _warm_up(self, problem):
+        """Makes the copy (when `problem` is given), then traces the copy and
+        the computation on its current weights (the result is not used): the
+        first logged epoch then only computes."""
+        if problem is not None:
+            self._copy = _snapshot.acquire(problem, check=False)
+        self._copy.take()
+        # Once per configuration of a copy (a copy kept from an earlier fit
+        # of the same architecture has its functions traced already).
+        trainable = tuple(
+            id(v) for call in self._copy.problem.graph.calls for v in call.weights
+        )
+        config = (self.method, self.num_probes, self.memory_budget_mb, trainable)
+        if config not in self._copy.warmed:
+            self._compute(self._copy.problem)
+            self._copy.warmed.add(config)
+
+    def _copy_failed(self, error):
+        self._no_copy = True
+        if self.asynchronous:
+            self._warn_once(
+                "copy",
+                "NeuronSensitivityCallback computes at the end of each logged "
+                "epoch, before training goes on, for this model: could not "
+                f"copy its layers ({error}). Pass asynchronous=False to "
+                "silence this.",
+            )
+
+    def _compute(self, problem):
+        return _computation.compute(
+            problem,
             method=self.method,
             num_probes=self.num_probes,
             seed=self.seed,
             memory_budget_mb=self.memory_budget_mb,
         )
+
+    def _start_job(self, step, epoch):
+        if self._copy is None:
+            # On the model itself: now, before training changes it.
+            problem, now = self._prepare(), True
+        else:
+            self._copy.take()  # the weights at this epoch's end
+            problem, now = self._copy.problem, not self.asynchronous
+        self._job = _background.Job(
+            lambda: self._log(problem, step, epoch), run_dir=self._writer.run_dir, now=now
+        )
+        self._job.epoch = epoch
+
+    def _log(self, problem, step, epoch):
+        """Computes and writes one epoch; returns what the main thread reports."""
+        results = self._compute(problem)
         reduced = {w: result.reduce(self.reduction) for w, result in results.items()}
         dead = {w: {k: dead_neurons(v) for k, v in s.items()} for w, s in reduced.items()}
         errors = {w: s.std_error for w, s in reduced.items() if s.method == "estimate"}
         methods = {w: describe_method(s) for w, s in reduced.items()}
-        step = self._step(epoch)
-        self._writer.write(step, reduced, dead, errors, methods)
         self.sensitivities[step] = reduced
-        if self.verbose:
-            io_utils.print_msg(_one_line(step, reduced, dead))
+        try:
+            self._writer.write(step, reduced, dead, errors, methods, epoch=epoch)
+        except OSError as error:
+            return step, reduced, dead, error
+        return step, reduced, dead, None
 
-    def on_train_end(self, logs=None):
-        self._writer.finish()
-        self._writer.close()
+    def _finish_job(self):
+        """Waits for the job in flight and reports how it went."""
+        job, self._job = self._job, None
+        if job is None:
+            return
+        started = time.perf_counter()
+        job.join()
+        waited = time.perf_counter() - started
+        if job.result is None and job.error is None:
+            return  # the warm-up
+        if job.error is not None:
+            if isinstance(job.error, _snapshot.CopyError):
+                self._copy_failed(job.error)  # made in the background
+                return
+            if job.epoch is None:
+                return  # the warm-up failed: the first logged epoch will say why
+            self._report_failure(job.epoch, job.error)
+            return
+        step, reduced, dead, write_error = job.result
+        if write_error is not None:
+            self._report_write_failure(step, write_error)
+        elif self._write_failed:
+            self._write_failed = False
+            self._warn_once(
+                "write again",
+                f"NeuronSensitivityCallback writes to {self._writer.run_dir} "
+                f"again, from step {step} on.",
+            )
+        self._report_notices()
+        if self.verbose:
+            line = _one_line(step, reduced, dead)
+            if self.asynchronous and waited >= 0.01:
+                # The computation took longer than the training since.
+                line += f" (training waited {waited:.2f} s for it)"
+            io_utils.print_msg(line)
+
+    def _report_failure(self, epoch, error):
+        if self.on_error == "raise":
+            raise error
+        self._warn_once(
+            "compute",
+            f"NeuronSensitivityCallback could not compute or write the "
+            f"sensitivities at epoch {epoch} ({type(error).__name__}: "
+            f"{error}); training goes on without them. Pass "
+            "on_error='raise' to stop instead.",
+        )
+
+    def _report_write_failure(self, step, error):
+        self._write_failed = True
+        if self.on_error == "raise":
+            raise error
+        at = f"step {step}" if step is not None else "the end of training"
+        self._warn_once(
+            "write",
+            f"NeuronSensitivityCallback could not write to "
+            f"{self._writer.run_dir} at {at} ({type(error).__name__}: "
+            f"{error}); training goes on. What was written before stays "
+            "readable; each later logged epoch tries again, and "
+            "`callback.sensitivities` keeps every value. Pass "
+            "on_error='raise' to stop instead.",
+        )
+
+    def _report_notices(self):
+        while self._writer.notices:
+            kind, message = self._writer.notices.pop(0)
+            self._warn_once(kind, f"NeuronSensitivityCallback: {message}")
+
+    def _warn_once(self, kind, message):
+        if kind not in self._warned:
+            self._warned.add(kind)
+            warnings.warn(message, stacklevel=3)
 
     # --- helpers ------------------------------------------------------------
 
@@ -224,11 +477,11 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
 
     def _step(self, epoch):
         """The TensorBoard step of this epoch: the epoch index, shifted only
-        when the run already holds that step (a second `fit` starting again
-        at epoch 0), so that no step is written twice."""
+        by `continue_steps` (a second `fit`, or one that BackupAndRestore
+        resumed after a second `fit`)."""
         if self._step_offset is None:
-            last = self._writer.last_step()
-            self._step_offset = 0 if last is None or epoch > last else last + 1 - epoch
+            first = epoch if self._first_epoch is None else self._first_epoch
+            self._step_offset = continue_steps(self._writer.steps(), first)
         return epoch + self._step_offset
 
     def _prepare(self):
@@ -239,6 +492,49 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
                 what="probe_data",
             )
         return self._problem
+
+
+def continue_steps(steps, first_epoch):
+    """The offset `step - epoch` of a `fit` whose first epoch is `first_epoch`.
+
+    Args:
+        steps: the run's `{step: epoch of its fit}` (epoch None: unknown).
+        first_epoch: the first epoch of this `fit` (after `BackupAndRestore`
+            set it, or `initial_epoch`).
+
+    - An empty run: 0, the step is the epoch index.
+    - A `fit` from epoch 0 on a run that holds steps (a second `fit`, a new
+      callback on the same `log_dir`): the steps continue after the last.
+    - A `fit` from a later epoch that continues the `fit` which logged the
+      run's last step (it starts at most one epoch after that step's epoch:
+      `BackupAndRestore` resuming an interrupted `fit`, or `initial_epoch`):
+      that `fit`'s offset, so each epoch keeps its step. Epochs logged before
+      the interruption keep their step and are not logged again.
+    - Any other later start: the epoch index if it is beyond the run's last
+      step, else the steps continue after the last.
+    """
+    if not steps:
+        return 0
+    last = max(steps)
+    if first_epoch == 0:
+        return last + 1
+    last_epoch = last if steps[last] is None else steps[last]
+    if first_epoch <= last_epoch + 1:
+        return last - last_epoch
+    return 0 if first_epoch > last else last + 1 - first_epoch
+
+
+def _can_copy(model):
+    """Whether the computation may run on a copy beside training: not for
+    `tf_keras` models (Keras 2 layers) nor under a `tf.distribute` strategy
+    (the copy's variables would be mirrored, the background thread outside
+    the strategy)."""
+    if probe.is_tf_keras(model):
+        return False
+    strategy = getattr(model, "distribute_strategy", None)
+    return not tf.distribute.has_strategy() and (
+        strategy is None or strategy is tf.distribute.get_strategy()
+    )
 
 
 def _is_chief(model):

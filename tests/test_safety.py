@@ -10,6 +10,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from keras_neuron_sensitivity import NeuronSensitivityCallback
+from keras_neuron_sensitivity import _background
 from keras_neuron_sensitivity.engine import GenericRule, registry
 
 L = keras.layers
@@ -146,13 +147,24 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-def test_interrupted_fit_keeps_every_completed_epoch(tmp_path):
+def _join_computations():
+    """Waits for computations in flight on the callback's background thread
+    (the interpreter waits for them at exit too)."""
+    _background.drain()
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_interrupted_fit_keeps_every_completed_epoch(tmp_path, asynchronous):
     x, y = _data()
     model = keras.Sequential([keras.Input((6,)), L.Dense(4, name="hidden"), L.Dense(3, activation="softmax")])
     model.compile("adam", "sparse_categorical_crossentropy")
-    callback = NeuronSensitivityCallback(x[:8], log_dir=tmp_path)
+    callback = NeuronSensitivityCallback(x[:8], log_dir=tmp_path, asynchronous=asynchronous)
     with pytest.raises(KeyboardInterrupt):
         model.fit(x, y, epochs=10, verbose=0, callbacks=[callback, _Interrupt()])
+    if asynchronous:
+        # Epoch 2 was still computing when fit was left: it is written in
+        # the background, and kept.
+        _join_computations()
     assert _steps(tmp_path) == [0, 1, 2]
 
 
@@ -186,13 +198,23 @@ class _Reader(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.acc.Reload()
-        self.seen.append([e.step for e in self.acc.Tensors("sensitivity_to_weights/hidden")])
+        tag = "sensitivity_to_weights/hidden"
+        logged = tag in self.acc.Tags()["tensors"]
+        self.seen.append([e.step for e in self.acc.Tensors(tag)] if logged else [])
 
 
-def test_reader_sees_every_step_while_training(tmp_path):
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_reader_sees_every_step_while_training(tmp_path, asynchronous):
     x, y = _data()
     model = _small_model()
     reader = _Reader(tmp_path)
-    callback = NeuronSensitivityCallback(x[:8], log_dir=tmp_path)
+    callback = NeuronSensitivityCallback(x[:8], log_dir=tmp_path, asynchronous=asynchronous)
     model.fit(x, y, epochs=3, verbose=0, callbacks=[callback, reader])
-    assert reader.seen == [[0], [0, 1], [0, 1, 2]]
+    if not asynchronous:
+        assert reader.seen == [[0], [0, 1], [0, 1, 2]]
+    else:
+        # Each epoch's end waits for the previous epoch's computation: a
+        # reader sees it then, and the current epoch as soon as it is done.
+        for epoch, seen in enumerate(reader.seen):
+            assert seen in (list(range(epoch)), list(range(epoch + 1)))
+    assert _steps(tmp_path) == [0, 1, 2]
