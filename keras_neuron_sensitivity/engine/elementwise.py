@@ -204,6 +204,8 @@ class AffineRule(Rule):
     def forward(self, site):
         (x,) = site.inputs
         (y,) = site.run([x])
+        if not x.dtype.is_floating:  # pixels as integers: nothing flows back
+            return [y], None
         sample = tf.zeros(concat_shapes([1], shape_of(x)[1:]), x.dtype)
         with tf.GradientTape() as tape:
             tape.watch(sample)
