@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import oracle
 from keras_neuron_sensitivity import Rule, neuron_sensitivity, register_rule
-from keras_neuron_sensitivity.engine import base, registry
+from keras_neuron_sensitivity.engine import Site, base, registry
 from keras_neuron_sensitivity.engine.sweep import Sweep
 from keras_neuron_sensitivity.probe import build_graph
 
@@ -237,6 +237,43 @@ def test_rule_matches_generic_rule(case, monkeypatch, request):
         )[wrt]
         for key in per_layer:
             np.testing.assert_allclose(per_layer[key], generic[key], rtol=RTOL, atol=ATOL, err_msg=f"{key} {wrt}")
+
+
+# Rules with weights also give each row's gradient itself (`weight_rows`), for
+# a sweep that sums what lies below a narrow tensor as a Gram matrix of rows.
+WEIGHT_ROWS = {
+    "layer_scale": "ls",
+    "separable2d": "sep",
+    "separable1d": "sep",
+    "conv2d_transpose": "ct",
+    "conv1d_transpose_dilated": "ct",
+    "conv3d_transpose": "ct",
+}
+
+
+@pytest.mark.parametrize("case_id", sorted(WEIGHT_ROWS))
+def test_weight_rows_are_per_row_gradients(case_id):
+    factory, spec, _, _ = CASES[case_id]
+    model, x = factory(), _probe(spec)
+    layer = model.get_layer(WEIGHT_ROWS[case_id])
+    layer_input = tf.constant(keras.Model(model.inputs[0], layer.input)(x))
+    site = Site(build_graph(model).call(layer.name), [layer_input], need_weights=True)
+    rule = registry.rule_for(layer)
+    site.outputs, cache = rule.forward(site)
+    k, n = 3, x.shape[0]
+    g = tf.random.stateless_normal((k, *site.outputs[0].shape), seed=[1, 2])
+    rows = rule.weight_rows(site, cache, [g]).numpy()
+    # Brute force: one tape.gradient of Keras's own call per row (k, n).
+    expected = np.zeros((k, n, rows.shape[-1]))
+    for j in range(k):
+        for m in range(n):
+            with tf.GradientTape() as tape:
+                y = layer(layer_input[m : m + 1])
+            grads = tape.gradient(y, [v.value for v in layer.trainable_weights], output_gradients=g[j, m : m + 1])
+            expected[j, m] = np.concatenate([np.ravel(d) for d in grads])
+    # The rows' order within P is the rule's own: compare inner products.
+    gram = lambda r: np.einsum("knp,jnp->nkj", r, r)  # noqa: E731
+    np.testing.assert_allclose(gram(rows), gram(expected), rtol=RTOL, atol=1e-5)
 
 
 CHANNELS_FIRST = [

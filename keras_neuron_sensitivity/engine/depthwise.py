@@ -208,6 +208,23 @@ class SeparableConvRule(Rule):
             input_cots = [_depthwise_hop(layer, x, layer.depthwise_kernel, gd)]
         return input_cots, sqnorm
 
+    def weight_rows(self, site, cache, cotangents):
+        """`(k, n, P)`: each row's gradient over the depthwise kernel, the
+        pointwise kernel and the bias, flattened."""
+        layer = site.layer
+        x, act, patches, flat_d = cache
+        gz = activation_backward(layer.activation, act, cotangents[0])
+        k, n = gz.shape[0], shape_of(x)[0]
+        g = tf.reshape(gz, concat_shapes([k, n, -1, gz.shape[-1]]))
+        gd = _by_channel(x, tf.einsum("kn...o,io->kn...i", gz, _pointwise(layer)), layer.depth_multiplier)
+        rows = [
+            tf.reshape(tf.einsum("ntpc,kntcj->knpcj", patches, gd), [k, n, -1]),
+            tf.reshape(tf.einsum("nti,knto->knio", flat_d, g), [k, n, -1]),
+        ]
+        if layer.use_bias:
+            rows.append(tf.reduce_sum(g, 2))
+        return tf.concat(rows, -1)
+
 
 def _pointwise(layer):
     """The 1x1 kernel as a matrix, `(c * m, filters)`."""

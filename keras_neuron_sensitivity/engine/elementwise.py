@@ -242,6 +242,12 @@ class LayerScaleRule(Rule):
             )
         return ([g * site.layer.gamma] if need_inputs else None), sqnorm
 
+    def weight_rows(self, site, cache, cotangents):
+        """`(k, n, c)`: each row's gradient of `gamma`, `sum_t g x`."""
+        g = cotangents[0]
+        gt = tf.reshape(g, concat_shapes([g.shape[0]], shape_of(cache)))
+        return tf.einsum("kntc,ntc->knc", gt, cache)
+
     def seed_backward(self, site, cache, start, k, need_inputs, need_weights):
         # Neuron k's gradient is gamma_k's alone: the mean of x_k over positions.
         y = site.outputs[0]

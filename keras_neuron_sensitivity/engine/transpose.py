@@ -68,15 +68,7 @@ class ConvTransposeRule(Rule):
         k = gz.shape[0]
         sqnorm = None
         if need_weights and layer.trainable:
-            unfolded = unfold(layer, merge(gz))
-            if unfolded.shape[1:-1] != x.shape[1:-1]:
-                raise ValueError(
-                    f"Layer {site.key!r}: the unfolded cotangent has positions "
-                    f"{unfolded.shape[1:-1]}, the input {x.shape[1:-1]}. "
-                    "Expected them to match for a transposed convolution."
-                )
-            u = tf.reshape(unfolded, concat_shapes([k, shape_of(x)[0], -1, unfolded.shape[-1]]))
-            sqnorm = outer_sqnorm(flat_x, u)
+            sqnorm = outer_sqnorm(flat_x, _unfolded_cotangent(site, x, gz))
             if layer.use_bias:
                 g = tf.reshape(gz, concat_shapes([k, shape_of(x)[0], -1, gz.shape[-1]]))
                 sqnorm += tf.reduce_sum(tf.square(tf.reduce_sum(g, 2)), -1)
@@ -89,3 +81,30 @@ class ConvTransposeRule(Rule):
             hop = tape.gradient(z, zeros, output_gradients=merge(gz))
             input_cots = [tf.reshape(hop, concat_shapes([k], shape_of(x)))]
         return input_cots, sqnorm
+
+    def weight_rows(self, site, cache, cotangents):
+        """`(k, n, P)`: each row's kernel gradient `U_g^T X` and bias gradient."""
+        layer = site.layer
+        x, act, flat_x = cache
+        gz = activation_backward(layer.activation, act, cotangents[0])
+        k, n = gz.shape[0], shape_of(x)[0]
+        u = _unfolded_cotangent(site, x, gz)
+        rows = [tf.reshape(tf.einsum("nti,kntj->knij", flat_x, u), [k, n, -1])]
+        if layer.use_bias:
+            g = tf.reshape(gz, concat_shapes([k, n, -1, gz.shape[-1]]))
+            rows.append(tf.reduce_sum(g, 2))
+        return tf.concat(rows, -1) if len(rows) > 1 else rows[0]
+
+
+def _unfolded_cotangent(site, x, gz):
+    """`(k, n, t, p * filters)`: `gz` unfolded as the adjoint convolution sees
+    it, one row per position of the input `x`."""
+    k = gz.shape[0]
+    unfolded = unfold(site.layer, merge(gz))
+    if unfolded.shape[1:-1] != x.shape[1:-1]:
+        raise ValueError(
+            f"Layer {site.key!r}: the unfolded cotangent has positions "
+            f"{unfolded.shape[1:-1]}, the input {x.shape[1:-1]}. "
+            "Expected them to match for a transposed convolution."
+        )
+    return tf.reshape(unfolded, concat_shapes([k, shape_of(x)[0], -1, unfolded.shape[-1]]))
