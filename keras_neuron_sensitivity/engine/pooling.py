@@ -14,6 +14,7 @@ import types
 
 import numpy as np
 import tensorflow as tf
+from keras.src.backend import get_keras_mask
 
 from keras_neuron_sensitivity.engine.base import (
     Rule,
@@ -126,9 +127,12 @@ class GlobalAveragePoolingRule(Rule):
 
     def forward(self, site):
         (y,) = site.run(site.inputs)
-        if len(site.inputs) == 1:
+        x = site.inputs[0]
+        # The mask: an argument, or a Keras mask set on the input at run time
+        # (keras_hub's embeddings with `mask_zero` set one).
+        mask = site.inputs[1] if len(site.inputs) > 1 else get_keras_mask(x)
+        if mask is None:
             return [y], None
-        x, mask = site.inputs
         keep = tf.cast(tf.reshape(mask, [shape_of(x)[0], -1, 1]), x.dtype)
         return [y], keep / tf.reduce_sum(keep, 1, keepdims=True)
 
