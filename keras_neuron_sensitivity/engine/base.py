@@ -78,19 +78,44 @@ def outer_sqnorm(u, g):
 
     The squared Frobenius norm of a per-sample weight gradient `U^T G`, with
     `u` of shape `(n, t, i)` and `g` of shape `(k, n, t, o)`. Formed directly
-    when `i * o` is small, else through Gram matrices ("ghost norm"):
-    `<U U^T, G G^T>`, which costs `t * t` per `(k, n)` instead of `i * o`.
+    (`k t i o` per sample) or through Gram matrices, `<U U^T, G G^T>` ("ghost
+    norm": `t t i` per sample for `U U^T`, shared by the `k` cotangents, plus
+    `k t t o`), whichever costs less. With many cotangents sharing one `U`
+    the ghost form wins roughly when `t < i`, not by the one-cotangent rule
+    `2 t t <= i o` of the differential-privacy literature.
     """
-    t, i, o = u.shape[1], u.shape[2], g.shape[3]
+    k, t, i, o = g.shape[0], u.shape[1], u.shape[2], g.shape[3]
     if t == 1:
         return tf.reduce_sum(tf.square(u[:, 0]), -1) * tf.reduce_sum(
             tf.square(g[:, :, 0]), -1
         )
-    if t * t < i * o:
+    if ghost_is_cheaper(k, t, i, o):
         uu = tf.einsum("nti,nsi->nts", u, u)
         gg = tf.einsum("knto,knso->knts", g, g)
         return tf.einsum("nts,knts->kn", uu, gg)
     return tf.reduce_sum(tf.square(tf.einsum("nti,knto->knio", u, g)), [2, 3])
+
+
+def ghost_is_cheaper(k, t, i, o):
+    """Whether `<U U^T, G G^T>` costs less than forming `U^T G` for `k` rows."""
+    if k is None:
+        return t * t < i * o
+    return t * t * (i + k * o) < k * t * i * o
+
+
+def channel_sqnorm(u, d):
+    """`||sum_t u[n, t] d[k, n, t]||^2` for every `(k, n)`: `outer_sqnorm`
+    for a cotangent that lives in one output feature per row (`o = 1`).
+
+    `u` is `(n, t, i)`, `d` is `(k, n, t)`.
+    """
+    k, t, i = d.shape[0], u.shape[1], u.shape[2]
+    if t == 1:
+        return tf.reduce_sum(tf.square(u[:, 0]), -1) * tf.square(d[:, :, 0])
+    if ghost_is_cheaper(k, t, i, 1):
+        uu = tf.einsum("nti,nsi->nts", u, u)
+        return tf.einsum("nts,knt,kns->kn", uu, d, d)
+    return tf.reduce_sum(tf.square(tf.einsum("nti,knt->kni", u, d)), -1)
 
 
 # --- activations, fused into a layer or standalone -------------------------
@@ -164,6 +189,45 @@ def plain_weights(layer):
     )
 
 
+# --- cotangents that live in one channel ----------------------------------
+
+
+class Channelwise:
+    """Cotangents `(k, n, ..., C)` that are zero outside one channel per row.
+
+    The seed of a neuron is one: neuron `k`'s cotangent at its own layer lives
+    in channel `k` only, and it stays in one channel through every layer that
+    acts channel by channel (activations, BatchNormalization, dropout, `Add`,
+    depthwise convolutions, pooling). Keeping only that channel makes those
+    hops `C` times cheaper, and the next convolution's hop a per-channel one.
+
+    Attributes:
+        values: `(k, n, ...)`: row `(k, n)` of the cotangent at its channel,
+            at every position (no channel axis).
+        channels: `(k,)` int32: the channel each row lives in.
+    """
+
+    def __init__(self, values, channels):
+        self.values = values
+        self.channels = channels
+
+    def dense(self, num_channels):
+        """The full cotangent `(k, n, ..., num_channels)`."""
+        k = self.values.shape[0]
+        onehot = tf.one_hot(self.channels, num_channels, dtype=self.values.dtype)
+        onehot = tf.reshape(
+            onehot, [k] + [1] * (self.values.shape.rank - 1) + [num_channels]
+        )
+        return self.values[..., None] * onehot
+
+
+def gather_channels(x, channels):
+    """`x[..., channels[k]]` moved to the front: `(n, ..., C)` -> `(k, n, ...)`."""
+    picked = tf.gather(x, channels, axis=-1)
+    rank = picked.shape.rank
+    return tf.transpose(picked, [rank - 1] + list(range(rank - 1)))
+
+
 # --- rules ------------------------------------------------------------------
 
 
@@ -210,10 +274,32 @@ class Rule:
         The cotangent at the target's output is one-hot per neuron (divided
         by the number of positions), so rules with a diagonal structure can
         skip forming it. By default it is formed and passed to `backward`.
+        A rule that implements `channel_backward` need not implement this:
+        the seed is then passed to `channel_backward`.
         """
         y = site.outputs[0]
         seed = seed_cotangent(y, start, k)
         cotangents = [seed] + [None] * (len(site.outputs) - 1)
+        return self.backward(site, cache, cotangents, need_inputs, need_weights)
+
+    def channel_backward(self, site, cache, cotangent, need_inputs, need_weights):
+        """`backward` for cotangents that live in one channel of output 0.
+
+        Optional: implement it where one channel's cotangent is cheaper to
+        push than a full one (per-channel layers keep it in one channel, and
+        may return a `Channelwise` input cotangent; a convolution's hop is a
+        per-channel transposed convolution). By default the full cotangent is
+        formed and passed to `backward`.
+
+        Args:
+            cotangent: a `Channelwise` at the site's first output.
+
+        Returns:
+            As `backward`; an input cotangent may be a `Channelwise`.
+        """
+        y = site.outputs[0]
+        dense = cotangent.dense(y.shape[-1])
+        cotangents = [dense] + [None] * (len(site.outputs) - 1)
         return self.backward(site, cache, cotangents, need_inputs, need_weights)
 
 
@@ -344,12 +430,13 @@ class GenericRule(Rule):
         # layers (MultiHeadAttention's per-row gradient corrupts the heap in
         # TF 2.21) and falls back to a slower loop for recurrent layers and
         # convolution filters anyway, after a long conversion.
-        return tf.map_fn(
-            one_row,
-            (tiled, flat_cots),
-            fn_output_signature=weights[0].dtype,
-            parallel_iterations=_PARALLEL_ROWS,
-        )
+        with tf.name_scope("generic_per_row"):
+            return tf.map_fn(
+                one_row,
+                (tiled, flat_cots),
+                fn_output_signature=weights[0].dtype,
+                parallel_iterations=_PARALLEL_ROWS,
+            )
 
 
 def _row_sqnorm(grads):

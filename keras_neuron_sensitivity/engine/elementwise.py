@@ -5,8 +5,10 @@ import tensorflow as tf
 
 from keras_neuron_sensitivity.engine.base import (
     ELEMENTWISE_ACTIVATIONS,
+    Channelwise,
     Rule,
     concat_shapes,
+    gather_channels,
     shape_of,
 )
 
@@ -32,6 +34,11 @@ class ElementwiseRule(Rule):
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
         return [cotangents[0] * cache], None
 
+    def channel_backward(self, site, cache, cotangent, need_inputs, need_weights):
+        channels = cotangent.channels
+        values = cotangent.values * gather_channels(cache, channels)
+        return [Channelwise(values, channels)], None
+
 
 class IdentityRule(Rule):
     """Layers that pass their input through in inference (dropout, noise)."""
@@ -41,6 +48,9 @@ class IdentityRule(Rule):
 
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
         return [cotangents[0]], None
+
+    def channel_backward(self, site, cache, cotangent, need_inputs, need_weights):
+        return [cotangent], None
 
 
 class ReshapeRule(Rule):
@@ -66,6 +76,13 @@ class AddRule(Rule):
 
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
         return [cotangents[0]] * len(site.inputs), None
+
+    def channel_backward(self, site, cache, cotangent, need_inputs, need_weights):
+        if any(x.shape != site.outputs[0].shape for x in site.inputs):
+            return super().channel_backward(
+                site, cache, cotangent, need_inputs, need_weights
+            )
+        return [cotangent] * len(site.inputs), None
 
 
 class ConcatenateRule(Rule):

@@ -7,7 +7,12 @@ positions `t`), so their squared norms need no weight gradient at all.
 
 import tensorflow as tf
 
-from keras_neuron_sensitivity.engine.base import Rule, shape_of
+from keras_neuron_sensitivity.engine.base import (
+    Channelwise,
+    Rule,
+    gather_channels,
+    shape_of,
+)
 
 
 def _affine_sqnorm(layer, xhat, g):
@@ -49,6 +54,27 @@ class BatchNormalizationRule(Rule):
         g = cotangents[0]
         sqnorm = _affine_sqnorm(site.layer, xhat, g) if need_weights else None
         return ([g * slope] if need_inputs else None), sqnorm
+
+    def channel_backward(self, site, cache, cotangent, need_inputs, need_weights):
+        # Channel by channel: a one-channel cotangent stays in its channel.
+        layer = site.layer
+        xhat, slope = cache
+        d, channels = cotangent.values, cotangent.channels
+        k = d.shape[0]
+        sqnorm = None
+        if need_weights:
+            flat = tf.reshape(d, [k, shape_of(d)[1], -1])
+            sqnorm = tf.zeros(shape_of(flat)[:2], d.dtype)
+            if layer.scale and layer.gamma.trainable:
+                xh = tf.reshape(gather_channels(xhat, channels), shape_of(flat))
+                sqnorm += tf.square(tf.reduce_sum(flat * xh, -1))
+            if layer.center and layer.beta.trainable:
+                sqnorm += tf.square(tf.reduce_sum(flat, -1))
+        input_cots = None
+        if need_inputs:
+            scale = tf.reshape(tf.gather(slope, channels), [k] + [1] * (d.shape.rank - 1))
+            input_cots = [Channelwise(d * scale, channels)]
+        return input_cots, sqnorm
 
 
 class LayerNormalizationRule(Rule):

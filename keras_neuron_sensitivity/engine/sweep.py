@@ -1,34 +1,50 @@
 """The exact engine: one forward pass, then a multi-cotangent reverse sweep.
 
-For every selected layer `l`, the `C_l` neurons' cotangents travel back
-together, as a `(k, n, ...)` block, through the per-layer rules (the table
-is in `registry.py`). At every
-trainable layer on the way the squared norm of its per-sample weight gradient
-is added; at the model's inputs the squared norm of the input cotangent is
-read. Gradients with respect to weights are never formed for layers with a
-closed-form rule, and never the `(n, k, P)` Jacobian.
+Every neuron of every selected layer (target) is one cotangent per sample, a
+row, pushed back through the per-layer rules (the table is in
+`registry.py`). At every trainable layer on the way the squared norm of the
+row's per-sample weight gradient is added; at the model's inputs the squared
+norm of the row's input cotangent is read. Gradients with respect to weights
+are never formed for layers with a closed-form rule, and never the `(n, k, P)`
+Jacobian.
 
-Memory is bounded by chunking: `k` neurons and a block of samples at a time
-(both chosen from the memory budget). When everything fits in one chunk (the
-common case) forward and reverse are one compiled call; otherwise a compiled
-forward per sample chunk feeds a compiled reverse per round of neurons. Each
-is traced once per probe shape.
+All targets travel together. The rows of every target that a tensor feeds
+are one block `(R, n, ...)` there, so each layer call is crossed once per
+compiled pass, by every row at once: the traced graph grows with the number
+of layer calls, not with calls times targets. A block keeps its targets in
+one canonical order (deepest first); blocks that meet where a tensor fans
+out are summed target by target.
+
+A target's own rows start as `Channelwise` cotangents (neuron `k` lives in
+channel `k`); rules that act channel by channel keep them so, and a
+convolution's hop of such rows is a per-channel transposed convolution.
+
+Memory is bounded by chunking: every target's neurons are split into the same
+number of parts (rounds), and the samples into chunks, both chosen from the
+memory budget. When everything fits in one round (the common case) forward
+and reverse are one compiled call; otherwise a compiled forward per sample
+chunk feeds a compiled reverse per round. Each is traced once per probe shape.
 """
 
 import math
+import time
 
 import numpy as np
 import tensorflow as tf
 
 from keras_neuron_sensitivity.engine import base, registry
+from keras_neuron_sensitivity.engine.base import Channelwise
 from keras_neuron_sensitivity.engine.replay import float32_compute, primary_variables
 from keras_neuron_sensitivity.engine.site import Site
 
 WRT_CHOICES = ("weights", "inputs")
 
-# Bytes per row (one neuron of one sample) are estimated from the activations
-# of one sample: cotangent, its tiled copy for replayed layers, temporaries.
-_ROW_OVERHEAD = 4
+# Bytes per row and sample at a layer are estimated from the layer's input and
+# output sizes (cotangents in and out, the rule's temporaries) times this.
+_ROW_OVERHEAD = 3
+
+# At most this many blocks of rows cross a layer separately (see _streams).
+_MAX_STREAMS = 4
 
 
 class Sweep:
@@ -39,6 +55,10 @@ class Sweep:
         keys: keys of the layer calls to evaluate.
         wrt: a tuple of `"weights"` and/or `"inputs"`.
         memory_budget: bytes of working memory one chunk may take.
+
+    Attributes:
+        timings: seconds spent planning and tracing on the first call
+            (`{"planning": s, "tracing": s}`), for benchmarks.
     """
 
     def __init__(self, graph, keys, wrt, memory_budget):
@@ -58,9 +78,16 @@ class Sweep:
         ]
         self._live = self._liveness()
         self._shared = self._shared_layers()
-        self._plan = None  # (samples per chunk, neurons per chunk per target)
+        # Targets (indices into self.keys) in canonical order: deepest first.
+        self._order = sorted(range(len(self._targets)), key=lambda j: -self._targets[j])
+        self._rank = {j: r for r, j in enumerate(self._order)}
+        self._seeds = {}
+        for j, i in enumerate(self._targets):
+            self._seeds.setdefault(i, []).append(j)
+        self._plan = None  # (samples per chunk, neurons per round per target)
         self._widths = None  # neurons per target
         self._forward_fn = self._reverse_fn = self._whole_fn = None
+        self.timings = {}
 
     # --- public -----------------------------------------------------------
 
@@ -75,9 +102,11 @@ class Sweep:
 
     def _compute(self, inputs):
         if self._plan is None:
+            start = time.perf_counter()
             self._plan = self._make_plan(inputs)
+            self.timings["planning"] = time.perf_counter() - start
             self._forward_fn = tf.function(self._forward_tensors, autograph=False)
-            self._reverse_fn = tf.function(self._reverse_all, autograph=False)
+            self._reverse_fn = tf.function(self._reverse_round, autograph=False)
             self._whole_fn = tf.function(self._whole, autograph=False)
         samples, neurons = self._plan
         rounds = max(
@@ -86,6 +115,7 @@ class Sweep:
         if rounds == 1 and samples >= int(inputs[0].shape[0]):
             # Everything fits at once: one compiled call, no caches passed
             # between functions.
+            self._trace(self._whole_fn, inputs)
             out = self._whole_fn(inputs)
             squares = {w: [v.numpy().T for v in out[w]] for w in self.wrt}
         else:
@@ -98,6 +128,16 @@ class Sweep:
             for w in self.wrt
         }
 
+    def _trace(self, fn, *args):
+        """Traces `fn` for these arguments ahead of its first call, timed."""
+        if "tracing" in self.timings and fn.experimental_get_tracing_count():
+            return
+        start = time.perf_counter()
+        fn.get_concrete_function(*args)
+        self.timings["tracing"] = self.timings.get("tracing", 0.0) + (
+            time.perf_counter() - start
+        )
+
     def _chunked(self, inputs, samples, neurons, rounds):
         """Squared norms `(B, C)` per wrt and target, chunk by chunk."""
         batch = int(inputs[0].shape[0])
@@ -106,15 +146,16 @@ class Sweep:
         for begin in range(0, batch, samples):
             chunk = [_take_rows(x, begin, samples) for x in inputs]
             # One forward pass per sample chunk, shared by every round.
+            self._trace(self._forward_fn, chunk)
             outputs, caches = self._forward_fn(chunk)
             per_round = {w: [[] for _ in self.keys] for w in self.wrt}
             for r in range(rounds):
-                starts = tf.constant([r * k for k in neurons], tf.int32)
-                out = self._reverse_fn(chunk, outputs, caches, starts)
+                part = tf.constant(r, tf.int32)
+                self._trace(self._reverse_fn, chunk, outputs, caches, part)
+                out = self._reverse_fn(chunk, outputs, caches, part)
                 for w in self.wrt:
                     for j, value in enumerate(out[w]):
-                        if r * neurons[j] < widths[j]:
-                            per_round[w][j].append(value.numpy())
+                        per_round[w][j].append(value.numpy())
             for w in self.wrt:
                 for j, c in enumerate(widths):
                     # (k, n) blocks -> (n, C); drop padded neurons and samples.
@@ -142,6 +183,22 @@ class Sweep:
                 counts[id(call.layer)] = counts.get(id(call.layer), 0) + 1
         return {layer for layer, n in counts.items() if n > 1}
 
+    def _reaching(self):
+        """Per call: the targets whose rows cross it (it is upstream of them)."""
+        producer = {t: i for i, call in enumerate(self._calls) for t in call.outputs}
+        reach = [set() for _ in self._calls]
+        for j, target in enumerate(self._targets):
+            stack = [target]
+            while stack:
+                i = stack.pop()
+                if j in reach[i]:
+                    continue
+                reach[i].add(j)
+                stack.extend(
+                    producer[t] for t in self._calls[i].inputs if t in producer
+                )
+        return reach
+
     def _make_plan(self, inputs):
         # One eager forward on one sample gives every tensor's size.
         values, _ = self._forward([x[:1] for x in inputs])
@@ -156,21 +213,44 @@ class Sweep:
                     "Leave this layer out of `layers`."
                 )
             self._widths.append(int(y.shape[-1]))
-        per_sample = sum(
-            int(np.prod(v.shape[1:])) * v.dtype.size for v in values.values()
-        )
-        per_row = _ROW_OVERHEAD * per_sample
+
+        def size(t):
+            v = values.get(t)
+            return 0 if v is None else int(np.prod(v.shape[1:])) * 4
+
+        # Bytes per row and sample while each call is crossed.
+        per_row = []
         for call, rule in zip(self._calls, self._rules):
+            io = sum(size(t) for t in call.inputs) + sum(size(t) for t in call.outputs)
+            params = sum(int(np.prod(v.shape)) for v in call.weights) * 4
+            extra = 0
             if rule is base.GENERIC_RULE or id(call.layer) in self._shared:
-                params = sum(
-                    int(np.prod(v.shape)) for v in call.weights
-                )
-                per_row = max(per_row, 2 * 4 * params + per_sample)
-        rows = max(1, self.memory_budget // per_row)
+                extra = 2 * params + sum(size(t) for t in call.inputs)
+            elif call.weights:
+                y = values[call.outputs[0]]
+                channels = int(y.shape[-1]) if y.shape.rank else 1
+                positions = size(call.outputs[0]) // 4 // max(1, channels)
+                extra = min(params, positions * positions * 4)
+            per_row.append(_ROW_OVERHEAD * io + extra)
+        reach = self._reaching()
         batch = int(inputs[0].shape[0])
-        samples = min(batch, rows)
-        neurons = [max(1, min(c, rows // samples)) for c in self._widths]
-        return samples, neurons
+
+        def peak(parts, samples):
+            rows = [
+                sum(math.ceil(self._widths[j] / parts) for j in targets)
+                for targets in reach
+            ]
+            return samples * max(r * b for r, b in zip(rows, per_row))
+
+        widest = max(self._widths)
+        parts = 1
+        while parts < widest and peak(parts, batch) > self.memory_budget:
+            parts = min(widest, max(parts + 1, int(parts * 1.25)))
+        samples = batch
+        if peak(parts, batch) > self.memory_budget:
+            samples = max(1, int(self.memory_budget // peak(parts, 1)))
+        neurons = [math.ceil(c / parts) for c in self._widths]
+        return min(samples, batch), neurons
 
     # --- the compiled computation ------------------------------------------
 
@@ -186,7 +266,8 @@ class Sweep:
         sites = []
         for call, rule in zip(self._calls, self._rules):
             site = self._site(call, values)
-            outputs, cache = rule.forward(site)
+            with tf.name_scope(_scope("kns_forward", call)):
+                outputs, cache = rule.forward(site)
             site.outputs = outputs
             values.update(zip(call.outputs, outputs))
             sites.append((site, cache))
@@ -199,11 +280,14 @@ class Sweep:
 
     def _whole(self, inputs):
         outputs, caches = self._forward_tensors(inputs)
-        starts = tf.zeros([len(self._targets)], tf.int32)
-        return self._reverse_all(inputs, outputs, caches, starts, single_round=True)
+        return self._reverse_round(inputs, outputs, caches, 0)
 
-    def _reverse_all(self, inputs, outputs, caches, starts, single_round=False):
-        """Squared norms `(k, n)` per target, neurons from `starts[j]` on."""
+    def _reverse_round(self, inputs, outputs, caches, part):
+        """Squared norms `(k_j, n)` per wrt and target for one round.
+
+        Target `j`'s rows in round `part` are its neurons `part * k_j` to
+        `part * k_j + k_j - 1` (past its last neuron: zero rows).
+        """
         values = dict(zip(self.graph.inputs, inputs))
         sites = []
         for call, call_outputs, cache in zip(self._calls, outputs, caches):
@@ -211,86 +295,400 @@ class Sweep:
             site.outputs = call_outputs
             values.update(zip(call.outputs, call_outputs))
             sites.append((site, cache))
-        out = {w: [] for w in self.wrt}
-        n = base.shape_of(inputs[0])[0]
-        for j, target in enumerate(self._targets):
-            k = self._plan[1][j]
-            dtype = _result_dtype(values[self._calls[target].outputs[0]])
-            if single_round:
-                result = self._reverse(values, sites, target, 0, k)
+        return _Reverse(self, values, sites, part).run()
+
+
+class _Block:
+    """The rows of some targets at one tensor.
+
+    `value` is `(R, n, ...)`, or a `Channelwise` of `R` rows; its rows are
+    the `k_j` rows of each target in `segments`, in canonical order. `sq` is
+    the `(R, n)` weight term gathered on the way here, or None. When rows
+    split (a layer with several inputs), `sq` goes with one of them only, so
+    that each layer's term is counted once when they meet again.
+    """
+
+    __slots__ = ("value", "segments", "sq")
+
+    def __init__(self, value, segments, sq):
+        self.value = value
+        self.segments = tuple(segments)
+        self.sq = sq
+
+    @property
+    def channelwise(self):
+        return isinstance(self.value, Channelwise)
+
+
+class _Reverse:
+    """One round of the reverse sweep, traced into the caller's graph."""
+
+    def __init__(self, sweep, values, sites, part):
+        self.sweep = sweep
+        self.values = values
+        self.sites = sites
+        self.part = part
+        self.rows = sweep._plan[1]  # k_j per target
+        self.n = base.shape_of(values[sweep.graph.inputs[0]])[0]
+        self.want_weights = "weights" in sweep.wrt
+        self.harvest = {w: [] for w in sweep.wrt}
+        self.shared = {}
+
+    # --- rows -------------------------------------------------------------
+
+    def _offsets(self, segments):
+        offsets, at = {}, 0
+        for j in segments:
+            offsets[j] = at
+            at += self.rows[j]
+        return offsets
+
+    def _runs(self, a, b):
+        """Maximal runs of the union of two segment lists, with where each
+        run sits in `a` and in `b` (row offset, or None when absent)."""
+        rank = self.sweep._rank
+        union = sorted(set(a) | set(b), key=rank.__getitem__)
+        off_a, off_b = self._offsets(a), self._offsets(b)
+        runs = []
+        for j in union:
+            state = (j in off_a, j in off_b)
+            if runs and runs[-1][0] == state:
+                runs[-1][1].append(j)
             else:
-                # A target with fewer neurons than others is done in fewer
-                # rounds: skip it in the later ones.
-                result = tf.cond(
-                    starts[j] < self._widths[j],
-                    lambda: self._reverse(values, sites, target, starts[j], k),
-                    lambda: {w: tf.zeros([k, n], dtype) for w in self.wrt},
+                runs.append((state, [j]))
+        out = []
+        for (in_a, in_b), segs in runs:
+            size = sum(self.rows[j] for j in segs)
+            out.append(
+                (
+                    segs,
+                    size,
+                    off_a[segs[0]] if in_a else None,
+                    off_b[segs[0]] if in_b else None,
                 )
-            for w in self.wrt:
-                out[w].append(result[w])
+            )
+        return union, out
+
+    def _combine(self, a, b, runs, n_rows_fill):
+        """Rows of two tensors laid out by `runs`; absent rows are zeros
+        (`n_rows_fill(size)` makes them) when `a` or `b` is None."""
+        pieces = []
+        for _, size, at_a, at_b in runs:
+            part_a = None if a is None or at_a is None else a[at_a : at_a + size]
+            part_b = None if b is None or at_b is None else b[at_b : at_b + size]
+            if part_a is not None and part_b is not None:
+                pieces.append(part_a + part_b)
+            elif part_a is not None or part_b is not None:
+                pieces.append(part_a if part_a is not None else part_b)
+            else:
+                pieces.append(n_rows_fill(size))
+        return pieces[0] if len(pieces) == 1 else tf.concat(pieces, 0)
+
+    def _merge(self, a, b, width):
+        """One block for the rows of two blocks at the same tensor."""
+        if a.channelwise != b.channelwise:
+            a, b = self._dense(a, width), self._dense(b, width)
+        if a.segments == b.segments:
+            if a.channelwise:
+                a, b = self._dense(a, width), self._dense(b, width)
+            return _Block(a.value + b.value, a.segments, _add(a.sq, b.sq))
+        union, runs = self._runs(a.segments, b.segments)
+        if a.channelwise and any(x is not None and y is not None for _, _, x, y in runs):
+            a, b = self._dense(a, width), self._dense(b, width)
+        sq = None
+        if a.sq is not None or b.sq is not None:
+            dtype = (a.sq if a.sq is not None else b.sq).dtype
+            sq = self._combine(
+                a.sq, b.sq, runs, lambda size: tf.zeros([size, self.n], dtype)
+            )
+        if a.channelwise:
+            values = self._combine(a.value.values, b.value.values, runs, None)
+            channels = self._combine(a.value.channels, b.value.channels, runs, None)
+            return _Block(Channelwise(values, channels), union, sq)
+        return _Block(self._combine(a.value, b.value, runs, None), union, sq)
+
+    def _merge_all(self, blocks, width):
+        out = None
+        for block in blocks:
+            out = block if out is None else self._merge(out, block, width)
         return out
 
-    def _reverse(self, values, sites, target, start, k):
-        """Squared norms `(k, n)` for neurons `start .. start + k - 1`."""
-        y = values[self._calls[target].outputs[0]]
-        dtype = _result_dtype(y)
-        cotangents = {}
-        n = base.shape_of(y)[0]
-        weights_sq = tf.zeros([k, n], dtype)
-        shared = {}
-        for i in range(target, -1, -1):
-            call = self._calls[i]
-            is_seed = i == target
-            outs = [cotangents.pop(t, None) for t in call.outputs]
-            if not is_seed and all(g is None for g in outs):
+    def _dense(self, block, width):
+        if not block.channelwise:
+            return block
+        return _Block(block.value.dense(width), block.segments, block.sq)
+
+    def _expand(self, block, segments, like):
+        """`block`'s rows laid out as `segments` (a superset), zeros elsewhere."""
+        if block is None:
+            return None
+        if block.segments == tuple(segments):
+            return block.value
+        _, runs = self._runs(segments, block.segments)
+        shape = base.shape_of(like)
+
+        def zeros(size):
+            return tf.zeros(base.concat_shapes([size], shape), like.dtype)
+
+        return self._combine(None, block.value, runs, zeros)
+
+    def _seed(self, j, y):
+        """Target `j`'s rows at its own output: a `Channelwise` block."""
+        k = self.rows[j]
+        channels = y.shape[-1]
+        positions = int(np.prod(y.shape[1:-1]))
+        shape = base.concat_shapes([k], base.shape_of(y)[:-1])
+        values = tf.fill(shape, tf.constant(1.0 / positions, y.dtype))
+        if isinstance(self.part, int) and self.part == 0 and k == channels:
+            index = tf.range(channels)
+        else:
+            raw = self.part * k + tf.range(k)
+            keep = tf.cast(raw < channels, y.dtype)
+            values *= tf.reshape(keep, [k] + [1] * (len(y.shape) - 1))
+            index = tf.minimum(raw, channels - 1)
+        return _Block(Channelwise(values, index), [j], None)
+
+    def _seed_start(self, j):
+        return self.part * self.rows[j]
+
+    # --- the sweep ----------------------------------------------------------
+
+    def run(self):
+        sweep = self.sweep
+        pending = {}
+        for i in range(len(sweep._calls) - 1, -1, -1):
+            call = sweep._calls[i]
+            arriving = [pending.pop(t, []) for t in call.outputs]
+            seeds = sweep._seeds.get(i, [])
+            if not seeds and not any(arriving):
                 continue
-            need_inputs = any(self._live.get(t, False) for t in call.inputs)
-            need_weights = "weights" in self.wrt and bool(
-                call.weights
-            )
-            is_shared = id(call.layer) in self._shared
+            need_inputs = any(sweep._live.get(t, False) for t in call.inputs)
+            need_weights = self.want_weights and bool(call.weights)
             if not (need_inputs or need_weights):
+                for blocks in arriving:
+                    for block in blocks:
+                        self._harvest_sq(block.segments, block.sq)
                 continue
-            site, cache = sites[i]
-            if is_seed and is_shared:
-                outs = [base.seed_cotangent(y, start, k)]
-                outs += [None] * (len(call.outputs) - 1)
-            if is_seed and not is_shared:
-                input_cots, sq = self._rules[i].seed_backward(
-                    site, cache, start, k, need_inputs, need_weights
-                )
-            else:
-                input_cots, sq = self._rules[i].backward(
-                    site, cache, outs, need_inputs, need_weights and not is_shared
-                )
-            if sq is not None:
-                weights_sq += tf.cast(sq, weights_sq.dtype)
-            if need_weights and is_shared:
-                flat = base.GenericRule.flat_grads(site, outs)
-                prev = shared.get(id(call.layer))
-                shared[id(call.layer)] = flat if prev is None else prev + flat
-            for t, g in zip(call.inputs, input_cots or ()):
-                if g is None or not self._live.get(t, False):
+            with tf.name_scope(_scope("kns_reverse", call)):
+                results = self._cross(i, arriving, seeds, need_inputs, need_weights)
+            for input_cots, sq, segments in results:
+                attached = False
+                for t, g in zip(call.inputs, input_cots or ()):
+                    if g is None or not sweep._live.get(t, False):
+                        continue
+                    pending.setdefault(t, []).append(
+                        _Block(g, segments, None if attached else sq)
+                    )
+                    attached = True
+                if not attached:
+                    self._harvest_sq(segments, sq)
+        with tf.name_scope("kns_reverse/inputs/"):
+            for t in sweep._float_inputs:
+                blocks = pending.pop(t, [])
+                if not blocks:
                     continue
-                cotangents[t] = g if t not in cotangents else cotangents[t] + g
-        for flat in shared.values():
-            weights_sq += tf.reshape(tf.reduce_sum(tf.square(flat), -1), [k, -1])
-        result = {}
-        if "weights" in self.wrt:
-            result["weights"] = weights_sq
-        if "inputs" in self.wrt:
-            terms = [
-                base.sum_squares_per_row(tf.cast(cotangents[t], dtype))
-                for t in self._float_inputs
-                if t in cotangents
+                width = self.values[t].shape[-1]
+                block = self._merge_all(blocks, width)
+                self._harvest_sq(block.segments, block.sq)
+                if "inputs" in sweep.wrt:
+                    self.harvest["inputs"].append((block.segments, _row_sqnorm(block.value)))
+            for blocks in pending.values():
+                for block in blocks:
+                    self._harvest_sq(block.segments, block.sq)
+            for segments, flat in self.shared.values():
+                self._harvest_sq(segments, tf.reduce_sum(tf.square(flat), -1))
+        return self._assemble()
+
+    def _harvest_sq(self, segments, sq):
+        if sq is not None and self.want_weights:
+            self.harvest["weights"].append((segments, sq))
+
+    def _cross(self, i, arriving, seeds, need_inputs, need_weights):
+        """Rows through call `i`: a list of `(input_cots, sq, segments)`."""
+        sweep = self.sweep
+        call = sweep._calls[i]
+        rule = sweep._rules[i]
+        site, cache = self.sites[i]
+        outputs = site.outputs
+        is_shared = id(call.layer) in sweep._shared
+        widths = [y.shape[-1] if y.shape.rank else None for y in outputs]
+        if len(outputs) > 1 or is_shared:
+            return self._cross_merged(
+                i, arriving, seeds, need_inputs, need_weights, widths
+            )
+        width = widths[0]
+        results = []
+        dense = [b for b in arriving[0] if not b.channelwise]
+        channel = [b for b in arriving[0] if b.channelwise]
+        if _overrides(rule, "channel_backward") or not _overrides(rule, "seed_backward"):
+            channel += [self._seed(j, outputs[0]) for j in seeds]
+        else:
+            for j in seeds:  # a rule with its own `seed_backward`
+                input_cots, sq = rule.seed_backward(
+                    site, cache, self._seed_start(j), self.rows[j],
+                    need_inputs, need_weights,
+                )
+                results.append((input_cots, _cast(sq), (j,)))
+        if channel:
+            block = self._merge_all(channel, width)
+            if block.channelwise:
+                input_cots, sq = rule.channel_backward(
+                    site, cache, block.value, need_inputs, need_weights
+                )
+                results.append((input_cots, _add(block.sq, _cast(sq)), block.segments))
+            else:
+                dense.append(block)
+        for block in self._streams(dense, width):
+            input_cots, sq = rule.backward(
+                site, cache, [block.value], need_inputs, need_weights
+            )
+            results.append((input_cots, _add(block.sq, _cast(sq)), block.segments))
+        return results
+
+    def _streams(self, blocks, width):
+        """The dense blocks at one tensor, each crossing the layer on its own.
+
+        Rows of one target arriving by two paths are added. Other blocks stay
+        apart: joining them would copy the larger one (every layer has new
+        targets' rows joining), while crossing apart costs only more ops in
+        the graph; past `_MAX_STREAMS` blocks the two smallest are joined.
+        """
+        groups = []
+        for block in blocks:
+            rest = []
+            for other in groups:
+                if set(other.segments) & set(block.segments):
+                    block = self._merge(other, block, width)
+                else:
+                    rest.append(other)
+            groups = rest + [block]
+        while len(groups) > _MAX_STREAMS:
+            groups.sort(key=self._num_rows)
+            groups = groups[2:] + [self._merge(groups[0], groups[1], width)]
+        return [self._dense(b, width) for b in groups]
+
+    def _num_rows(self, block):
+        return sum(self.rows[j] for j in block.segments)
+
+    def _cross_merged(self, i, arriving, seeds, need_inputs, need_weights, widths):
+        """Layers with several outputs, and layers called more than once:
+        every row in one block, with full cotangents."""
+        sweep = self.sweep
+        call = sweep._calls[i]
+        rule = sweep._rules[i]
+        site, cache = self.sites[i]
+        outputs = site.outputs
+        is_shared = id(call.layer) in sweep._shared
+        results = []
+        parts = [[self._dense(b, w) for b in blocks] for blocks, w in zip(arriving, widths)]
+        if seeds and not is_shared and _overrides(rule, "seed_backward"):
+            for j in seeds:
+                input_cots, sq = rule.seed_backward(
+                    site, cache, self._seed_start(j), self.rows[j],
+                    need_inputs, need_weights,
+                )
+                results.append((input_cots, _cast(sq), (j,)))
+        else:
+            parts[0] += [self._dense(self._seed(j, outputs[0]), widths[0]) for j in seeds]
+        merged = [
+            self._merge_all(blocks, w) if blocks else None
+            for blocks, w in zip(parts, widths)
+        ]
+        present = [b for b in merged if b is not None]
+        if not present:
+            return results
+        union = present[0].segments
+        for b in present[1:]:
+            union = tuple(self._runs(union, b.segments)[0])
+        sq = None
+        for b in present:
+            if b.sq is not None:
+                _, runs = self._runs(union, b.segments)
+                piece = self._combine(
+                    None, b.sq, runs,
+                    lambda size, d=b.sq.dtype: tf.zeros([size, self.n], d),
+                )
+                sq = _add(sq, piece)
+        cotangents = [self._expand(b, union, y) for b, y in zip(merged, outputs)]
+        input_cots, rule_sq = rule.backward(
+            site, cache, cotangents, need_inputs, need_weights and not is_shared
+        )
+        if need_weights and is_shared:
+            self._share(call, site, cotangents, union)
+        results.append((input_cots, _add(sq, _cast(rule_sq)), union))
+        return results
+
+    def _share(self, call, site, cotangents, segments):
+        """A layer called more than once: its per-sample gradient is the sum
+        over calls, so per-call norms cannot be added; the vectors can."""
+        flat = base.GenericRule.flat_grads(site, cotangents)
+        flat = tf.reshape(flat, [-1, self.n, flat.shape[-1]])
+        previous = self.shared.get(id(call.layer))
+        if previous is None:
+            self.shared[id(call.layer)] = (tuple(segments), flat)
+            return
+        union, runs = self._runs(previous[0], segments)
+        self.shared[id(call.layer)] = (
+            tuple(union),
+            self._combine(previous[1], flat, runs, None),
+        )
+
+    def _assemble(self):
+        """`{wrt: [(k_j, n) per target, in the order of keys]}`."""
+        out = {}
+        for w in self.sweep.wrt:
+            per_target = {}
+            for segments, sq in self.harvest[w]:
+                sq = _cast(sq)
+                offsets = self._offsets(segments)
+                for j in segments:
+                    piece = sq[offsets[j] : offsets[j] + self.rows[j]]
+                    per_target[j] = _add(per_target.get(j), piece)
+            out[w] = [
+                per_target[j]
+                if j in per_target
+                else tf.zeros([self.rows[j], self.n], _float_dtype(self.values))
+                for j in range(len(self.sweep._targets))
             ]
-            result["inputs"] = tf.add_n(terms) if terms else tf.zeros([k, n], dtype)
-        return result
+        return out
 
 
-def _result_dtype(y):
+def _row_sqnorm(value):
+    """`(R, n)`: squared norm of each row of a block's value."""
+    if isinstance(value, Channelwise):
+        value = value.values
+    return base.sum_squares_per_row(_cast(value))
+
+
+def _overrides(rule, method):
+    return getattr(type(rule), method) is not getattr(base.Rule, method)
+
+
+def _add(a, b):
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
+
+
+def _cast(sq):
     """Norms are float32 (float64 for a float64 model), even under float16."""
-    return tf.float64 if y.dtype == tf.float64 else tf.float32
+    if sq is None or sq.dtype in (tf.float32, tf.float64):
+        return sq
+    return tf.cast(sq, tf.float32)
+
+
+def _float_dtype(values):
+    for v in values.values():
+        if v.dtype == tf.float64:
+            return tf.float64
+    return tf.float32
+
+
+def _scope(phase, call):
+    """An absolute name scope per layer family, read by benchmarks/profile_exact.py."""
+    return f"{phase}/{type(call.layer).__name__}/"
 
 
 def _is_float_dtype(dtype):
@@ -304,4 +702,3 @@ def _take_rows(x, begin, size):
     if missing:
         rows = tf.concat([rows, tf.repeat(rows[:1], missing, axis=0)], 0)
     return rows
-
