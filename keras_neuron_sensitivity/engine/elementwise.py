@@ -1,14 +1,24 @@
-"""Rules for layers without weights of their own: activations and pure hops."""
+"""Rules for elementwise layers: activations, merges, scales and pure hops.
+
+Every map here acts on each element alone (after broadcasting), so its
+Jacobian is diagonal: the hop multiplies the cotangent by a derivative cached
+from the forward pass, and sums it back over the axes an input was broadcast
+along. `LayerScale` is the one with weights: `y = gamma * x`, whose per-sample
+gradient `sum_t g x` (per channel) needs no weight gradient.
+"""
 
 import keras
 import tensorflow as tf
 
+from keras_neuron_sensitivity.engine import base
 from keras_neuron_sensitivity.engine.base import (
     ELEMENTWISE_ACTIVATIONS,
     Channelwise,
     Rule,
     concat_shapes,
     gather_channels,
+    plain_weights,
+    seed_cotangent,
     shape_of,
 )
 
@@ -69,13 +79,18 @@ class ReshapeRule(Rule):
 
 
 class AddRule(Rule):
-    """`Add`: every input receives the output's cotangent."""
+    """`Add`: every input receives the output's cotangent (summed back over
+    the axes it was broadcast along)."""
+
+    def applies(self, layer):
+        return not getattr(layer, "_reshape_required", False)
 
     def forward(self, site):
         return site.run(site.inputs), None
 
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
-        return [cotangents[0]] * len(site.inputs), None
+        g = cotangents[0]
+        return [unbroadcast(g, x) for x in site.inputs], None
 
     def channel_backward(self, site, cache, cotangent, need_inputs, need_weights):
         if any(x.shape != site.outputs[0].shape for x in site.inputs):
@@ -98,3 +113,172 @@ class ConcatenateRule(Rule):
         axis = axis + 1 if axis >= 0 else axis
         sizes = [x.shape[site.layer.axis] for x in site.inputs]
         return tf.split(g, sizes, axis=axis), None
+
+
+def unbroadcast(g, x):
+    """`(k, n, *out)` -> `(k, n, *x.shape[1:])`: sums the axes `x` was
+    broadcast along (its size-1 axes, and leading axes it lacks)."""
+    lost = g.shape.rank - 1 - x.shape.rank
+    if lost:
+        g = tf.reduce_sum(g, axis=list(range(2, 2 + lost)))
+    axes = [
+        a + 1
+        for a in range(1, x.shape.rank)
+        if x.shape[a] == 1 and g.shape[a + 1] != 1
+    ]
+    return tf.reduce_sum(g, axis=axes, keepdims=True) if axes else g
+
+
+class ActivationRule(Rule):
+    """`Activation` layers: linear, elementwise (hard_swish, silu, ...) or softmax.
+
+    The hop is `g * f'(x)` with `f'` cached from the forward pass,
+    `s * (g - <g, s>)` for softmax over the last axis, `g` for linear.
+    """
+
+    def applies(self, layer):
+        return base.activation_kind(layer.activation) != "generic"
+
+    def forward(self, site):
+        (x,) = site.inputs
+        y, cache = base.activation_forward(site.layer.activation, x)
+        return [y], cache
+
+    def backward(self, site, cache, cotangents, need_inputs, need_weights):
+        g = base.activation_backward(site.layer.activation, cache, cotangents[0])
+        return [g], None
+
+
+class SoftmaxRule(Rule):
+    """`Softmax` over the last axis, with or without a mask: `s * (g - <g, s>)`.
+
+    Masked entries have `s = 0` and receive nothing, as in Keras's own call.
+    """
+
+    def applies(self, layer):
+        return layer.axis in (-1, [-1], (-1,))
+
+    def forward(self, site):
+        y = site.run(site.inputs)
+        return y, y[0]
+
+    def backward(self, site, cache, cotangents, need_inputs, need_weights):
+        s, g = cache, cotangents[0]
+        hop = s * (g - tf.reduce_sum(g * s, axis=-1, keepdims=True))
+        return [hop] + [None] * (len(site.inputs) - 1), None
+
+
+class BroadcastRule(Rule):
+    """Elementwise maps of one or more tensors, with broadcasting.
+
+    `Multiply`, `Subtract`, `Average`, `Maximum`, `Minimum` layers and
+    elementwise Keras operations (`x + 3.0`, `x * s`, `keras.ops.tanh`). Each
+    input's partial derivative is taken once per sample, on the inputs
+    broadcast to the output's shape (there the map is diagonal, and TensorFlow's
+    own gradient settles ties such as `maximum(x, x)`); the hop multiplies the
+    cotangent by it and sums back over the broadcast axes. Every input gets
+    its cotangent: in squeeze-and-excitation both the feature map and the gate.
+    """
+
+    def applies(self, layer):
+        return not getattr(layer, "_reshape_required", False)
+
+    def forward(self, site):
+        (y,) = site.run(site.inputs)
+        shape = shape_of(y)
+        # A tensor passed twice (`x * x`) is one input of the map: it is
+        # differentiated once, and its whole derivative goes to its first entry.
+        first = [
+            next(j for j, other in enumerate(site.inputs) if other is x)
+            for x in site.inputs
+        ]
+        spread = [
+            tf.broadcast_to(x, shape) if x.dtype.is_floating else x
+            for x in site.inputs
+        ]
+        spread = [spread[j] for j in first]
+        floats = [spread[j] for j in sorted(set(first)) if spread[j].dtype.is_floating]
+        with tf.GradientTape() as tape:
+            tape.watch(floats)
+            (z,) = site.run(spread)
+        partials = dict(zip(map(id, floats), tape.gradient(z, floats)))
+        cache = tuple(
+            partials.get(id(spread[j])) if j == first[j] else None
+            for j in range(len(spread))
+        )
+        return [y], cache
+
+    def backward(self, site, cache, cotangents, need_inputs, need_weights):
+        g = cotangents[0]
+        return [
+            None if d is None else unbroadcast(g * d, x)
+            for d, x in zip(cache, site.inputs)
+        ], None
+
+
+class AffineRule(Rule):
+    """`Rescaling`, `Normalization`: `y = a * x + b`, with `a` constant.
+
+    The slope `a` is read once per pass as the derivative of the layer on one
+    sample (it does not depend on the input), so the hop is `g * a` whatever
+    the layer's axes or data format.
+    """
+
+    def applies(self, layer):
+        return not layer.trainable_weights
+
+    def forward(self, site):
+        (x,) = site.inputs
+        (y,) = site.run([x])
+        sample = tf.zeros(concat_shapes([1], shape_of(x)[1:]), x.dtype)
+        with tf.GradientTape() as tape:
+            tape.watch(sample)
+            (z,) = site.run([sample])
+        return [y], tape.gradient(z, sample)
+
+    def backward(self, site, cache, cotangents, need_inputs, need_weights):
+        return [cotangents[0] * cache], None
+
+
+class LayerScaleRule(Rule):
+    """ConvNeXt's `LayerScale`, `y = gamma * x` per channel.
+
+    The per-sample gradient of `gamma` is `sum_t g x` per channel, so the
+    weight term is `sum_c (sum_t g x)^2`; the hop is `g * gamma`.
+    """
+
+    def applies(self, layer):
+        return plain_weights(layer)
+
+    def forward(self, site):
+        (x,) = site.inputs
+        (y,) = site.run([x])
+        return [y], _positions(x) if site.need_weights else None
+
+    def backward(self, site, cache, cotangents, need_inputs, need_weights):
+        g = cotangents[0]
+        sqnorm = None
+        if need_weights and site.layer.trainable:
+            k = g.shape[0]
+            gt = tf.reshape(g, concat_shapes([k], shape_of(cache)))
+            sqnorm = tf.reduce_sum(
+                tf.square(tf.einsum("kntc,ntc->knc", gt, cache)), -1
+            )
+        return ([g * site.layer.gamma] if need_inputs else None), sqnorm
+
+    def seed_backward(self, site, cache, start, k, need_inputs, need_weights):
+        # Neuron k's gradient is gamma_k's alone: the mean of x_k over positions.
+        y = site.outputs[0]
+        sqnorm = None
+        if need_weights and site.layer.trainable:
+            mean = tf.reduce_mean(cache, 1)
+            sqnorm = tf.transpose(tf.square(base.neuron_columns(mean, start, k)))
+        input_cots = None
+        if need_inputs:
+            input_cots = [seed_cotangent(y, start, k) * site.layer.gamma]
+        return input_cots, sqnorm
+
+
+def _positions(x):
+    """`(n, ..., c)` -> `(n, t, c)`."""
+    return tf.reshape(x, [shape_of(x)[0], -1, x.shape[-1]])

@@ -6,18 +6,35 @@ from keras import layers
 from keras_neuron_sensitivity.engine.base import GENERIC_RULE, Rule
 from keras_neuron_sensitivity.engine.conv import ConvRule
 from keras_neuron_sensitivity.engine.dense import DenseRule
+from keras_neuron_sensitivity.engine.depthwise import (
+    DepthwiseConvRule,
+    SeparableConvRule,
+)
 from keras_neuron_sensitivity.engine.elementwise import (
+    ActivationRule,
     AddRule,
+    AffineRule,
+    BroadcastRule,
     ConcatenateRule,
     ElementwiseRule,
     IdentityRule,
+    LayerScaleRule,
     ReshapeRule,
+    SoftmaxRule,
 )
 from keras_neuron_sensitivity.engine.embedding import EmbeddingRule
+from keras_neuron_sensitivity.engine.linear import LinearRule
 from keras_neuron_sensitivity.engine.normalization import (
     BatchNormalizationRule,
     LayerNormalizationRule,
 )
+from keras_neuron_sensitivity.engine.pooling import (
+    GlobalAveragePoolingRule,
+    GlobalMaxPoolingRule,
+    MaxPoolingRule,
+)
+from keras_neuron_sensitivity.engine.spatial import CroppingRule, ZeroPaddingRule
+from keras_neuron_sensitivity.engine.transpose import ConvTransposeRule
 
 _RULES = {
     layers.Dense: DenseRule(),
@@ -27,10 +44,20 @@ _RULES = {
     layers.BatchNormalization: BatchNormalizationRule(),
     layers.LayerNormalization: LayerNormalizationRule(),
     layers.Embedding: EmbeddingRule(),
+    layers.DepthwiseConv1D: DepthwiseConvRule(),
+    layers.DepthwiseConv2D: DepthwiseConvRule(),
+    layers.SeparableConv1D: SeparableConvRule(),
+    layers.SeparableConv2D: SeparableConvRule(),
+    layers.Conv1DTranspose: ConvTransposeRule(),
+    layers.Conv2DTranspose: ConvTransposeRule(),
+    layers.Conv3DTranspose: ConvTransposeRule(),
     layers.ReLU: ElementwiseRule(),
     layers.LeakyReLU: ElementwiseRule(),
     layers.ELU: ElementwiseRule(),
-    layers.Activation: ElementwiseRule(),
+    layers.Activation: ActivationRule(),
+    layers.Softmax: SoftmaxRule(),
+    layers.Rescaling: AffineRule(),
+    layers.Normalization: AffineRule(),
     layers.Dropout: IdentityRule(),
     layers.SpatialDropout1D: IdentityRule(),
     layers.SpatialDropout2D: IdentityRule(),
@@ -43,7 +70,82 @@ _RULES = {
     layers.Reshape: ReshapeRule(),
     layers.Add: AddRule(),
     layers.Concatenate: ConcatenateRule(),
+    layers.Multiply: BroadcastRule(),
+    layers.Subtract: BroadcastRule(),
+    layers.Average: BroadcastRule(),
+    layers.Maximum: BroadcastRule(),
+    layers.Minimum: BroadcastRule(),
+    layers.MaxPooling1D: MaxPoolingRule(),
+    layers.MaxPooling2D: MaxPoolingRule(),
+    layers.MaxPooling3D: MaxPoolingRule(),
+    layers.AveragePooling1D: LinearRule(),
+    layers.AveragePooling2D: LinearRule(),
+    layers.AveragePooling3D: LinearRule(),
+    layers.GlobalAveragePooling1D: GlobalAveragePoolingRule(),
+    layers.GlobalAveragePooling2D: GlobalAveragePoolingRule(),
+    layers.GlobalAveragePooling3D: GlobalAveragePoolingRule(),
+    layers.GlobalMaxPooling1D: GlobalMaxPoolingRule(),
+    layers.GlobalMaxPooling2D: GlobalMaxPoolingRule(),
+    layers.GlobalMaxPooling3D: GlobalMaxPoolingRule(),
+    layers.ZeroPadding1D: ZeroPaddingRule(),
+    layers.ZeroPadding2D: ZeroPaddingRule(),
+    layers.ZeroPadding3D: ZeroPaddingRule(),
+    layers.Cropping1D: CroppingRule(),
+    layers.Cropping2D: CroppingRule(),
+    layers.Cropping3D: CroppingRule(),
+    layers.UpSampling1D: LinearRule(),
+    layers.UpSampling2D: LinearRule(),
+    layers.UpSampling3D: LinearRule(),
+    # Area interpolation has no gradient in TensorFlow: the generic rule
+    # reports that with the layer's name.
+    layers.Resizing: LinearRule(exclude=lambda layer: layer.interpolation == "area"),
 }
+
+# Keras operations recorded in a functional graph (`x + 3.0`, `x * gate`,
+# `keras.ops.relu6(x)`): elementwise ones with broadcasting, and linear ones.
+# The classes live in `keras.src.ops`; the names that a Keras version lacks
+# are skipped.
+_ELEMENTWISE_OPS = {
+    "numpy": (
+        "Abs Absolute Add Arctan Cos Cosh Divide Exp Expm1 Log Log1p Maximum "
+        "Minimum Multiply Negative Power Reciprocal Sin Sinh Sqrt Square "
+        "Subtract Tanh TrueDivide"
+    ),
+    "nn": (
+        "Celu Elu Gelu HardSigmoid HardSilu HardTanh LeakyRelu LogSigmoid Relu "
+        "Relu6 Selu Sigmoid Silu Softplus Softsign Squareplus TanhShrink"
+    ),
+}
+_LINEAR_OPS = {
+    "numpy": (
+        "BroadcastTo Concatenate ExpandDims Flip Mean Moveaxis Ravel Repeat "
+        "Reshape Squeeze Stack Sum Swapaxes Tile Transpose"
+    ),
+}
+
+
+def _register_ops():
+    from keras.src.ops import nn, numpy
+
+    modules = {"numpy": numpy, "nn": nn}
+    for table, rule in ((_ELEMENTWISE_OPS, BroadcastRule()), (_LINEAR_OPS, LinearRule())):
+        for module, names in table.items():
+            for name in names.split():
+                op = getattr(modules[module], name, None)
+                if op is not None:
+                    _RULES[op] = rule
+
+
+def _register_layer_scale():
+    try:
+        from keras.src.applications.convnext import LayerScale
+    except ImportError:  # a Keras without ConvNeXt
+        return
+    _RULES[LayerScale] = LayerScaleRule()
+
+
+_register_ops()
+_register_layer_scale()
 
 
 def register_rule(layer_class, rule):

@@ -1,0 +1,156 @@
+"""keras.applications under the exact engine: which rule serves each layer, and speed.
+
+    .venv/bin/python benchmarks/applications_rules.py rules
+        For MobileNetV2 (alpha 0.35), MobileNetV3Small, EfficientNetB0,
+        ResNet50, DenseNet121 and ConvNeXtTiny (weights=None, 10 classes,
+        32x32x3): per architecture, how many layer calls each rule class
+        serves, and every call left to GenericRule (none is the goal).
+
+    .venv/bin/python benchmarks/applications_rules.py speed [--table before]
+        MobileNetV2 (alpha 0.35, 32x32x3, 10 classes), default layers, probe
+        of 4: seconds per `neuron_sensitivity` call, to inputs and to weights,
+        first call (tracing included) and later calls, each as a ratio to one
+        training step (batch 32, Adam, after a warm-up) measured in the same
+        process. `--table before` serves the layer families that gained a
+        closed form in issue 11 (depthwise, pooling, padding, ...) by the
+        generic rule again, as before, for the comparison.
+
+Progress goes to stderr, results to stdout. Timings on a shared machine are
+noisy: the load average is printed with them.
+"""
+
+import argparse
+import collections
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from _machine import cpu_model, loadavg  # noqa: E402
+
+SHAPE = (32, 32, 3)
+ARCHITECTURES = (
+    "MobileNetV2",
+    "MobileNetV3Small",
+    "EfficientNetB0",
+    "ResNet50",
+    "DenseNet121",
+    "ConvNeXtTiny",
+)
+# The rule classes this comparison switches off with `--table before`: the
+# families that only had the generic rule before issue 11. (ActivationRule
+# replaced ElementwiseRule for `Activation` layers, an equal closed form.)
+NEW_RULES = (
+    "DepthwiseConvRule", "SeparableConvRule", "ConvTransposeRule",
+    "MaxPoolingRule", "GlobalAveragePoolingRule", "GlobalMaxPoolingRule",
+    "ZeroPaddingRule", "CroppingRule", "LinearRule", "BroadcastRule",
+    "AffineRule", "LayerScaleRule", "SoftmaxRule",
+)
+
+
+def build(name):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    kwargs = {"input_shape": SHAPE, "weights": None, "classes": 10}
+    if name == "MobileNetV2":
+        kwargs["alpha"] = 0.35
+    return getattr(keras.applications, name)(**kwargs)
+
+
+def rules():
+    from keras_neuron_sensitivity.engine import base, registry
+    from keras_neuron_sensitivity.probe import build_graph
+
+    for name in ARCHITECTURES:
+        print(f"building {name} ...", file=sys.stderr, flush=True)
+        graph = build_graph(build(name))
+        counts = collections.Counter()
+        generic = []
+        for call in graph.calls:
+            rule = registry.rule_for(call.layer)
+            counts[type(rule).__name__] += 1
+            if rule is base.GENERIC_RULE:
+                generic.append(f"{call.key} ({type(call.layer).__name__})")
+        print(f"\n{name}: {len(graph.calls)} layer calls")
+        for rule_name, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+            print(f"  {count:4d}  {rule_name}")
+        if generic:
+            print(f"  GenericRule serves: {', '.join(generic)}")
+        else:
+            print("  no layer call uses GenericRule")
+
+
+def speed(table, calls):
+    import keras
+    import numpy as np
+
+    from keras_neuron_sensitivity import neuron_sensitivity
+    from keras_neuron_sensitivity.engine import base, registry
+
+    if table == "before":
+        closed = registry.rule_for
+
+        def before(layer):
+            rule = closed(layer)
+            return base.GENERIC_RULE if type(rule).__name__ in NEW_RULES else rule
+
+        registry.rule_for = before
+
+    model = build("MobileNetV2")
+    rng = np.random.default_rng(0)
+    probe = rng.uniform(-1, 1, (4, *SHAPE)).astype("float32")
+    x = rng.uniform(-1, 1, (32, *SHAPE)).astype("float32")
+    y = rng.integers(0, 10, 32)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+
+    def train_step_seconds():
+        for _ in range(3):  # warm-up (the first traces)
+            model.train_on_batch(x, y)
+        times = []
+        for _ in range(10):
+            start = time.perf_counter()
+            model.train_on_batch(x, y)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, load {loadavg()}")
+    print(f"rule table: {table}; MobileNetV2 alpha 0.35, 32x32x3, probe 4, default layers")
+    step = train_step_seconds()
+    print(f"one training step (batch 32, median of 10): {step * 1e3:.1f} ms")
+    for wrt in ("inputs", "weights"):
+        times = []
+        for i in range(calls):
+            print(f"{wrt}: call {i + 1} ...", file=sys.stderr, flush=True)
+            start = time.perf_counter()
+            neuron_sensitivity(model, probe, wrt=wrt)
+            times.append(time.perf_counter() - start)
+        later = statistics.median(times[1:]) if len(times) > 1 else float("nan")
+        print(
+            f"wrt={wrt:7s} first call {times[0]:8.2f} s = {times[0] / step:7.0f} steps;"
+            f"  later calls {later:8.2f} s = {later / step:7.0f} steps"
+            f"  (each: {', '.join(f'{t:.2f}' for t in times)} s)",
+            flush=True,
+        )
+    again = train_step_seconds()
+    print(f"training step again at the end: {again * 1e3:.1f} ms; load {loadavg()}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("rules", help="rule classes per architecture")
+    timing = sub.add_parser("speed", help="MobileNetV2 timings")
+    timing.add_argument("--table", choices=("now", "before"), default="now")
+    timing.add_argument("--calls", type=int, default=3, help="calls per wrt (>= 2)")
+    args = parser.parse_args()
+    if args.command == "rules":
+        rules()
+    else:
+        speed(args.table, args.calls)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Rules for depthwise and separable convolutions, from unfolded inputs.
+
+A depthwise convolution filters each input channel `c` on its own, with `m`
+filters per channel (`depth_multiplier`); output channel `c * m + j` is
+filter `j` of channel `c`. Its per-sample kernel gradient for `(c, j)` is
+`U_c^T g_cj`, with `U_c` the unfolded input of channel `c` (`t` positions by
+`p` kernel positions), so the squared norm summed over channels and filters is
+
+    direct: sum_{p, c, j} (sum_t U[t, p, c] g[t, c, j])^2       ~ t p c m
+    ghost:  sum_c <U_c U_c^T, G_c G_c^T>                        ~ t^2 c m
+
+per cotangent; the ghost form wins when the positions `t` are fewer than the
+kernel positions `p` (only on the smallest maps). The hop is the depthwise
+convolution's own input gradient, on all `k * n` rows at once. A separable
+convolution is a depthwise one followed by a 1x1 convolution (`pointwise`):
+both terms, read off the same pass.
+"""
+
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from keras_neuron_sensitivity.engine.base import (
+    Rule,
+    activation_backward,
+    activation_derivative,
+    activation_forward,
+    activation_kind,
+    concat_shapes,
+    merge,
+    neuron_columns,
+    outer_sqnorm,
+    plain_weights,
+    seed_cotangent,
+    shape_of,
+)
+from keras_neuron_sensitivity.engine.conv import unfold
+
+
+def _applies(layer):
+    return (
+        layer.data_format == "channels_last"
+        and layer.padding in ("valid", "same")
+        and plain_weights(layer)
+    )
+
+
+def _depthwise(layer, x, kernel):
+    return ops.depthwise_conv(
+        x,
+        kernel,
+        strides=layer.strides,
+        padding=layer.padding,
+        dilation_rate=layer.dilation_rate,
+        data_format=layer.data_format,
+    )
+
+
+def _patches(layer, x):
+    """`(n, t, p, c)`: each output position's window, per input channel."""
+    patches = unfold(layer, x)
+    size = int(np.prod(layer.kernel_size))
+    return tf.reshape(patches, concat_shapes([shape_of(x)[0], -1, size, x.shape[-1]]))
+
+
+def _kernel_sqnorm(patches, g):
+    """`sum_{c, j} ||U_c^T g_cj||^2` per `(k, n)`; `g` is `(k, n, t, c, m)`."""
+    t, p = patches.shape[1], patches.shape[2]
+    if t < p:
+        uu = tf.einsum("ntpc,nspc->ntsc", patches, patches)
+        gg = tf.einsum("kntcj,knscj->kntsc", g, g)
+        return tf.einsum("ntsc,kntsc->kn", uu, gg)
+    return tf.reduce_sum(
+        tf.square(tf.einsum("ntpc,kntcj->knpcj", patches, g)), [2, 3, 4]
+    )
+
+
+def _depthwise_hop(layer, x, kernel, g):
+    """Cotangents at the input of the depthwise convolution, `(k, n, ...)`."""
+    k = g.shape[0]
+    zeros = tf.zeros(concat_shapes([k * shape_of(x)[0]], shape_of(x)[1:]), x.dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(zeros)
+        z = _depthwise(layer, zeros, kernel)
+    hop = tape.gradient(z, zeros, output_gradients=merge(g))
+    return tf.reshape(hop, concat_shapes([k], shape_of(x)))
+
+
+def _by_channel(x, g, multiplier):
+    """`(k, n, ..., c * m)` -> `(k, n, t, c, m)`."""
+    return tf.reshape(
+        g, concat_shapes([g.shape[0], shape_of(x)[0], -1, x.shape[-1], multiplier])
+    )
+
+
+def _bias_sqnorm(layer, gz):
+    if not layer.use_bias:
+        return 0.0
+    k = gz.shape[0]
+    g = tf.reshape(gz, [k, shape_of(gz)[1], -1, gz.shape[-1]])
+    return tf.reduce_sum(tf.square(tf.reduce_sum(g, 2)), -1)
+
+
+class DepthwiseConvRule(Rule):
+    """`DepthwiseConv1D/2D`, channels last, 'valid' or 'same' padding."""
+
+    def applies(self, layer):
+        return _applies(layer)
+
+    def forward(self, site):
+        layer = site.layer
+        (x,) = site.inputs
+        z = _depthwise(layer, x, layer.kernel)
+        if layer.use_bias:
+            z = z + layer.bias
+        y, act = activation_forward(layer.activation, z)
+        patches = _patches(layer, x) if site.need_weights else None
+        return [y], (x, act, patches)
+
+    def backward(self, site, cache, cotangents, need_inputs, need_weights):
+        layer = site.layer
+        x, act, patches = cache
+        gz = activation_backward(layer.activation, act, cotangents[0])
+        sqnorm = None
+        if need_weights and layer.trainable:
+            g = _by_channel(x, gz, layer.depth_multiplier)
+            sqnorm = _kernel_sqnorm(patches, g) + _bias_sqnorm(layer, gz)
+        input_cots = None
+        if need_inputs:
+            input_cots = [_depthwise_hop(layer, x, layer.kernel, gz)]
+        return input_cots, sqnorm
+
+    def seed_backward(self, site, cache, start, k, need_inputs, need_weights):
+        layer = site.layer
+        x, act, patches = cache
+        y = site.outputs[0]
+        if activation_kind(layer.activation) not in ("linear", "elementwise"):
+            return super().seed_backward(site, cache, start, k, need_inputs, need_weights)
+        input_cots = None
+        if need_inputs:
+            gz = activation_backward(layer.activation, act, seed_cotangent(y, start, k))
+            input_cots = [_depthwise_hop(layer, x, layer.kernel, gz)]
+        if not (need_weights and layer.trainable):
+            return input_cots, None
+        # Neuron (c, j)'s kernel gradient is U_c^T d_cj / t, the other
+        # filters' zero: one product for all neurons of the layer.
+        n, m = shape_of(x)[0], layer.depth_multiplier
+        positions = int(np.prod(y.shape[1:-1]))
+        d = activation_derivative(y, act) / positions
+        d = tf.reshape(d, concat_shapes([n, -1, x.shape[-1], m]))
+        per_filter = tf.reduce_sum(
+            tf.square(tf.einsum("ntpc,ntcj->ncjp", patches, d)), -1
+        )
+        sq = tf.reshape(per_filter, concat_shapes([n, -1]))
+        if layer.use_bias:
+            sq += tf.square(tf.reshape(tf.reduce_sum(d, 1), concat_shapes([n, -1])))
+        return input_cots, tf.transpose(neuron_columns(sq, start, k))
+
+
+class SeparableConvRule(Rule):
+    """`SeparableConv1D/2D`, channels last: depthwise, then a 1x1 convolution."""
+
+    def applies(self, layer):
+        return _applies(layer)
+
+    def forward(self, site):
+        layer = site.layer
+        (x,) = site.inputs
+        d = _depthwise(layer, x, layer.depthwise_kernel)
+        pointwise = _pointwise(layer)
+        z = tf.tensordot(d, pointwise, axes=1)
+        if layer.use_bias:
+            z = z + layer.bias
+        y, act = activation_forward(layer.activation, z)
+        patches = flat_d = None
+        if site.need_weights:
+            patches = _patches(layer, x)
+            flat_d = tf.reshape(d, concat_shapes([shape_of(d)[0], -1, d.shape[-1]]))
+        return [y], (x, act, patches, flat_d)
+
+    def backward(self, site, cache, cotangents, need_inputs, need_weights):
+        layer = site.layer
+        x, act, patches, flat_d = cache
+        gz = activation_backward(layer.activation, act, cotangents[0])
+        pointwise = _pointwise(layer)
+        gd = tf.einsum("kn...o,io->kn...i", gz, pointwise)
+        sqnorm = None
+        if need_weights and layer.trainable:
+            k = gz.shape[0]
+            g = tf.reshape(gz, concat_shapes([k, shape_of(x)[0], -1, gz.shape[-1]]))
+            sqnorm = outer_sqnorm(flat_d, g) + _bias_sqnorm(layer, gz)
+            sqnorm += _kernel_sqnorm(patches, _by_channel(x, gd, layer.depth_multiplier))
+        input_cots = None
+        if need_inputs:
+            input_cots = [_depthwise_hop(layer, x, layer.depthwise_kernel, gd)]
+        return input_cots, sqnorm
+
+
+def _pointwise(layer):
+    """The 1x1 kernel as a matrix, `(c * m, filters)`."""
+    kernel = layer.pointwise_kernel
+    return tf.reshape(kernel, kernel.shape[-2:])
