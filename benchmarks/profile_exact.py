@@ -124,14 +124,20 @@ def op_times(logdir):
     return totals
 
 
+PHASES = {"kns_forward": "forward", "kns_gram": "gram", "kns_reverse": "reverse"}
+
+
 def family_of(op_name):
     """`(phase, family, per_row)` of an op named under the sweep's scopes."""
     parts = op_name.split("/")
     for i, part in enumerate(parts[:-1]):
-        if part in ("kns_forward", "kns_reverse"):
-            phase = part[len("kns_"):]
+        if part in PHASES:
             family = parts[i + 1]
-            return phase, family, "generic_per_row" in parts
+            if family.startswith("cut_"):
+                # kns_gram/cut_3/<LayerClass>/...: the layer's family; the
+                # quadratic forms of rows stopping at a cut: their own row.
+                family = parts[i + 2] if part == "kns_gram" else "(rows stop at cuts)"
+            return PHASES[part], family, "generic_per_row" in parts
     return None, None, False
 
 
@@ -176,7 +182,9 @@ def worker(opts):
     ops = op_times(logdir)
     shutil.rmtree(logdir, ignore_errors=True)
 
-    families = collections.defaultdict(lambda: {"forward": 0, "reverse": 0, "per_row": 0})
+    families = collections.defaultdict(
+        lambda: {"forward": 0, "gram": 0, "reverse": 0, "per_row": 0}
+    )
     other = 0
     for name, ps in ops.items():
         phase, family, per_row = family_of(name)
@@ -281,9 +289,11 @@ def table(r):
         lines.append(row("  first run (graph optimization + one run)", rest))
     lines.append(row("steady call", r["steady"], f"(median of {len(r['steady_all'])})"))
     forward = sum(f["forward"] for f in r["families"].values())
+    grams = sum(f.get("gram", 0) for f in r["families"].values())
     reverse = sum(f["reverse"] for f in r["families"].values())
     per_row = sum(f["per_row"] for f in r["families"].values())
     lines.append(row("  forward", forward))
+    lines.append(row("  Gram matrices at cuts", grams))
     lines.append(row("  reverse", reverse))
     lines.append(row("    of which generic-rule per-row loops", per_row))
     lines.append(row("  outside the sweep's scopes (host, copies)", r["other_ops"]))
@@ -294,18 +304,22 @@ def table(r):
     lines.append("")
     lines.append(
         f"  {'layer family':<22} {'layers':>6}  {'rule':<26} {'forward s':>9} "
-        f"{'reverse s':>9} {'per-row s':>9} {'steps':>7} {'share':>6}"
+        f"{'gram s':>9} {'reverse s':>9} {'per-row s':>9} {'steps':>7} {'share':>6}"
     )
     total = r["steady"] or 1
-    for family, t in sorted(r["families"].items(), key=lambda kv: -(kv[1]["forward"] + kv[1]["reverse"])):
+
+    def spent(t):
+        return t["forward"] + t.get("gram", 0) + t["reverse"]
+
+    for family, t in sorted(r["families"].items(), key=lambda kv: -spent(kv[1])):
         rules = ", ".join(
             f"{name}" + (f" x{n}" if len(r["rules"].get(family, {})) > 1 else "")
             for name, n in r["rules"].get(family, {}).items()
         )
-        seconds = t["forward"] + t["reverse"]
+        seconds = spent(t)
         lines.append(
             f"  {family:<22} {r['family_layers'].get(family, 0):>6}  {rules:<26} "
-            f"{t['forward']:>9.3f} {t['reverse']:>9.3f} {t['per_row']:>9.3f} "
+            f"{t['forward']:>9.3f} {t.get('gram', 0):>9.3f} {t['reverse']:>9.3f} {t['per_row']:>9.3f} "
             f"{seconds / step:>7.1f} {100 * seconds / total:>5.1f}%"
         )
     return "\n".join(lines)

@@ -31,6 +31,7 @@ from keras_neuron_sensitivity.engine.base import (
     concat_shapes,
     gather_channels,
     ghost_is_cheaper,
+    live_rows,
     merge,
     outer_sqnorm,
     plain_weights,
@@ -83,7 +84,10 @@ class ConvRule(Rule):
         layer = site.layer
         x, act, patches = cache
         kind = activation_kind(layer.activation)
-        if kind not in ("linear", "elementwise") or not _per_channel_hop_fits(layer):
+        per_sample = cotangent.per_sample and not (
+            _is_pointwise(layer) and layer.groups == 1
+        )
+        if kind not in ("linear", "elementwise") or not per_channel_hop_fits(layer) or per_sample:
             return super().channel_backward(
                 site, cache, cotangent, need_inputs, need_weights
             )
@@ -105,6 +109,25 @@ class ConvRule(Rule):
             with tf.name_scope("hop"):
                 input_cots = [_channel_transpose_conv(layer, x, d, channels)]
         return input_cots, sqnorm
+
+
+    def live_neurons(self, site, cache):
+        _, act, _ = cache
+        if activation_kind(site.layer.activation) != "elementwise":
+            return None
+        return live_rows(act)
+
+    def weight_rows(self, site, cache, cotangents):
+        layer = site.layer
+        x, act, patches = cache
+        gz = activation_backward(layer.activation, act, cotangents[0])
+        k, n = gz.shape[0], shape_of(x)[0]
+        g = tf.reshape(gz, [k, n, -1, layer.groups, layer.filters // layer.groups])
+        u = _split_groups(patches, layer.groups, layer.kernel.shape[-2] * layer.groups)
+        rows = [tf.reshape(tf.einsum("ntgi,kntgo->kngio", u, g), [k, n, -1])]
+        if layer.use_bias:
+            rows.append(tf.reshape(tf.reduce_sum(g, 2), [k, n, -1]))
+        return tf.concat(rows, -1) if len(rows) > 1 else rows[0]
 
 
 def unfold(layer, x):
@@ -191,7 +214,7 @@ def _transpose_conv(layer, x, gz):
     return tf.reshape(g, concat_shapes([k], shape_of(x)))
 
 
-def _per_channel_hop_fits(layer):
+def per_channel_hop_fits(layer):
     """Whether `_channel_transpose_conv` handles this layer: ranks 1 and 2
     with equal strides (TensorFlow's depthwise convolution needs them)."""
     if layer.rank == 1:
@@ -219,12 +242,15 @@ def _channel_transpose_conv(layer, x, d, channels):
     kernel = layer.kernel  # (*size, c / groups, filters)
     k = d.shape[0]
     per_group_in = kernel.shape[-2]
-    filters = tf.gather(kernel, channels, axis=-1)  # (*size, c_g, k)
+    filters = tf.gather(kernel, channels, axis=-1)  # (*size, c_g, k[, n])
     if _is_pointwise(layer):
+        if channels.shape.rank == 2:  # a filter per row and sample
+            rows = tf.reshape(filters, [per_group_in, k, -1])
+            return tf.einsum("kn...,ikn->kn...i", d, rows)
         rows = tf.reshape(filters, [per_group_in, k])
         g = tf.einsum("kn...,ik->kn...i", d, rows)
     else:
-        g = _per_row_transpose_conv(layer, x, d, filters)
+        g = per_row_transpose_conv(layer, x, d, filters)
     if layer.groups == 1:
         return g
     row_groups = channels // (layer.filters // layer.groups)
@@ -237,7 +263,7 @@ def _channel_transpose_conv(layer, x, d, channels):
     return tf.reshape(full, concat_shapes(shape_of(g)[:-1], [-1]))
 
 
-def _per_row_transpose_conv(layer, x, d, filters):
+def per_row_transpose_conv(layer, x, d, filters):
     """`(k, n, *in_positions, c_g)`: each row's map through its own filter.
 
     A depthwise convolution with `k * c_g` channels of multiplier 1 computes

@@ -9,6 +9,7 @@ from keras_neuron_sensitivity.engine.base import (
     activation_kind,
     channel_sqnorm,
     gather_channels,
+    live_rows,
     outer_sqnorm,
     plain_weights,
     shape_of,
@@ -78,5 +79,25 @@ class DenseRule(Rule):
         if need_inputs:
             with tf.name_scope("hop"):
                 columns = tf.gather(layer.kernel, cotangent.channels, axis=-1)
-                input_cots = [tf.einsum("kn...,ik->kn...i", d, columns)]
+                spec = "kn...,ikn->kn...i" if cotangent.per_sample else "kn...,ik->kn...i"
+                input_cots = [tf.einsum(spec, d, columns)]
         return input_cots, sqnorm
+
+    def live_neurons(self, site, cache):
+        _, act = cache
+        if activation_kind(site.layer.activation) != "elementwise":
+            return None
+        return live_rows(act)
+
+    def weight_rows(self, site, cache, cotangents):
+        layer = site.layer
+        h, act = cache
+        gz = activation_backward(layer.activation, act, cotangents[0])
+        k = gz.shape[0]
+        n = shape_of(h)[0]
+        u = tf.reshape(h, [n, -1, h.shape[-1]])
+        g = tf.reshape(gz, [k, n, -1, gz.shape[-1]])
+        rows = [tf.reshape(tf.einsum("nti,knto->knio", u, g), [k, n, -1])]
+        if layer.bias is not None:
+            rows.append(tf.reduce_sum(g, 2))
+        return tf.concat(rows, -1) if len(rows) > 1 else rows[0]

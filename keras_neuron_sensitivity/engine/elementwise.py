@@ -17,6 +17,7 @@ from keras_neuron_sensitivity.engine.base import (
     Rule,
     concat_shapes,
     gather_channels,
+    live_rows,
     plain_weights,
     seed_cotangent,
     shape_of,
@@ -48,6 +49,9 @@ class ElementwiseRule(Rule):
         channels = cotangent.channels
         values = cotangent.values * gather_channels(cache, channels)
         return [Channelwise(values, channels)], None
+
+    def live_neurons(self, site, cache):
+        return live_rows(cache)
 
 
 class IdentityRule(Rule):

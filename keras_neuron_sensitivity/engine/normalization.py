@@ -30,6 +30,21 @@ def _affine_sqnorm(layer, xhat, g):
     return total
 
 
+def _affine_rows(layer, xhat, g):
+    """`(k, n, P)`: per-sample gradients over `gamma` and `beta`."""
+    k = g.shape[0]
+    n = shape_of(xhat)[0]
+    channels = xhat.shape[-1]
+    g = tf.reshape(g, [k, n, -1, channels])
+    xhat = tf.reshape(xhat, [n, -1, channels])
+    rows = []
+    if layer.scale and layer.gamma.trainable:
+        rows.append(tf.einsum("ntc,kntc->knc", xhat, g))
+    if layer.center and layer.beta.trainable:
+        rows.append(tf.reduce_sum(g, 2))
+    return tf.concat(rows, -1) if len(rows) > 1 else rows[0]
+
+
 class BatchNormalizationRule(Rule):
     """`BatchNormalization` on its moving statistics: a per-channel affine map."""
 
@@ -72,9 +87,16 @@ class BatchNormalizationRule(Rule):
                 sqnorm += tf.square(tf.reduce_sum(flat, -1))
         input_cots = None
         if need_inputs:
-            scale = tf.reshape(tf.gather(slope, channels), [k] + [1] * (d.shape.rank - 1))
+            lead = channels.shape.rank  # (k,) or (k, n) channels
+            scale = tf.reshape(
+                tf.gather(slope, channels),
+                d.shape.as_list()[:lead] + [1] * (d.shape.rank - lead),
+            )
             input_cots = [Channelwise(d * scale, channels)]
         return input_cots, sqnorm
+
+    def weight_rows(self, site, cache, cotangents):
+        return _affine_rows(site.layer, cache[0], cotangents[0])
 
 
 class LayerNormalizationRule(Rule):
@@ -109,3 +131,6 @@ class LayerNormalizationRule(Rule):
             mean_gx = tf.reduce_mean(gh * xhat, -1, keepdims=True)
             input_cots = [inv * (gh - mean_g - xhat * mean_gx)]
         return input_cots, sqnorm
+
+    def weight_rows(self, site, cache, cotangents):
+        return _affine_rows(site.layer, cache[0], cotangents[0])

@@ -32,7 +32,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from keras_neuron_sensitivity.engine import base, registry
+from keras_neuron_sensitivity.engine import base, gram, registry
 from keras_neuron_sensitivity.engine.base import Channelwise
 from keras_neuron_sensitivity.engine.replay import float32_compute, primary_variables
 from keras_neuron_sensitivity.engine.site import Site
@@ -86,6 +86,9 @@ class Sweep:
             self._seeds.setdefault(i, []).append(j)
         self._plan = None  # (samples per chunk, neurons per round per target)
         self._widths = None  # neurons per target
+        self._packed = None  # per target: rows packed by liveness (see _pack)
+        self._cuts = []  # gram.Cut, in call order
+        self._cut_of = {}  # tensor id -> index into self._cuts
         self._forward_fn = self._reverse_fn = self._whole_fn = None
         self.timings = {}
 
@@ -119,7 +122,7 @@ class Sweep:
             out = self._whole_fn(inputs)
             squares = {w: [v.numpy().T for v in out[w]] for w in self.wrt}
         else:
-            squares = self._chunked(inputs, samples, neurons, rounds)
+            squares = self._chunked(inputs, samples)
         return {
             w: {
                 key: np.sqrt(np.maximum(squares[w][j], 0.0))
@@ -138,30 +141,82 @@ class Sweep:
             time.perf_counter() - start
         )
 
-    def _chunked(self, inputs, samples, neurons, rounds):
+    def _chunked(self, inputs, samples):
         """Squared norms `(B, C)` per wrt and target, chunk by chunk."""
         batch = int(inputs[0].shape[0])
-        widths = self._widths
         blocks = {w: [[] for _ in self.keys] for w in self.wrt}
         for begin in range(0, batch, samples):
             chunk = [_take_rows(x, begin, samples) for x in inputs]
             # One forward pass per sample chunk, shared by every round.
             self._trace(self._forward_fn, chunk)
-            outputs, caches = self._forward_fn(chunk)
-            per_round = {w: [[] for _ in self.keys] for w in self.wrt}
-            for r in range(rounds):
-                part = tf.constant(r, tf.int32)
-                self._trace(self._reverse_fn, chunk, outputs, caches, part)
-                out = self._reverse_fn(chunk, outputs, caches, part)
+            outputs, caches, grams, live = self._forward_fn(chunk)
+            live = [None if v is None else v.numpy().T for v in live]  # (C, n)
+            if self._packed is None:
+                self._pack(live, samples)
+            rows = self._rows(live, samples)
+            sums = {w: [np.zeros((c, samples)) for c in self._widths] for w in self.wrt}
+            for r in range(max(len(ids) for ids in rows)):
+                ids = [
+                    tf.constant(per_round[r] if r < len(per_round) else self._idle(j, samples))
+                    for j, per_round in enumerate(rows)
+                ]
+                args = (chunk, outputs, caches, grams, ids)
+                self._trace(self._reverse_fn, *args)
+                out = self._reverse_fn(*args)
                 for w in self.wrt:
                     for j, value in enumerate(out[w]):
-                        per_round[w][j].append(value.numpy())
+                        _scatter(sums[w][j], ids[j].numpy(), value.numpy())
             for w in self.wrt:
-                for j, c in enumerate(widths):
-                    # (k, n) blocks -> (n, C); drop padded neurons and samples.
-                    full = np.concatenate(per_round[w][j], axis=0)[:c].T
-                    blocks[w][j].append(full[: min(samples, batch - begin)])
+                for j in range(len(self.keys)):
+                    blocks[w][j].append(sums[w][j].T[: min(samples, batch - begin)])
         return {w: [np.concatenate(b) for b in blocks[w]] for w in self.wrt}
+
+    def _pack(self, live, samples):
+        """Decides, on the first chunk, which targets' rows are packed.
+
+        A target whose rule says which rows are exactly zero (`Rule.
+        live_neurons`: inactive ReLU units) and that has at most 90 % of its
+        neurons live on every sample gets its rows packed: each sample's live
+        neurons side by side, `(k, n)` neuron ids per round, and no row for a
+        dead one. Rows per round are planned again for the live counts.
+        """
+        widths = list(self._widths)
+        self._packed = [False] * len(widths)
+        for j, mask in enumerate(live):
+            if mask is None or not _channel_path(self._rules[self._targets[j]]):
+                continue
+            most = int(mask.sum(0).max())
+            if most <= 0.9 * widths[j]:
+                self._packed[j] = True
+                widths[j] = max(1, most)
+        if any(self._packed):
+            parts = self._parts(widths, samples)
+            self._plan = (self._plan[0], [math.ceil(c / parts) for c in widths])
+
+    def _rows(self, live, samples):
+        """Per target, the neuron ids of each round: `(k,)`, or `(k, n)` (-1:
+        no row) for packed targets."""
+        out = []
+        for j, (c, k) in enumerate(zip(self._widths, self._plan[1])):
+            if not self._packed[j]:
+                out.append(
+                    [np.arange(r * k, r * k + k, dtype=np.int32) for r in range(math.ceil(c / k))]
+                )
+                continue
+            mask = live[j]
+            order = np.argsort(~mask, axis=0, kind="stable")  # live neurons first
+            ids = np.where(np.take_along_axis(mask, order, 0), order, -1)
+            rounds = math.ceil(int(mask.sum(0).max()) / k)
+            ids = np.concatenate([ids, -np.ones((rounds * k, samples), int)])
+            out.append([ids[r * k : r * k + k].astype(np.int32) for r in range(rounds)])
+        return out
+
+    def _idle(self, j, samples):
+        """Neuron ids of a round in which target `j` has no rows left."""
+        k = self._plan[1][j]
+        if self._packed[j]:
+            return -np.ones((k, samples), np.int32)
+        return np.full((k,), self._widths[j], np.int32)
 
     # --- planning -----------------------------------------------------------
 
@@ -183,9 +238,11 @@ class Sweep:
                 counts[id(call.layer)] = counts.get(id(call.layer), 0) + 1
         return {layer for layer, n in counts.items() if n > 1}
 
-    def _reaching(self):
-        """Per call: the targets whose rows cross it (it is upstream of them)."""
+    def _reaching(self, cuts=()):
+        """Per call: the targets whose rows cross it (it is upstream of them,
+        and no cut tensor stops them on the way)."""
         producer = {t: i for i, call in enumerate(self._calls) for t in call.outputs}
+        stops = {cut.tensor for cut in cuts}
         reach = [set() for _ in self._calls]
         for j, target in enumerate(self._targets):
             stack = [target]
@@ -195,7 +252,9 @@ class Sweep:
                     continue
                 reach[i].add(j)
                 stack.extend(
-                    producer[t] for t in self._calls[i].inputs if t in producer
+                    producer[t]
+                    for t in self._calls[i].inputs
+                    if t in producer and t not in stops
                 )
         return reach
 
@@ -232,25 +291,111 @@ class Sweep:
                 positions = size(call.outputs[0]) // 4 // max(1, channels)
                 extra = min(params, positions * positions * 4)
             per_row.append(_ROW_OVERHEAD * io + extra)
-        reach = self._reaching()
         batch = int(inputs[0].shape[0])
-
-        def peak(parts, samples):
-            rows = [
-                sum(math.ceil(self._widths[j] / parts) for j in targets)
-                for targets in reach
-            ]
-            return samples * max(r * b for r, b in zip(rows, per_row))
-
-        widest = max(self._widths)
-        parts = 1
-        while parts < widest and peak(parts, batch) > self.memory_budget:
-            parts = min(widest, max(parts + 1, int(parts * 1.25)))
+        self._cuts = self._plan_cuts(values, per_row, batch)
+        self._cut_of = {cut.tensor: b for b, cut in enumerate(self._cuts)}
+        self._memory = (per_row, self._reaching(self._cuts))
+        parts = self._parts(self._widths, batch)
         samples = batch
-        if peak(parts, batch) > self.memory_budget:
-            samples = max(1, int(self.memory_budget // peak(parts, 1)))
+        if self._peak(self._widths, parts, batch) > self.memory_budget:
+            samples = max(
+                1, int(self.memory_budget // self._peak(self._widths, parts, 1))
+            )
         neurons = [math.ceil(c / parts) for c in self._widths]
         return min(samples, batch), neurons
+
+    def _peak(self, widths, parts, samples):
+        """Bytes of one round: the widest call's rows, or a Gram pass."""
+        per_row, reach = self._memory
+        rows = [sum(math.ceil(widths[j] / parts) for j in targets) for targets in reach]
+        target_rows = max(r * b for r, b in zip(rows, per_row))
+        return samples * max(target_rows, self._basis_bytes(per_row))
+
+    def _parts(self, widths, samples):
+        """Rounds needed to keep `samples` samples under the budget."""
+        widest = max(widths)
+        parts = 1
+        while parts < widest and self._peak(widths, parts, samples) > self.memory_budget:
+            parts = min(widest, max(parts + 1, int(parts * 1.25)))
+        return parts
+
+    def _basis_bytes(self, per_row):
+        """Bytes per sample of the Gram passes: each cut's rows, crossing the
+        calls down to the cut below, and the matrices kept."""
+        peak, below = 0, -1
+        kinds = ("weights" in self.wrt) + ("inputs" in self.wrt)
+        matrices = 0
+        for cut in self._cuts:
+            crossed = max(per_row[below + 1 : cut.call + 1], default=0)
+            peak = max(peak, cut.size * crossed)
+            matrices += kinds * 4 * cut.size * cut.size
+            below = cut.call
+        return peak + matrices
+
+    def _plan_cuts(self, values, per_row, batch):
+        """The separator tensors whose Gram matrices rows stop at (`gram.py`)."""
+        want_weights = "weights" in self.wrt
+        if want_weights and self._shared:
+            # A weight used below and above a cut would need the cross terms
+            # between the two parts of its gradient.
+            return []
+        kinds = want_weights + ("inputs" in self.wrt)
+
+        def floats(t):
+            v = values.get(t)
+            return 0 if v is None else int(np.prod(v.shape[1:]))
+
+        call_cost, gram_cost, row_loop, limit = [], [], [], []
+        for call, rule in zip(self._calls, self._rules):
+            io = sum(floats(t) for t in call.inputs + call.outputs)
+            params = sum(int(np.prod(v.shape)) for v in call.weights) if want_weights else 0
+            y = values.get(call.outputs[0])
+            positions = floats(call.outputs[0]) // max(
+                1, int(y.shape[-1]) if y is not None and y.shape.rank else 1
+            )
+            macs = positions * params * 2
+            if params and (rule is base.GENERIC_RULE or not _overrides(rule, "weight_rows")):
+                row_loop.append(params * gram._PER_ROW_LOOP_COST)
+            else:
+                row_loop.append(0.0)
+            call_cost.append(io + macs * gram._MAC_COST + (row_loop[-1] if rule is base.GENERIC_RULE else 0))
+            gram_cost.append(params * gram._MAC_COST)
+        call_cost = [float(c) for c in call_cost]
+        input_size = sum(floats(t) for t in self._float_inputs)
+        candidates = []
+        for i, t in gram.separators(self._calls, self.graph.inputs):
+            y = values.get(t)
+            if y is None or not y.dtype.is_floating or not self._live.get(t, False):
+                continue
+            size = floats(t)
+            if size == 0 or batch * kinds * 4 * size * size > self.memory_budget / 4:
+                continue
+            candidates.append(gram.Cut(i, t, size, tuple(y.shape[1:])))
+        if not candidates:
+            return []
+
+        def basis_cost(low, cut):
+            lo = -1 if low is None else low.call
+            between = range(lo + 1, cut.call + 1)
+            if cut.size * max((per_row[i] for i in between), default=0) > self.memory_budget:
+                return math.inf
+            d = cut.size
+            cost = sum(d * d * gram_cost[i] + d * row_loop[i] for i in between)
+            if low is not None:
+                e = low.size
+                cost += kinds * (d * e * e + d * d * e) * gram._MAC_COST
+            elif "inputs" in self.wrt:
+                cost += d * d * input_size * gram._MAC_COST
+            return cost
+
+        def quad_cost(cut):
+            return kinds * cut.size * cut.size * gram._MAC_COST + cut.size
+
+        targets = [(i, c) for i, c in zip(self._targets, self._widths)]
+        input_quad = input_size if "inputs" in self.wrt else 0.0
+        return gram.choose_cuts(
+            candidates, targets, call_cost, basis_cost, quad_cost, input_quad
+        )
 
     # --- the compiled computation ------------------------------------------
 
@@ -274,20 +419,37 @@ class Sweep:
         return values, sites
 
     def _forward_tensors(self, inputs):
-        """The forward pass as tensors only: outputs and caches per call."""
-        _, sites = self._forward(inputs)
-        return [site.outputs for site, _ in sites], [cache for _, cache in sites]
+        """The forward pass as tensors only: outputs and caches per call, and
+        the Gram matrices at the cuts."""
+        values, sites = self._forward(inputs)
+        grams = _Grams(self, values, sites).run()
+        live = []
+        for i in self._targets:
+            site, cache = sites[i]
+            rule = self._rules[i]
+            live.append(rule.live_neurons(site, cache) if _overrides(rule, "live_neurons") else None)
+        return (
+            [site.outputs for site, _ in sites],
+            [cache for _, cache in sites],
+            grams,
+            live,
+        )
 
     def _whole(self, inputs):
-        outputs, caches = self._forward_tensors(inputs)
-        return self._reverse_round(inputs, outputs, caches, 0)
+        outputs, caches, grams, _ = self._forward_tensors(inputs)
+        return self._reverse_round(inputs, outputs, caches, grams, None)
 
-    def _reverse_round(self, inputs, outputs, caches, part):
+    def _reverse_round(self, inputs, outputs, caches, grams, ids):
         """Squared norms `(k_j, n)` per wrt and target for one round.
 
-        Target `j`'s rows in round `part` are its neurons `part * k_j` to
-        `part * k_j + k_j - 1` (past its last neuron: zero rows).
+        `ids[j]` are target `j`'s neurons in this round: `(k_j,)`, or `(k_j,
+        n)` for packed targets; ids outside `0 .. C_j - 1` are zero rows.
+        None: every neuron of every target (a single round).
         """
+        values, sites = self._sites(inputs, outputs, caches)
+        return _Reverse(self, values, sites, ids, grams).run()
+
+    def _sites(self, inputs, outputs, caches):
         values = dict(zip(self.graph.inputs, inputs))
         sites = []
         for call, call_outputs, cache in zip(self._calls, outputs, caches):
@@ -295,7 +457,81 @@ class Sweep:
             site.outputs = call_outputs
             values.update(zip(call.outputs, call_outputs))
             sites.append((site, cache))
-        return _Reverse(self, values, sites, part).run()
+        return values, sites
+
+
+class _Grams:
+    """The Gram matrices of every cut, bottom up (see `gram.py`)."""
+
+    def __init__(self, sweep, values, sites):
+        self.sweep = sweep
+        self.values = values
+        self.sites = sites
+
+    def run(self):
+        out = []
+        below = None
+        for cut in self.sweep._cuts:
+            with tf.name_scope(f"kns_gram/cut_{len(out)}/"):
+                out.append(self._cut(cut, below, out[-1] if out else None))
+            below = cut
+        return out
+
+    def _cut(self, cut, below, below_grams):
+        sweep = self.sweep
+        want_weights = "weights" in sweep.wrt
+        y = self.values[cut.tensor]
+        n = base.shape_of(y)[0]
+        pending = {cut.tensor: gram.identity_rows(y)}
+        stop = -1 if below is None else below.call
+        weight_gram = None
+        for i in range(cut.call, stop, -1):
+            call = sweep._calls[i]
+            outs = [pending.pop(t, None) for t in call.outputs]
+            if all(g is None for g in outs):
+                continue
+            site, cache = self.sites[i]
+            outs = [
+                g if g is not None else tf.zeros(
+                    base.concat_shapes([cut.size], base.shape_of(v)), v.dtype
+                )
+                for g, v in zip(outs, site.outputs)
+            ] if len(outs) > 1 else outs
+            rule = sweep._rules[i]
+            need_inputs = any(sweep._live.get(t, False) for t in call.inputs)
+            need_weights = want_weights and bool(call.weights)
+            with tf.name_scope(_scope("kns_gram", call)):
+                if need_weights:
+                    rows = rule.weight_rows(site, cache, outs)
+                    weight_gram = _add(weight_gram, gram.outer(_cast(rows)))
+                if not need_inputs:
+                    continue
+                input_cots, _ = rule.backward(site, cache, outs, True, False)
+            for t, g in zip(call.inputs, input_cots or ()):
+                if g is None or not sweep._live.get(t, False):
+                    continue
+                if isinstance(g, Channelwise):
+                    g = g.dense(self.values[t].shape[-1])
+                pending[t] = g if t not in pending else pending[t] + g
+        zeros = tf.zeros([n, cut.size, cut.size], _float_dtype(self.values))
+        grams = {}
+        if below is None:
+            if "inputs" in sweep.wrt:
+                terms = [
+                    gram.outer(tf.reshape(_cast(pending[t]), [cut.size, n, -1]))
+                    for t in sweep._float_inputs
+                    if t in pending
+                ]
+                grams["inputs"] = tf.add_n(terms) if terms else zeros
+        else:
+            g = pending.get(below.tensor)
+            for w in sweep.wrt:
+                grams[w] = zeros if g is None else gram.sandwich(_cast(g), below_grams[w])
+        if want_weights:
+            grams["weights"] = _add(grams.get("weights"), weight_gram)
+            if grams["weights"] is None:
+                grams["weights"] = zeros
+        return grams
 
 
 class _Block:
@@ -323,11 +559,12 @@ class _Block:
 class _Reverse:
     """One round of the reverse sweep, traced into the caller's graph."""
 
-    def __init__(self, sweep, values, sites, part):
+    def __init__(self, sweep, values, sites, ids, grams):
         self.sweep = sweep
         self.values = values
         self.sites = sites
-        self.part = part
+        self.ids = ids
+        self.grams = grams
         self.rows = sweep._plan[1]  # k_j per target
         self.n = base.shape_of(values[sweep.graph.inputs[0]])[0]
         self.want_weights = "weights" in sweep.wrt
@@ -439,17 +676,18 @@ class _Reverse:
         positions = int(np.prod(y.shape[1:-1]))
         shape = base.concat_shapes([k], base.shape_of(y)[:-1])
         values = tf.fill(shape, tf.constant(1.0 / positions, y.dtype))
-        if isinstance(self.part, int) and self.part == 0 and k == channels:
+        if self.ids is None:
             index = tf.range(channels)
         else:
-            raw = self.part * k + tf.range(k)
-            keep = tf.cast(raw < channels, y.dtype)
-            values *= tf.reshape(keep, [k] + [1] * (len(y.shape) - 1))
-            index = tf.minimum(raw, channels - 1)
+            raw = self.ids[j]
+            keep = tf.cast((raw >= 0) & (raw < channels), y.dtype)
+            lead = raw.shape.rank
+            values *= tf.reshape(keep, raw.shape.as_list() + [1] * (len(y.shape) - lead))
+            index = tf.clip_by_value(raw, 0, channels - 1)
         return _Block(Channelwise(values, index), [j], None)
 
     def _seed_start(self, j):
-        return self.part * self.rows[j]
+        return 0 if self.ids is None else self.ids[j][0]
 
     # --- the sweep ----------------------------------------------------------
 
@@ -459,6 +697,11 @@ class _Reverse:
         for i in range(len(sweep._calls) - 1, -1, -1):
             call = sweep._calls[i]
             arriving = [pending.pop(t, []) for t in call.outputs]
+            for t, blocks in zip(call.outputs, arriving):
+                if t in sweep._cut_of and blocks:
+                    with tf.name_scope(f"kns_reverse/cut_{sweep._cut_of[t]}/"):
+                        self._stop_at_cut(t, blocks)
+                    blocks.clear()
             seeds = sweep._seeds.get(i, [])
             if not seeds and not any(arriving):
                 continue
@@ -499,6 +742,19 @@ class _Reverse:
                 self._harvest_sq(segments, tf.reduce_sum(tf.square(flat), -1))
         return self._assemble()
 
+    def _stop_at_cut(self, t, blocks):
+        """Rows that reach a cut: everything below is their quadratic form."""
+        grams = self.grams[self.sweep._cut_of[t]]
+        width = self.values[t].shape[-1]
+        for block in self._streams(blocks, width):
+            g = _cast(block.value)
+            for w in self.sweep.wrt:
+                q = gram.quadratic(g, grams[w])
+                if w == "weights":
+                    self._harvest_sq(block.segments, _add(block.sq, q))
+                else:
+                    self.harvest["inputs"].append((block.segments, q))
+
     def _harvest_sq(self, segments, sq):
         if sq is not None and self.want_weights:
             self.harvest["weights"].append((segments, sq))
@@ -520,7 +776,7 @@ class _Reverse:
         results = []
         dense = [b for b in arriving[0] if not b.channelwise]
         channel = [b for b in arriving[0] if b.channelwise]
-        if _overrides(rule, "channel_backward") or not _overrides(rule, "seed_backward"):
+        if _channel_path(rule):
             channel += [self._seed(j, outputs[0]) for j in seeds]
         else:
             for j in seeds:  # a rule with its own `seed_backward`
@@ -658,6 +914,21 @@ def _row_sqnorm(value):
     if isinstance(value, Channelwise):
         value = value.values
     return base.sum_squares_per_row(_cast(value))
+
+
+def _channel_path(rule):
+    """Whether seeds go to `channel_backward` (else to `seed_backward`)."""
+    return _overrides(rule, "channel_backward") or not _overrides(rule, "seed_backward")
+
+
+def _scatter(total, ids, value):
+    """Adds a round's `(k, n)` results to `total` `(C, n)` at neuron `ids`."""
+    channels, samples = total.shape
+    if ids.ndim == 1:
+        ids = np.broadcast_to(ids[:, None], value.shape)
+    columns = np.broadcast_to(np.arange(samples)[None], value.shape)
+    keep = (ids >= 0) & (ids < channels)
+    total[ids[keep], columns[keep]] = value[keep]
 
 
 def _overrides(rule, method):
