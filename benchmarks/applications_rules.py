@@ -106,36 +106,46 @@ def speed(table, calls):
     y = rng.integers(0, 10, 32)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
 
-    def train_step_seconds():
+    def timed(fn):
+        """Wall and CPU seconds (this process, all threads) of `fn()`."""
+        wall, cpu = time.perf_counter(), _cpu_seconds()
+        fn()
+        return time.perf_counter() - wall, _cpu_seconds() - cpu
+
+    def train_step():
         for _ in range(3):  # warm-up (the first traces)
             model.train_on_batch(x, y)
-        times = []
-        for _ in range(10):
-            start = time.perf_counter()
-            model.train_on_batch(x, y)
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        times = [timed(lambda: model.train_on_batch(x, y)) for _ in range(10)]
+        return tuple(statistics.median(t[j] for t in times) for j in (0, 1))
 
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, load {loadavg()}")
     print(f"rule table: {table}; MobileNetV2 alpha 0.35, 32x32x3, probe 4, default layers")
-    step = train_step_seconds()
-    print(f"one training step (batch 32, median of 10): {step * 1e3:.1f} ms")
+    print("Each time as seconds and as training steps (wall / CPU: the CPU ratio")
+    print("moves less when other work shares the machine).")
+    step = train_step()
+    print(f"one training step (batch 32, median of 10): {step[0] * 1e3:.1f} ms wall, "
+          f"{step[1] * 1e3:.1f} ms CPU")
     for wrt in ("inputs", "weights"):
         times = []
         for i in range(calls):
             print(f"{wrt}: call {i + 1} ...", file=sys.stderr, flush=True)
-            start = time.perf_counter()
-            neuron_sensitivity(model, probe, wrt=wrt)
-            times.append(time.perf_counter() - start)
-        later = statistics.median(times[1:]) if len(times) > 1 else float("nan")
-        print(
-            f"wrt={wrt:7s} first call {times[0]:8.2f} s = {times[0] / step:7.0f} steps;"
-            f"  later calls {later:8.2f} s = {later / step:7.0f} steps"
-            f"  (each: {', '.join(f'{t:.2f}' for t in times)} s)",
-            flush=True,
-        )
-    again = train_step_seconds()
-    print(f"training step again at the end: {again * 1e3:.1f} ms; load {loadavg()}")
+            times.append(timed(lambda: neuron_sensitivity(model, probe, wrt=wrt)))
+        for label, picked in (("first call ", times[:1]), ("later calls", times[1:])):
+            wall = statistics.median(t[0] for t in picked)
+            cpu = statistics.median(t[1] for t in picked)
+            print(
+                f"wrt={wrt:7s} {label} {wall:8.2f} s wall = {wall / step[0]:6.0f} steps;"
+                f" {cpu:8.2f} s CPU = {cpu / step[1]:6.0f} steps",
+                flush=True,
+            )
+    again = train_step()
+    print(f"training step again at the end: {again[0] * 1e3:.1f} ms wall, "
+          f"{again[1] * 1e3:.1f} ms CPU; load {loadavg()}")
+
+
+def _cpu_seconds():
+    times = os.times()
+    return times.user + times.system
 
 
 def main():
@@ -146,6 +156,8 @@ def main():
     timing.add_argument("--table", choices=("now", "before"), default="now")
     timing.add_argument("--calls", type=int, default=3, help="calls per wrt (>= 2)")
     args = parser.parse_args()
+    if args.command == "speed" and args.calls < 2:
+        parser.error(f"--calls {args.calls}: expected at least 2 (a first and a later call)")
     if args.command == "rules":
         rules()
     else:

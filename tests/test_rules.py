@@ -57,11 +57,12 @@ def _squeeze_excite():
 
 def _hard_sigmoid_ops():
     # MobileNetV3's hard_sigmoid as Keras records it: ReLU(6)(x + 3) * (1 / 6),
-    # two plain operations; then x * gate, x - 1 and a mean as operations too.
+    # two plain operations; then h * gate, h * h (one tensor twice), a mean
+    # and a reshape as operations too.
     x = keras.Input((4, 3))
     h = L.Dense(3, name="d")(x)
     gate = L.ReLU(6.0)(h + 3.0) * (1.0 / 6.0)
-    y = keras.ops.tanh(h * gate) - keras.ops.mean(h, axis=1, keepdims=True)
+    y = keras.ops.tanh(h * gate) - keras.ops.mean(h, axis=1, keepdims=True) + h * h
     return keras.Model(x, L.Dense(2, name="out")(keras.ops.reshape(y, (-1, 12))))
 
 

@@ -84,7 +84,20 @@ def _kernel_sqnorm(patches, g):
 def _depthwise_hop(layer, x, kernel, g):
     """Cotangents at the input of the depthwise convolution, `(k, n, ...)`."""
     k = g.shape[0]
-    zeros = tf.zeros(concat_shapes([k * shape_of(x)[0]], shape_of(x)[1:]), x.dtype)
+    rows = concat_shapes([k * shape_of(x)[0]], shape_of(x)[1:])
+    if all(rate == 1 for rate in layer.dilation_rate) and isinstance(rows, list):
+        # The input-gradient op itself: a smaller graph than a tape.
+        one_d = layer.rank == 1
+        strides = [1, 1, *layer.strides, 1] if one_d else [1, *layer.strides, 1]
+        hop = tf.nn.depthwise_conv2d_backprop_input(
+            [rows[0], 1, *rows[1:]] if one_d else rows,
+            kernel[None] if one_d else kernel,
+            merge(g)[:, None] if one_d else merge(g),
+            strides,
+            layer.padding.upper(),
+        )
+        return tf.reshape(hop, concat_shapes([k], shape_of(x)))
+    zeros = tf.zeros(rows, x.dtype)
     with tf.GradientTape() as tape:
         tape.watch(zeros)
         z = _depthwise(layer, zeros, kernel)

@@ -189,27 +189,18 @@ class BroadcastRule(Rule):
 
     def forward(self, site):
         (y,) = site.run(site.inputs)
-        shape = shape_of(y)
-        # A tensor passed twice (`x * x`) is one input of the map: it is
-        # differentiated once, and its whole derivative goes to its first entry.
-        first = [
-            next(j for j, other in enumerate(site.inputs) if other is x)
-            for x in site.inputs
-        ]
+        # One fresh copy per entry: a tensor passed twice (`x * x`) is replayed
+        # from one of its copies, which receives its whole derivative.
         spread = [
-            tf.broadcast_to(x, shape) if x.dtype.is_floating else x
+            tf.broadcast_to(x, shape_of(y)) if x.dtype.is_floating else x
             for x in site.inputs
         ]
-        spread = [spread[j] for j in first]
-        floats = [spread[j] for j in sorted(set(first)) if spread[j].dtype.is_floating]
+        floats = [x for x in spread if x.dtype.is_floating]
         with tf.GradientTape() as tape:
             tape.watch(floats)
             (z,) = site.run(spread)
-        partials = dict(zip(map(id, floats), tape.gradient(z, floats)))
-        cache = tuple(
-            partials.get(id(spread[j])) if j == first[j] else None
-            for j in range(len(spread))
-        )
+        partials = iter(tape.gradient(z, floats))
+        cache = tuple(next(partials) if x.dtype.is_floating else None for x in spread)
         return [y], cache
 
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
@@ -234,6 +225,8 @@ class AffineRule(Rule):
     def forward(self, site):
         (x,) = site.inputs
         (y,) = site.run([x])
+        if not x.dtype.is_floating:  # pixels as integers: nothing flows back
+            return [y], None
         sample = tf.zeros(concat_shapes([1], shape_of(x)[1:]), x.dtype)
         with tf.GradientTape() as tape:
             tape.watch(sample)
