@@ -78,9 +78,15 @@ class DenseRule(Rule):
         input_cots = None
         if need_inputs:
             with tf.name_scope("hop"):
-                columns = tf.gather(layer.kernel, cotangent.channels, axis=-1)
-                spec = "kn...,ikn->kn...i" if cotangent.per_sample else "kn...,ik->kn...i"
-                input_cots = [tf.einsum(spec, d, columns)]
+                # Rows of W^T, one per neuron (and sample, when packed).
+                rows = tf.gather(tf.transpose(layer.kernel), cotangent.channels)
+                if cotangent.per_sample:  # rows (k, n, i)
+                    hop = d[..., None] * tf.reshape(
+                        rows, rows.shape[:2].as_list() + [1] * (d.shape.rank - 2) + [-1]
+                    )
+                else:
+                    hop = tf.einsum("kn...,ki->kn...i", d, rows)
+                input_cots = [hop]
         return input_cots, sqnorm
 
     def live_neurons(self, site, cache):
