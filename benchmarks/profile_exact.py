@@ -134,9 +134,11 @@ def family_of(op_name):
         if part in PHASES:
             family = parts[i + 1]
             if family.startswith("cut_"):
-                # kns_gram/cut_3/<LayerClass>/...: the layer's family; the
-                # quadratic forms of rows stopping at a cut: their own row.
-                family = parts[i + 2] if part == "kns_gram" else "(rows stop at cuts)"
+                family = "(rows stopping at cuts)"
+            elif family == "products":
+                family = "(Gram matrix products)"
+            elif family == "inputs":
+                family = "(norms at the inputs)"
             return PHASES[part], family, "generic_per_row" in parts
     return None, None, False
 

@@ -472,8 +472,7 @@ class _Grams:
         out = []
         below = None
         for cut in self.sweep._cuts:
-            with tf.name_scope(f"kns_gram/cut_{len(out)}/"):
-                out.append(self._cut(cut, below, out[-1] if out else None))
+            out.append(self._cut(cut, below, out[-1] if out else None))
             below = cut
         return out
 
@@ -513,25 +512,26 @@ class _Grams:
                 if isinstance(g, Channelwise):
                     g = g.dense(self.values[t].shape[-1])
                 pending[t] = g if t not in pending else pending[t] + g
-        zeros = tf.zeros([n, cut.size, cut.size], _float_dtype(self.values))
-        grams = {}
-        if below is None:
-            if "inputs" in sweep.wrt:
-                terms = [
-                    gram.outer(tf.reshape(_cast(pending[t]), [cut.size, n, -1]))
-                    for t in sweep._float_inputs
-                    if t in pending
-                ]
-                grams["inputs"] = tf.add_n(terms) if terms else zeros
-        else:
-            g = pending.get(below.tensor)
-            for w in sweep.wrt:
-                grams[w] = zeros if g is None else gram.sandwich(_cast(g), below_grams[w])
-        if want_weights:
-            grams["weights"] = _add(grams.get("weights"), weight_gram)
-            if grams["weights"] is None:
-                grams["weights"] = zeros
-        return grams
+        with tf.name_scope("kns_gram/products/"):
+            zeros = tf.zeros([n, cut.size, cut.size], _float_dtype(self.values))
+            grams = {}
+            if below is None:
+                if "inputs" in sweep.wrt:
+                    terms = [
+                        gram.outer(tf.reshape(_cast(pending[t]), [cut.size, n, -1]))
+                        for t in sweep._float_inputs
+                        if t in pending
+                    ]
+                    grams["inputs"] = tf.add_n(terms) if terms else zeros
+            else:
+                g = pending.get(below.tensor)
+                for w in sweep.wrt:
+                    grams[w] = zeros if g is None else gram.sandwich(_cast(g), below_grams[w])
+            if want_weights:
+                grams["weights"] = _add(grams.get("weights"), weight_gram)
+                if grams["weights"] is None:
+                    grams["weights"] = zeros
+            return grams
 
 
 class _Block:
@@ -639,10 +639,21 @@ class _Reverse:
                 a.sq, b.sq, runs, lambda size: tf.zeros([size, self.n], dtype)
             )
         if a.channelwise:
+            if a.value.per_sample != b.value.per_sample:
+                a, b = self._per_sample(a), self._per_sample(b)
             values = self._combine(a.value.values, b.value.values, runs, None)
             channels = self._combine(a.value.channels, b.value.channels, runs, None)
             return _Block(Channelwise(values, channels), union, sq)
         return _Block(self._combine(a.value, b.value, runs, None), union, sq)
+
+    def _per_sample(self, block):
+        """A channelwise block with `(k, n)` channels (packed rows have them)."""
+        value = block.value
+        if value.per_sample:
+            return block
+        k = value.channels.shape[0]
+        channels = tf.broadcast_to(value.channels[:, None], [k, self.n])
+        return _Block(Channelwise(value.values, channels), block.segments, block.sq)
 
     def _merge_all(self, blocks, width):
         out = None
