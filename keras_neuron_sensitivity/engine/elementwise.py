@@ -152,6 +152,23 @@ class ActivationRule(Rule):
         g = base.activation_backward(site.layer.activation, cache, cotangents[0])
         return [g], None
 
+    def channel_backward(self, site, cache, cotangent, need_inputs, need_weights):
+        kind = base.activation_kind(site.layer.activation)
+        if kind == "linear":
+            return [cotangent], None
+        if kind != "elementwise":  # softmax mixes channels
+            return super().channel_backward(
+                site, cache, cotangent, need_inputs, need_weights
+            )
+        channels = cotangent.channels
+        values = cotangent.values * gather_channels(cache, channels)
+        return [Channelwise(values, channels)], None
+
+    def live_neurons(self, site, cache):
+        if base.activation_kind(site.layer.activation) != "elementwise":
+            return None
+        return live_rows(cache)
+
 
 class SoftmaxRule(Rule):
     """`Softmax` over the last axis, with or without a mask: `s * (g - <g, s>)`.

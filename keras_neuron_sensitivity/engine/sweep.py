@@ -294,28 +294,37 @@ class Sweep:
         batch = int(inputs[0].shape[0])
         self._cuts = self._plan_cuts(values, per_row, batch)
         self._cut_of = {cut.tensor: b for b, cut in enumerate(self._cuts)}
-        self._memory = (per_row, self._reaching(self._cuts))
-        parts = self._parts(self._widths, batch)
-        samples = batch
-        if self._peak(self._widths, parts, batch) > self.memory_budget:
+        self._memory = (per_row, self._reaching(self._cuts), self._basis_bytes(per_row))
+        # The Gram passes take all their rows at once: they bound the samples
+        # per chunk; the targets' rows are then split in rounds.
+        samples = min(batch, max(1, int(self.memory_budget // max(1, self._memory[2]))))
+        parts = self._parts(self._widths, samples)
+        if self._peak(self._widths, parts, samples) > self.memory_budget:
             samples = max(
                 1, int(self.memory_budget // self._peak(self._widths, parts, 1))
             )
+            parts = self._parts(self._widths, samples)
         neurons = [math.ceil(c / parts) for c in self._widths]
         return min(samples, batch), neurons
 
     def _peak(self, widths, parts, samples):
-        """Bytes of one round: the widest call's rows, or a Gram pass."""
-        per_row, reach = self._memory
+        """Bytes of one round of target rows, or of a Gram pass."""
+        per_row, reach, basis = self._memory
         rows = [sum(math.ceil(widths[j] / parts) for j in targets) for targets in reach]
         target_rows = max(r * b for r, b in zip(rows, per_row))
-        return samples * max(target_rows, self._basis_bytes(per_row))
+        return samples * max(target_rows, basis)
 
     def _parts(self, widths, samples):
-        """Rounds needed to keep `samples` samples under the budget."""
+        """Rounds of target rows needed to keep `samples` samples under the budget."""
+        per_row, reach, _ = self._memory
         widest = max(widths)
+
+        def peak(parts):
+            rows = [sum(math.ceil(widths[j] / parts) for j in targets) for targets in reach]
+            return samples * max(r * b for r, b in zip(rows, per_row))
+
         parts = 1
-        while parts < widest and self._peak(widths, parts, samples) > self.memory_budget:
+        while parts < widest and peak(parts) > self.memory_budget:
             parts = min(widest, max(parts + 1, int(parts * 1.25)))
         return parts
 
