@@ -8,22 +8,28 @@ norm of the row's input cotangent is read. Gradients with respect to weights
 are never formed for layers with a closed-form rule, and never the `(n, k, P)`
 Jacobian.
 
-All targets travel together. The rows of every target that a tensor feeds
-are one block `(R, n, ...)` there, so each layer call is crossed once per
-compiled pass, by every row at once: the traced graph grows with the number
-of layer calls, not with calls times targets. A block keeps its targets in
-one canonical order (deepest first); blocks that meet where a tensor fans
-out are summed target by target.
+All targets travel together. The rows arriving at a tensor form a few blocks
+`(R, n, ...)`, each holding whole targets in one canonical order (deepest
+first): each layer call is crossed once per block (at most `_MAX_STREAMS`),
+so the traced graph grows with the number of layer calls, not with calls
+times targets. Blocks holding the same target (where a tensor fans out) are
+summed target by target.
 
-A target's own rows start as `Channelwise` cotangents (neuron `k` lives in
-channel `k`); rules that act channel by channel keep them so, and a
-convolution's hop of such rows is a per-channel transposed convolution.
+Shortcuts, each exact:
+- a target's own rows start as `Channelwise` cotangents (neuron `k` lives in
+  channel `k`); rules that act channel by channel keep them so, and a
+  convolution's hop of such rows is a per-channel transposed convolution;
+- rows stop at the cut tensors that `gram.py` chooses, where Gram matrices of
+  everything below give the rest of their norms as a quadratic form;
+- in chunked rounds, rows that a ReLU zeroes (`Rule.live_neurons`) are
+  packed out: each sample's live neurons side by side.
 
-Memory is bounded by chunking: every target's neurons are split into the same
-number of parts (rounds), and the samples into chunks, both chosen from the
-memory budget. When everything fits in one round (the common case) forward
-and reverse are one compiled call; otherwise a compiled forward per sample
-chunk feeds a compiled reverse per round. Each is traced once per probe shape.
+Memory is bounded by chunking: the samples into chunks (the Gram passes take
+all their rows at once), and every target's neurons into the same number of
+rounds, both chosen from the memory budget. When everything fits in one
+round (the common case) forward, Gram matrices and reverse are one compiled
+call; otherwise a compiled forward per sample chunk feeds a compiled reverse
+per round. Each is traced once per probe shape.
 """
 
 import math
