@@ -10,6 +10,7 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "Channelwise": "keras_neuron_sensitivity.engine",
     "NeuronSensitivityCallback": "keras_neuron_sensitivity.callback",
     "Rule": "keras_neuron_sensitivity.engine",
     "Site": "keras_neuron_sensitivity.engine",

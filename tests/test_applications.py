@@ -81,22 +81,9 @@ def _generic_calls(model):
     ]
 
 
-def _grouped_convolution(layer):
-    return getattr(layer, "groups", 1) > 1
-
-
-# Grouped convolutions (ConvNeXt's depthwise `Conv2D(groups=C)`) belong to
-# `ConvRule`, which gains `groups > 1` on another branch (issue 11); until
-# then they are the one family left to the generic rule, and these tests
-# say so instead of passing or failing quietly.
-GROUPED_PENDING = "grouped Conv2D waits for ConvRule's groups > 1"
-
-
-def test_every_layer_has_a_closed_form_rule(architecture, request):
+def test_every_layer_has_a_closed_form_rule(architecture):
     name, model, _, _ = architecture
     generic = _generic_calls(model)
-    if generic and all(_grouped_convolution(call.layer) for call in generic):
-        request.applymarker(pytest.mark.xfail(reason=GROUPED_PENDING, strict=True))
     assert not generic, (
         f"{name}: {len(generic)} layer calls fall back to GenericRule: "
         + ", ".join(f"{call.key} ({type(call.layer).__name__})" for call in generic)
@@ -139,10 +126,6 @@ def _brute_force(model, x, layers):
 
 def test_values_match_brute_force(architecture):
     name, model, x, layers = architecture
-    if any(_grouped_convolution(call.layer) for call in _generic_calls(model)):
-        # Exact either way (checked once), but the generic per-row loop over
-        # ConvNeXt's 18 grouped convolutions takes over two minutes here.
-        pytest.skip(GROUPED_PENDING)
     graph = build_graph(model)
     got = Sweep(graph, layers, ("weights", "inputs"), 2**30)([tf.constant(x)])
     expected = _brute_force(model, x, layers)

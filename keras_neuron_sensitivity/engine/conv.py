@@ -5,6 +5,16 @@ input (`t` output positions by `i` = kernel positions times input channels),
 `G` the output cotangent (`t` by `o` filters). Its squared norm is taken
 directly or as `<U U^T, G G^T>`, whichever is cheaper (`base.outer_sqnorm`).
 No filter gradient goes through `pfor`, which falls back to a slow loop.
+
+A grouped convolution (`groups > 1`) is the same per group: group `g`'s
+filters see only its input channels, so `U` and `G` are split by group.
+
+A cotangent that lives in one output channel per row (a target's own
+neurons, or what reaches the layer through per-channel layers) needs
+neither a full `G` nor a full transposed convolution: its filter gradient is
+one column `U^T d`, and its hop to the input is a transposed convolution of
+one channel with that channel's filter, one filter per row, which a
+depthwise convolution's input gradient computes for all rows at once.
 """
 
 import keras
@@ -12,28 +22,29 @@ import numpy as np
 import tensorflow as tf
 
 from keras_neuron_sensitivity.engine.base import (
+    Channelwise,
     Rule,
     activation_backward,
-    concat_shapes,
-    activation_derivative,
     activation_forward,
     activation_kind,
+    channel_sqnorm,
+    concat_shapes,
+    gather_channels,
+    ghost_is_cheaper,
+    live_rows,
     merge,
     outer_sqnorm,
     plain_weights,
-    neuron_columns,
-    seed_cotangent,
     shape_of,
 )
 
 
 class ConvRule(Rule):
-    """`Conv1D`, `Conv2D`, `Conv3D`, channels last, one group, no causal padding."""
+    """`Conv1D`, `Conv2D`, `Conv3D`: channels last, any `groups`, no causal padding."""
 
     def applies(self, layer):
         return (
             layer.data_format == "channels_last"
-            and layer.groups == 1
             and layer.padding in ("valid", "same")
             and plain_weights(layer)
         )
@@ -58,42 +69,65 @@ class ConvRule(Rule):
         k = gz.shape[0]
         sqnorm = None
         if need_weights and layer.trainable:
-            g = tf.reshape(gz, [k, shape_of(x)[0], -1, layer.filters])
-            sqnorm = outer_sqnorm(patches, g)
-            if layer.use_bias:
-                sqnorm += tf.reduce_sum(tf.square(tf.reduce_sum(g, 2)), -1)
+            with tf.name_scope("weight_term"):
+                g = tf.reshape(gz, [k, shape_of(x)[0], -1, layer.filters])
+                sqnorm = _grouped_sqnorm(patches, g, layer)
+                if layer.use_bias:
+                    sqnorm += tf.reduce_sum(tf.square(tf.reduce_sum(g, 2)), -1)
         input_cots = None
         if need_inputs:
-            input_cots = [_transpose_conv(layer, x, gz)]
+            with tf.name_scope("hop"):
+                input_cots = [_transpose_conv(layer, x, gz)]
         return input_cots, sqnorm
 
-    def seed_backward(self, site, cache, start, k, need_inputs, need_weights):
+    def channel_backward(self, site, cache, cotangent, need_inputs, need_weights):
         layer = site.layer
         x, act, patches = cache
-        y = site.outputs[0]
-        if activation_kind(layer.activation) not in ("linear", "elementwise"):
-            return super().seed_backward(
-                site, cache, start, k, need_inputs, need_weights
+        kind = activation_kind(layer.activation)
+        per_sample = cotangent.per_sample and not (
+            _is_pointwise(layer) and layer.groups == 1
+        )
+        if kind not in ("linear", "elementwise") or not per_channel_hop_fits(layer) or per_sample:
+            return super().channel_backward(
+                site, cache, cotangent, need_inputs, need_weights
             )
+        channels = cotangent.channels
+        d = cotangent.values  # (k, n, *out_positions)
+        if act is not None:
+            d = d * gather_channels(act, channels)
+        k = d.shape[0]
+        n = shape_of(x)[0]
+        sqnorm = None
+        if need_weights and layer.trainable:
+            with tf.name_scope("weight_term"):
+                flat = tf.reshape(d, [k, n, -1])
+                sqnorm = _channel_group_sqnorm(patches, flat, channels, layer)
+                if layer.use_bias:
+                    sqnorm += tf.square(tf.reduce_sum(flat, -1))
         input_cots = None
         if need_inputs:
-            gz = activation_backward(layer.activation, act, seed_cotangent(y, start, k))
-            input_cots = [_transpose_conv(layer, x, gz)]
-        if not (need_weights and layer.trainable):
-            return input_cots, None
-        # Neuron k's filter gradient is the column U^T d_k / t, the other
-        # columns zero: no (k, n, t, o) cotangent is needed for it.
-        n = shape_of(x)[0]
-        positions = int(np.prod(y.shape[1:-1]))
-        d = activation_derivative(y, act)
-        d = neuron_columns(tf.reshape(d, [n, -1, layer.filters]), start, k)
-        d = d / positions
-        sqnorm = tf.reduce_sum(
-            tf.square(tf.einsum("nti,ntk->kni", patches, d)), -1
-        )
-        if layer.use_bias:
-            sqnorm += tf.square(tf.transpose(tf.reduce_sum(d, 1)))
+            with tf.name_scope("hop"):
+                input_cots = [_channel_transpose_conv(layer, x, d, channels)]
         return input_cots, sqnorm
+
+
+    def live_neurons(self, site, cache):
+        _, act, _ = cache
+        if activation_kind(site.layer.activation) != "elementwise":
+            return None
+        return live_rows(act)
+
+    def weight_rows(self, site, cache, cotangents):
+        layer = site.layer
+        x, act, patches = cache
+        gz = activation_backward(layer.activation, act, cotangents[0])
+        k, n = gz.shape[0], shape_of(x)[0]
+        g = tf.reshape(gz, [k, n, -1, layer.groups, layer.filters // layer.groups])
+        u = _split_groups(patches, layer.groups, layer.kernel.shape[-2] * layer.groups)
+        rows = [tf.reshape(tf.einsum("ntgi,kntgo->kngio", u, g), [k, n, -1])]
+        if layer.use_bias:
+            rows.append(tf.reshape(tf.reduce_sum(g, 2), [k, n, -1]))
+        return tf.concat(rows, -1) if len(rows) > 1 else rows[0]
 
 
 def unfold(layer, x):
@@ -125,6 +159,49 @@ def unfold(layer, x):
     )
 
 
+def _split_groups(patches, groups, in_channels):
+    """`(n, t, p * c)` -> `(n, t, groups, p * c / groups)`."""
+    n, t = shape_of(patches)[0], patches.shape[1]
+    kernel_positions = patches.shape[2] // in_channels
+    u = tf.reshape(patches, [n, t, kernel_positions, groups, in_channels // groups])
+    u = tf.transpose(u, [0, 1, 3, 2, 4])
+    return tf.reshape(u, [n, t, groups, -1])
+
+
+def _grouped_sqnorm(patches, g, layer):
+    """`outer_sqnorm` per group, summed: `patches` `(n, t, i)`, `g` `(k, n, t, o)`."""
+    groups = layer.groups
+    if groups == 1:
+        return outer_sqnorm(patches, g)
+    k, t, o = g.shape[0], g.shape[2], g.shape[3]
+    u = _split_groups(patches, groups, layer.kernel.shape[-2] * groups)
+    gg = tf.reshape(g, concat_shapes([k], shape_of(g)[1:3], [groups, o // groups]))
+    i = u.shape[-1]
+    if ghost_is_cheaper(k, t, i, o // groups):
+        uu = tf.einsum("ntgi,nsgi->ngts", u, u)
+        grams = tf.einsum("kntgo,knsgo->kngts", gg, gg)
+        return tf.einsum("ngts,kngts->kn", uu, grams)
+    return tf.reduce_sum(
+        tf.square(tf.einsum("ntgi,kntgo->kngio", u, gg)), [2, 3, 4]
+    )
+
+
+def _channel_group_sqnorm(patches, d, channels, layer):
+    """Squared norm of the filter gradient of rows living in one filter each.
+
+    `d` is `(k, n, t)`; row `k`'s filter is `channels[k]`, whose gradient is
+    `U_g^T d` over its group's unfolded inputs `U_g`.
+    """
+    if layer.groups == 1:
+        return channel_sqnorm(patches, d)
+    in_channels = layer.kernel.shape[-2] * layer.groups
+    u = _split_groups(patches, layer.groups, in_channels)  # (n, t, G, i)
+    per_group = layer.filters // layer.groups
+    row_groups = channels // per_group
+    u = tf.gather(u, row_groups, axis=2)  # (n, t, k, i)
+    return tf.reduce_sum(tf.square(tf.einsum("ntki,knt->kni", u, d)), -1)
+
+
 def _transpose_conv(layer, x, gz):
     """Cotangents at the input of the (linear) convolution, `(k, n, ...)`."""
     k = gz.shape[0]
@@ -135,3 +212,93 @@ def _transpose_conv(layer, x, gz):
     flat = merge(gz)
     g = tape.gradient(z, zeros, output_gradients=flat)
     return tf.reshape(g, concat_shapes([k], shape_of(x)))
+
+
+def per_channel_hop_fits(layer):
+    """Whether `_channel_transpose_conv` handles this layer: ranks 1 and 2
+    with equal strides (TensorFlow's depthwise convolution needs them)."""
+    if layer.rank == 1:
+        return layer.strides[0] == 1 or _is_pointwise(layer)
+    if layer.rank == 2:
+        return layer.strides[0] == layer.strides[1] or _is_pointwise(layer)
+    return _is_pointwise(layer)
+
+
+def _is_pointwise(layer):
+    return all(s == 1 for s in layer.kernel_size) and all(
+        s == 1 for s in layer.strides
+    )
+
+
+def _channel_transpose_conv(layer, x, d, channels):
+    """The hop of rows that live in one output channel each.
+
+    Row `(k, n)` carries `d[k, n]` `(*out_positions)` at filter `channels[k]`;
+    its input cotangent is the transposed convolution of that one map with
+    that one filter. Returns a `Channelwise` when each filter reads a single
+    input channel (depthwise-like grouped convolutions), else the full
+    `(k, n, *in_positions, c)`.
+    """
+    kernel = layer.kernel  # (*size, c / groups, filters)
+    k = d.shape[0]
+    per_group_in = kernel.shape[-2]
+    filters = tf.gather(kernel, channels, axis=-1)  # (*size, c_g, k[, n])
+    if _is_pointwise(layer):
+        if channels.shape.rank == 2:  # a filter per row and sample
+            rows = tf.reshape(filters, [per_group_in, k, -1])
+            return tf.einsum("kn...,ikn->kn...i", d, rows)
+        rows = tf.reshape(filters, [per_group_in, k])
+        g = tf.einsum("kn...,ik->kn...i", d, rows)
+    else:
+        g = per_row_transpose_conv(layer, x, d, filters)
+    if layer.groups == 1:
+        return g
+    row_groups = channels // (layer.filters // layer.groups)
+    if per_group_in == 1:
+        return Channelwise(g[..., 0], row_groups)
+    # Place each row's group of input channels among all input channels.
+    onehot = tf.one_hot(row_groups, layer.groups, dtype=g.dtype)
+    onehot = tf.reshape(onehot, [k] + [1] * (g.shape.rank - 2) + [layer.groups, 1])
+    full = g[..., None, :] * onehot
+    return tf.reshape(full, concat_shapes(shape_of(g)[:-1], [-1]))
+
+
+def per_row_transpose_conv(layer, x, d, filters):
+    """`(k, n, *in_positions, c_g)`: each row's map through its own filter.
+
+    A depthwise convolution with `k * c_g` channels of multiplier 1 computes
+    every row's transposed convolution at once: channel `(k, i)` carries row
+    `k`'s map and filter `filters[..., i, k]`.
+    """
+    k = d.shape[0]
+    n = shape_of(x)[0]
+    c_g = filters.shape[-2]
+    in_positions = shape_of(x)[1:-1]
+    if layer.rank == 1:
+        d = d[:, :, None]
+        filters = filters[None]
+        in_positions = [1] + list(in_positions)
+        strides = [1, 1] + list(layer.strides) + [1]
+        rates = [1] + list(layer.dilation_rate)
+    else:
+        strides = [1] + list(layer.strides) + [1]
+        rates = list(layer.dilation_rate)
+    size = filters.shape[:2]
+    # (k, n, h, w) -> (n, h, w, k, c_g): each row's map, once per input channel.
+    maps = tf.transpose(d, [1, 2, 3, 0])[..., None]
+    maps = tf.broadcast_to(maps, concat_shapes([n], d.shape[2:4].as_list(), [k, c_g]))
+    maps = tf.reshape(maps, concat_shapes([n], d.shape[2:4].as_list(), [k * c_g]))
+    depthwise = tf.reshape(tf.transpose(filters, [0, 1, 3, 2]), [*size, k * c_g, 1])
+    zeros = tf.zeros(concat_shapes([n], list(in_positions), [k * c_g]), d.dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(zeros)
+        out = tf.nn.depthwise_conv2d(
+            zeros, depthwise, strides, layer.padding.upper(), dilations=rates
+        )
+    g = tape.gradient(out, zeros, output_gradients=maps)  # (n, *in, k * c_g)
+    g = tf.reshape(g, concat_shapes([n], list(in_positions), [k, c_g]))
+    rank = g.shape.rank
+    g = tf.transpose(g, [rank - 2, 0] + list(range(1, rank - 2)) + [rank - 1])
+    if layer.rank == 1:
+        g = g[:, :, 0]
+    return g

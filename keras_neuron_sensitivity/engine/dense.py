@@ -5,12 +5,13 @@ import tensorflow as tf
 from keras_neuron_sensitivity.engine.base import (
     Rule,
     activation_backward,
-    activation_derivative,
     activation_forward,
     activation_kind,
+    channel_sqnorm,
+    gather_channels,
+    live_rows,
     outer_sqnorm,
     plain_weights,
-    neuron_columns,
     shape_of,
 )
 
@@ -38,37 +39,71 @@ class DenseRule(Rule):
         gz = activation_backward(layer.activation, act, cotangents[0])
         sqnorm = None
         if need_weights and layer.trainable:
-            k = gz.shape[0]
-            n = shape_of(h)[0]
-            u = tf.reshape(h, [n, -1, h.shape[-1]])
-            g = tf.reshape(gz, [k, n, -1, gz.shape[-1]])
-            sqnorm = outer_sqnorm(u, g)
-            if layer.bias is not None:
-                sqnorm += tf.reduce_sum(tf.square(tf.reduce_sum(g, 2)), -1)
+            with tf.name_scope("weight_term"):
+                k = gz.shape[0]
+                n = shape_of(h)[0]
+                u = tf.reshape(h, [n, -1, h.shape[-1]])
+                g = tf.reshape(gz, [k, n, -1, gz.shape[-1]])
+                sqnorm = outer_sqnorm(u, g)
+                if layer.bias is not None:
+                    sqnorm += tf.reduce_sum(tf.square(tf.reduce_sum(g, 2)), -1)
         input_cots = None
         if need_inputs:
-            input_cots = [tf.einsum("kn...o,io->kn...i", gz, layer.kernel)]
+            with tf.name_scope("hop"):
+                input_cots = [tf.einsum("kn...o,io->kn...i", gz, layer.kernel)]
         return input_cots, sqnorm
 
-    def seed_backward(self, site, cache, start, k, need_inputs, need_weights):
+    def channel_backward(self, site, cache, cotangent, need_inputs, need_weights):
         layer = site.layer
         h, act = cache
-        if h.shape.rank != 2 or activation_kind(layer.activation) not in ("linear", "elementwise"):
-            return super().seed_backward(
-                site, cache, start, k, need_inputs, need_weights
+        if activation_kind(layer.activation) not in ("linear", "elementwise"):
+            return super().channel_backward(
+                site, cache, cotangent, need_inputs, need_weights
             )
-        # The pre-activation cotangent of neuron k is d_k e_k: diagonal.
-        y = site.outputs[0]
-        d = activation_derivative(y, act)
-        d = tf.transpose(neuron_columns(d, start, k))
+        # Row k's pre-activation cotangent is d_k e_{channels[k]}: its kernel
+        # gradient is the one column h d_k, its hop d_k W[:, channels[k]].
+        d = cotangent.values  # (k, n, *positions)
+        if act is not None:
+            d = d * gather_channels(act, cotangent.channels)
+        k = d.shape[0]
+        n = shape_of(h)[0]
         sqnorm = None
         if need_weights and layer.trainable:
-            scale = tf.reduce_sum(tf.square(h), -1)
-            if layer.bias is not None:
-                scale += 1
-            sqnorm = tf.square(d) * scale
+            with tf.name_scope("weight_term"):
+                u = tf.reshape(h, [n, -1, h.shape[-1]])
+                flat = tf.reshape(d, [k, n, -1])
+                sqnorm = channel_sqnorm(u, flat)
+                if layer.bias is not None:
+                    sqnorm += tf.square(tf.reduce_sum(flat, -1))
         input_cots = None
         if need_inputs:
-            columns = neuron_columns(layer.kernel, start, k)
-            input_cots = [tf.einsum("kn,ik->kni", d, columns)]
+            with tf.name_scope("hop"):
+                # Rows of W^T, one per neuron (and sample, when packed).
+                rows = tf.gather(tf.transpose(layer.kernel), cotangent.channels)
+                if cotangent.per_sample:  # rows (k, n, i)
+                    hop = d[..., None] * tf.reshape(
+                        rows, rows.shape[:2].as_list() + [1] * (d.shape.rank - 2) + [-1]
+                    )
+                else:
+                    hop = tf.einsum("kn...,ki->kn...i", d, rows)
+                input_cots = [hop]
         return input_cots, sqnorm
+
+    def live_neurons(self, site, cache):
+        _, act = cache
+        if activation_kind(site.layer.activation) != "elementwise":
+            return None
+        return live_rows(act)
+
+    def weight_rows(self, site, cache, cotangents):
+        layer = site.layer
+        h, act = cache
+        gz = activation_backward(layer.activation, act, cotangents[0])
+        k = gz.shape[0]
+        n = shape_of(h)[0]
+        u = tf.reshape(h, [n, -1, h.shape[-1]])
+        g = tf.reshape(gz, [k, n, -1, gz.shape[-1]])
+        rows = [tf.reshape(tf.einsum("nti,knto->knio", u, g), [k, n, -1])]
+        if layer.bias is not None:
+            rows.append(tf.reduce_sum(g, 2))
+        return tf.concat(rows, -1) if len(rows) > 1 else rows[0]

@@ -21,12 +21,14 @@ import tensorflow as tf
 from keras import ops
 
 from keras_neuron_sensitivity.engine.base import (
+    Channelwise,
     Rule,
     activation_backward,
     activation_derivative,
     activation_forward,
     activation_kind,
     concat_shapes,
+    gather_channels,
     merge,
     neuron_columns,
     outer_sqnorm,
@@ -34,7 +36,11 @@ from keras_neuron_sensitivity.engine.base import (
     seed_cotangent,
     shape_of,
 )
-from keras_neuron_sensitivity.engine.conv import unfold
+from keras_neuron_sensitivity.engine.conv import (
+    per_channel_hop_fits,
+    per_row_transpose_conv,
+    unfold,
+)
 
 
 def _applies(layer):
@@ -168,6 +174,57 @@ class DepthwiseConvRule(Rule):
         if layer.use_bias:
             sq += tf.square(tf.reshape(tf.reduce_sum(d, 1), concat_shapes([n, -1])))
         return input_cots, tf.transpose(neuron_columns(sq, start, k))
+
+    def channel_backward(self, site, cache, cotangent, need_inputs, need_weights):
+        # Output channel c * m + j reads input channel c alone: a cotangent in
+        # one output channel has its input cotangent in one channel, the
+        # transposed convolution of that map with its one filter, and its
+        # kernel gradient is U_c^T d.
+        layer = site.layer
+        if (
+            activation_kind(layer.activation) not in ("linear", "elementwise")
+            or not per_channel_hop_fits(layer)
+            or cotangent.per_sample
+        ):
+            return super().channel_backward(
+                site, cache, cotangent, need_inputs, need_weights
+            )
+        x, act, patches = cache
+        channels = cotangent.channels
+        d = cotangent.values  # (k, n, *out_positions)
+        if act is not None:
+            d = d * gather_channels(act, channels)
+        k, n = d.shape[0], shape_of(x)[0]
+        inputs = channels // layer.depth_multiplier
+        sqnorm = None
+        if need_weights and layer.trainable:
+            flat = tf.reshape(d, [k, n, -1])
+            windows = tf.gather(patches, inputs, axis=-1)  # (n, t, p, k)
+            sqnorm = tf.reduce_sum(
+                tf.square(tf.einsum("ntpk,knt->knp", windows, flat)), -1
+            )
+            if layer.use_bias:
+                sqnorm += tf.square(tf.reduce_sum(flat, -1))
+        input_cots = None
+        if need_inputs:
+            kernel = tf.reshape(layer.kernel, [*layer.kernel_size, -1])
+            filters = tf.gather(kernel, channels, axis=-1)[..., None, :]
+            g = per_row_transpose_conv(layer, x, d, filters)[..., 0]
+            input_cots = [Channelwise(g, inputs)]
+        return input_cots, sqnorm
+
+    def weight_rows(self, site, cache, cotangents):
+        layer = site.layer
+        x, act, patches = cache
+        gz = activation_backward(layer.activation, act, cotangents[0])
+        k, n = gz.shape[0], shape_of(x)[0]
+        g = _by_channel(x, gz, layer.depth_multiplier)
+        rows = [
+            tf.reshape(tf.einsum("ntpc,kntcj->knpcj", patches, g), [k, n, -1])
+        ]
+        if layer.use_bias:
+            rows.append(tf.reshape(tf.reduce_sum(g, 2), [k, n, -1]))
+        return tf.concat(rows, -1) if len(rows) > 1 else rows[0]
 
 
 class SeparableConvRule(Rule):

@@ -13,8 +13,11 @@ import tensorflow as tf
 from keras_neuron_sensitivity.engine import base
 from keras_neuron_sensitivity.engine.base import (
     ELEMENTWISE_ACTIVATIONS,
+    Channelwise,
     Rule,
     concat_shapes,
+    gather_channels,
+    live_rows,
     plain_weights,
     seed_cotangent,
     shape_of,
@@ -42,6 +45,14 @@ class ElementwiseRule(Rule):
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
         return [cotangents[0] * cache], None
 
+    def channel_backward(self, site, cache, cotangent, need_inputs, need_weights):
+        channels = cotangent.channels
+        values = cotangent.values * gather_channels(cache, channels)
+        return [Channelwise(values, channels)], None
+
+    def live_neurons(self, site, cache):
+        return live_rows(cache)
+
 
 class IdentityRule(Rule):
     """Layers that pass their input through in inference (dropout, noise)."""
@@ -51,6 +62,9 @@ class IdentityRule(Rule):
 
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
         return [cotangents[0]], None
+
+    def channel_backward(self, site, cache, cotangent, need_inputs, need_weights):
+        return [cotangent], None
 
 
 class ReshapeRule(Rule):
@@ -81,6 +95,13 @@ class AddRule(Rule):
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
         g = cotangents[0]
         return [unbroadcast(g, x) for x in site.inputs], None
+
+    def channel_backward(self, site, cache, cotangent, need_inputs, need_weights):
+        if any(x.shape != site.outputs[0].shape for x in site.inputs):
+            return super().channel_backward(
+                site, cache, cotangent, need_inputs, need_weights
+            )
+        return [cotangent] * len(site.inputs), None
 
 
 class ConcatenateRule(Rule):
@@ -130,6 +151,23 @@ class ActivationRule(Rule):
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
         g = base.activation_backward(site.layer.activation, cache, cotangents[0])
         return [g], None
+
+    def channel_backward(self, site, cache, cotangent, need_inputs, need_weights):
+        kind = base.activation_kind(site.layer.activation)
+        if kind == "linear":
+            return [cotangent], None
+        if kind != "elementwise":  # softmax mixes channels
+            return super().channel_backward(
+                site, cache, cotangent, need_inputs, need_weights
+            )
+        channels = cotangent.channels
+        values = cotangent.values * gather_channels(cache, channels)
+        return [Channelwise(values, channels)], None
+
+    def live_neurons(self, site, cache):
+        if base.activation_kind(site.layer.activation) != "elementwise":
+            return None
+        return live_rows(cache)
 
 
 class SoftmaxRule(Rule):

@@ -7,7 +7,12 @@ positions `t`), so their squared norms need no weight gradient at all.
 
 import tensorflow as tf
 
-from keras_neuron_sensitivity.engine.base import Rule, shape_of
+from keras_neuron_sensitivity.engine.base import (
+    Channelwise,
+    Rule,
+    gather_channels,
+    shape_of,
+)
 
 
 def _affine_sqnorm(layer, xhat, g):
@@ -23,6 +28,21 @@ def _affine_sqnorm(layer, xhat, g):
     if layer.center and layer.beta.trainable:
         total += tf.reduce_sum(tf.square(tf.reduce_sum(g, 2)), -1)
     return total
+
+
+def _affine_rows(layer, xhat, g):
+    """`(k, n, P)`: per-sample gradients over `gamma` and `beta`."""
+    k = g.shape[0]
+    n = shape_of(xhat)[0]
+    channels = xhat.shape[-1]
+    g = tf.reshape(g, [k, n, -1, channels])
+    xhat = tf.reshape(xhat, [n, -1, channels])
+    rows = []
+    if layer.scale and layer.gamma.trainable:
+        rows.append(tf.einsum("ntc,kntc->knc", xhat, g))
+    if layer.center and layer.beta.trainable:
+        rows.append(tf.reduce_sum(g, 2))
+    return tf.concat(rows, -1) if len(rows) > 1 else rows[0]
 
 
 class BatchNormalizationRule(Rule):
@@ -49,6 +69,34 @@ class BatchNormalizationRule(Rule):
         g = cotangents[0]
         sqnorm = _affine_sqnorm(site.layer, xhat, g) if need_weights else None
         return ([g * slope] if need_inputs else None), sqnorm
+
+    def channel_backward(self, site, cache, cotangent, need_inputs, need_weights):
+        # Channel by channel: a one-channel cotangent stays in its channel.
+        layer = site.layer
+        xhat, slope = cache
+        d, channels = cotangent.values, cotangent.channels
+        k = d.shape[0]
+        sqnorm = None
+        if need_weights:
+            flat = tf.reshape(d, [k, shape_of(d)[1], -1])
+            sqnorm = tf.zeros(shape_of(flat)[:2], d.dtype)
+            if layer.scale and layer.gamma.trainable:
+                xh = tf.reshape(gather_channels(xhat, channels), shape_of(flat))
+                sqnorm += tf.square(tf.reduce_sum(flat * xh, -1))
+            if layer.center and layer.beta.trainable:
+                sqnorm += tf.square(tf.reduce_sum(flat, -1))
+        input_cots = None
+        if need_inputs:
+            lead = channels.shape.rank  # (k,) or (k, n) channels
+            scale = tf.reshape(
+                tf.gather(slope, channels),
+                d.shape.as_list()[:lead] + [1] * (d.shape.rank - lead),
+            )
+            input_cots = [Channelwise(d * scale, channels)]
+        return input_cots, sqnorm
+
+    def weight_rows(self, site, cache, cotangents):
+        return _affine_rows(site.layer, cache[0], cotangents[0])
 
 
 class LayerNormalizationRule(Rule):
@@ -83,3 +131,6 @@ class LayerNormalizationRule(Rule):
             mean_gx = tf.reduce_mean(gh * xhat, -1, keepdims=True)
             input_cots = [inv * (gh - mean_g - xhat * mean_gx)]
         return input_cots, sqnorm
+
+    def weight_rows(self, site, cache, cotangents):
+        return _affine_rows(site.layer, cache[0], cotangents[0])

@@ -7,8 +7,9 @@ class Site:
     """One call of one layer, with the tensors it received in this pass.
 
     Rules (`keras_neuron_sensitivity.Rule`) receive a site in `forward`,
-    `backward` and `seed_backward`. Everything a rule may rely on is here;
-    a rule for your own layer needs nothing else.
+    `backward` and their optional methods (`seed_backward`,
+    `channel_backward`, `weight_rows`, `live_neurons`). Everything a rule
+    may rely on is here; a rule for your own layer needs nothing else.
 
     Attributes:
         layer: the `keras.layers.Layer` (or plain Keras operation) called.

@@ -1,34 +1,56 @@
 """The exact engine: one forward pass, then a multi-cotangent reverse sweep.
 
-For every selected layer `l`, the `C_l` neurons' cotangents travel back
-together, as a `(k, n, ...)` block, through the per-layer rules (the table
-is in `registry.py`). At every
-trainable layer on the way the squared norm of its per-sample weight gradient
-is added; at the model's inputs the squared norm of the input cotangent is
-read. Gradients with respect to weights are never formed for layers with a
-closed-form rule, and never the `(n, k, P)` Jacobian.
+Every neuron of every selected layer (target) is one cotangent per sample, a
+row, pushed back through the per-layer rules (the table is in
+`registry.py`). At every trainable layer on the way the squared norm of the
+row's per-sample weight gradient is added; at the model's inputs the squared
+norm of the row's input cotangent is read. Gradients with respect to weights
+are never formed for layers with a closed-form rule, and never the `(n, k, P)`
+Jacobian.
 
-Memory is bounded by chunking: `k` neurons and a block of samples at a time
-(both chosen from the memory budget). When everything fits in one chunk (the
-common case) forward and reverse are one compiled call; otherwise a compiled
-forward per sample chunk feeds a compiled reverse per round of neurons. Each
-is traced once per probe shape.
+All targets travel together. The rows arriving at a tensor form a few blocks
+`(R, n, ...)`, each holding whole targets in one canonical order (deepest
+first): each layer call is crossed once per block (at most `_MAX_STREAMS`),
+so the traced graph grows with the number of layer calls, not with calls
+times targets. Blocks holding the same target (where a tensor fans out) are
+summed target by target.
+
+Shortcuts, each exact:
+- a target's own rows start as `Channelwise` cotangents (neuron `k` lives in
+  channel `k`); rules that act channel by channel keep them so, and a
+  convolution's hop of such rows is a per-channel transposed convolution;
+- rows stop at the cut tensors that `gram.py` chooses, where Gram matrices of
+  everything below give the rest of their norms as a quadratic form;
+- in chunked rounds, rows that a ReLU zeroes (`Rule.live_neurons`) are
+  packed out: each sample's live neurons side by side.
+
+Memory is bounded by chunking: the samples into chunks (the Gram passes take
+all their rows at once), and every target's neurons into the same number of
+rounds, both chosen from the memory budget. When everything fits in one
+round (the common case) forward, Gram matrices and reverse are one compiled
+call; otherwise a compiled forward per sample chunk feeds a compiled reverse
+per round. Each is traced once per probe shape.
 """
 
 import math
+import time
 
 import numpy as np
 import tensorflow as tf
 
-from keras_neuron_sensitivity.engine import base, registry
+from keras_neuron_sensitivity.engine import base, gram, registry
+from keras_neuron_sensitivity.engine.base import Channelwise
 from keras_neuron_sensitivity.engine.replay import float32_compute, primary_variables
 from keras_neuron_sensitivity.engine.site import Site
 
 WRT_CHOICES = ("weights", "inputs")
 
-# Bytes per row (one neuron of one sample) are estimated from the activations
-# of one sample: cotangent, its tiled copy for replayed layers, temporaries.
-_ROW_OVERHEAD = 4
+# Bytes per row and sample at a layer are estimated from the layer's input and
+# output sizes (cotangents in and out, the rule's temporaries) times this.
+_ROW_OVERHEAD = 3
+
+# At most this many blocks of rows cross a layer separately (see _streams).
+_MAX_STREAMS = 4
 
 
 class Sweep:
@@ -39,6 +61,10 @@ class Sweep:
         keys: keys of the layer calls to evaluate.
         wrt: a tuple of `"weights"` and/or `"inputs"`.
         memory_budget: bytes of working memory one chunk may take.
+
+    Attributes:
+        timings: seconds spent planning and tracing on the first call
+            (`{"planning": s, "tracing": s}`), for benchmarks.
     """
 
     def __init__(self, graph, keys, wrt, memory_budget):
@@ -51,14 +77,26 @@ class Sweep:
         self._calls = graph.calls[: max(self._targets) + 1]
         with float32_compute([call.layer for call in self._calls]):
             self._rules = [registry.rule_for(call.layer) for call in self._calls]
-        # Where the sensitivity to inputs is read: the float inputs and the
+        # Where the sensitivity to inputs is read: the float inputs, and the
         # embedded inputs (outputs of calls such as Embedding), see probe.py.
-        self._sensitivity_inputs = set(graph.sensitivity_inputs)
+        sensitivity_inputs = set(graph.sensitivity_inputs)
+        self._float_inputs = [t for t in graph.inputs if t in sensitivity_inputs]
+        self._embedded = sensitivity_inputs.difference(graph.inputs)
         self._live = self._liveness()
         self._shared = self._shared_layers()
-        self._plan = None  # (samples per chunk, neurons per chunk per target)
+        # Targets (indices into self.keys) in canonical order: deepest first.
+        self._order = sorted(range(len(self._targets)), key=lambda j: -self._targets[j])
+        self._rank = {j: r for r, j in enumerate(self._order)}
+        self._seeds = {}
+        for j, i in enumerate(self._targets):
+            self._seeds.setdefault(i, []).append(j)
+        self._plan = None  # (samples per chunk, neurons per round per target)
         self._widths = None  # neurons per target
+        self._packed = None  # per target: rows packed by liveness (see _pack)
+        self._cuts = []  # gram.Cut, in call order
+        self._cut_of = {}  # tensor id -> index into self._cuts
         self._forward_fn = self._reverse_fn = self._whole_fn = None
+        self.timings = {}
 
     # --- public -----------------------------------------------------------
 
@@ -73,9 +111,11 @@ class Sweep:
 
     def _compute(self, inputs):
         if self._plan is None:
+            start = time.perf_counter()
             self._plan = self._make_plan(inputs)
+            self.timings["planning"] = time.perf_counter() - start
             self._forward_fn = tf.function(self._forward_tensors, autograph=False)
-            self._reverse_fn = tf.function(self._reverse_all, autograph=False)
+            self._reverse_fn = tf.function(self._reverse_round, autograph=False)
             self._whole_fn = tf.function(self._whole, autograph=False)
         samples, neurons = self._plan
         rounds = max(
@@ -84,10 +124,11 @@ class Sweep:
         if rounds == 1 and samples >= int(inputs[0].shape[0]):
             # Everything fits at once: one compiled call, no caches passed
             # between functions.
+            self._trace(self._whole_fn, inputs)
             out = self._whole_fn(inputs)
             squares = {w: [v.numpy().T for v in out[w]] for w in self.wrt}
         else:
-            squares = self._chunked(inputs, samples, neurons, rounds)
+            squares = self._chunked(inputs, samples)
         return {
             w: {
                 key: np.sqrt(np.maximum(squares[w][j], 0.0))
@@ -96,36 +137,99 @@ class Sweep:
             for w in self.wrt
         }
 
-    def _chunked(self, inputs, samples, neurons, rounds):
+    def _trace(self, fn, *args):
+        """Traces `fn` for these arguments ahead of its first call, timed."""
+        if "tracing" in self.timings and fn.experimental_get_tracing_count():
+            return
+        start = time.perf_counter()
+        fn.get_concrete_function(*args)
+        self.timings["tracing"] = self.timings.get("tracing", 0.0) + (
+            time.perf_counter() - start
+        )
+
+    def _chunked(self, inputs, samples):
         """Squared norms `(B, C)` per wrt and target, chunk by chunk."""
         batch = int(inputs[0].shape[0])
-        widths = self._widths
         blocks = {w: [[] for _ in self.keys] for w in self.wrt}
         for begin in range(0, batch, samples):
             chunk = [_take_rows(x, begin, samples) for x in inputs]
             # One forward pass per sample chunk, shared by every round.
-            outputs, caches = self._forward_fn(chunk)
-            per_round = {w: [[] for _ in self.keys] for w in self.wrt}
-            for r in range(rounds):
-                starts = tf.constant([r * k for k in neurons], tf.int32)
-                out = self._reverse_fn(chunk, outputs, caches, starts)
+            self._trace(self._forward_fn, chunk)
+            outputs, caches, grams, live = self._forward_fn(chunk)
+            live = [None if v is None else v.numpy().T for v in live]  # (C, n)
+            if self._packed is None:
+                self._pack(live, samples)
+            rows = self._rows(live, samples)
+            sums = {w: [np.zeros((c, samples)) for c in self._widths] for w in self.wrt}
+            for r in range(max(len(ids) for ids in rows)):
+                ids = [
+                    tf.constant(per_round[r] if r < len(per_round) else self._idle(j, samples))
+                    for j, per_round in enumerate(rows)
+                ]
+                args = (chunk, outputs, caches, grams, ids)
+                self._trace(self._reverse_fn, *args)
+                out = self._reverse_fn(*args)
                 for w in self.wrt:
                     for j, value in enumerate(out[w]):
-                        if r * neurons[j] < widths[j]:
-                            per_round[w][j].append(value.numpy())
+                        _scatter(sums[w][j], ids[j].numpy(), value.numpy())
             for w in self.wrt:
-                for j, c in enumerate(widths):
-                    # (k, n) blocks -> (n, C); drop padded neurons and samples.
-                    full = np.concatenate(per_round[w][j], axis=0)[:c].T
-                    blocks[w][j].append(full[: min(samples, batch - begin)])
+                for j in range(len(self.keys)):
+                    blocks[w][j].append(sums[w][j].T[: min(samples, batch - begin)])
         return {w: [np.concatenate(b) for b in blocks[w]] for w in self.wrt}
+
+    def _pack(self, live, samples):
+        """Decides, on the first chunk, which targets' rows are packed.
+
+        A target whose rule says which rows are exactly zero (`Rule.
+        live_neurons`: inactive ReLU units) and that has at most 90 % of its
+        neurons live on every sample gets its rows packed: each sample's live
+        neurons side by side, `(k, n)` neuron ids per round, and no row for a
+        dead one. Rows per round are planned again for the live counts.
+        """
+        widths = list(self._widths)
+        self._packed = [False] * len(widths)
+        for j, mask in enumerate(live):
+            if mask is None or not _channel_path(self._rules[self._targets[j]]):
+                continue
+            most = int(mask.sum(0).max())
+            if most <= 0.9 * widths[j]:
+                self._packed[j] = True
+                widths[j] = max(1, most)
+        if any(self._packed):
+            parts = self._parts(widths, samples)
+            self._plan = (self._plan[0], [math.ceil(c / parts) for c in widths])
+
+    def _rows(self, live, samples):
+        """Per target, the neuron ids of each round: `(k,)`, or `(k, n)` (-1:
+        no row) for packed targets."""
+        out = []
+        for j, (c, k) in enumerate(zip(self._widths, self._plan[1])):
+            if not self._packed[j]:
+                out.append(
+                    [np.arange(r * k, r * k + k, dtype=np.int32) for r in range(math.ceil(c / k))]
+                )
+                continue
+            mask = live[j]
+            order = np.argsort(~mask, axis=0, kind="stable")  # live neurons first
+            ids = np.where(np.take_along_axis(mask, order, 0), order, -1)
+            rounds = math.ceil(int(mask.sum(0).max()) / k)
+            ids = np.concatenate([ids, -np.ones((rounds * k, samples), int)])
+            out.append([ids[r * k : r * k + k].astype(np.int32) for r in range(rounds)])
+        return out
+
+    def _idle(self, j, samples):
+        """Neuron ids of a round in which target `j` has no rows left."""
+        k = self._plan[1][j]
+        if self._packed[j]:
+            return -np.ones((k, samples), np.int32)
+        return np.full((k,), self._widths[j], np.int32)
 
     # --- planning -----------------------------------------------------------
 
     def _liveness(self):
         """Tensor id -> whether a cotangent there is worth computing."""
         want_weights = "weights" in self.wrt
-        read = self._sensitivity_inputs if "inputs" in self.wrt else set()
+        read = set(self._float_inputs) | self._embedded if "inputs" in self.wrt else set()
         live = {t: t in read for t in self.graph.inputs}
         for call in self._calls:
             owns = want_weights and bool(call.weights)
@@ -141,6 +245,26 @@ class Sweep:
                 counts[id(call.layer)] = counts.get(id(call.layer), 0) + 1
         return {layer for layer, n in counts.items() if n > 1}
 
+    def _reaching(self, cuts=()):
+        """Per call: the targets whose rows cross it (it is upstream of them,
+        and no cut tensor stops them on the way)."""
+        producer = {t: i for i, call in enumerate(self._calls) for t in call.outputs}
+        stops = {cut.tensor for cut in cuts}
+        reach = [set() for _ in self._calls]
+        for j, target in enumerate(self._targets):
+            stack = [target]
+            while stack:
+                i = stack.pop()
+                if j in reach[i]:
+                    continue
+                reach[i].add(j)
+                stack.extend(
+                    producer[t]
+                    for t in self._calls[i].inputs
+                    if t in producer and t not in stops
+                )
+        return reach
+
     def _make_plan(self, inputs):
         # One eager forward on one sample gives every tensor's size.
         values, _ = self._forward([x[:1] for x in inputs])
@@ -155,21 +279,143 @@ class Sweep:
                     "Leave this layer out of `layers`."
                 )
             self._widths.append(int(y.shape[-1]))
-        per_sample = sum(
-            int(np.prod(v.shape[1:])) * v.dtype.size for v in values.values()
-        )
-        per_row = _ROW_OVERHEAD * per_sample
+
+        def size(t):
+            v = values.get(t)
+            return 0 if v is None else int(np.prod(v.shape[1:])) * 4
+
+        # Bytes per row and sample while each call is crossed.
+        per_row = []
         for call, rule in zip(self._calls, self._rules):
+            io = sum(size(t) for t in call.inputs) + sum(size(t) for t in call.outputs)
+            params = sum(int(np.prod(v.shape)) for v in call.weights) * 4
+            extra = 0
             if rule is base.GENERIC_RULE or id(call.layer) in self._shared:
-                params = sum(
-                    int(np.prod(v.shape)) for v in call.weights
-                )
-                per_row = max(per_row, 2 * 4 * params + per_sample)
-        rows = max(1, self.memory_budget // per_row)
+                extra = 2 * params + sum(size(t) for t in call.inputs)
+            elif call.weights:
+                y = values[call.outputs[0]]
+                channels = int(y.shape[-1]) if y.shape.rank else 1
+                positions = size(call.outputs[0]) // 4 // max(1, channels)
+                extra = min(params, positions * positions * 4)
+            per_row.append(_ROW_OVERHEAD * io + extra)
         batch = int(inputs[0].shape[0])
-        samples = min(batch, rows)
-        neurons = [max(1, min(c, rows // samples)) for c in self._widths]
-        return samples, neurons
+        self._cuts = self._plan_cuts(values, per_row, batch)
+        self._cut_of = {cut.tensor: b for b, cut in enumerate(self._cuts)}
+        self._memory = (per_row, self._reaching(self._cuts), self._basis_bytes(per_row))
+        # The Gram passes take all their rows at once: they bound the samples
+        # per chunk; the targets' rows are then split in rounds.
+        samples = min(batch, max(1, int(self.memory_budget // max(1, self._memory[2]))))
+        parts = self._parts(self._widths, samples)
+        if self._peak(self._widths, parts, samples) > self.memory_budget:
+            samples = max(
+                1, int(self.memory_budget // self._peak(self._widths, parts, 1))
+            )
+            parts = self._parts(self._widths, samples)
+        neurons = [math.ceil(c / parts) for c in self._widths]
+        return min(samples, batch), neurons
+
+    def _peak(self, widths, parts, samples):
+        """Bytes of one round of target rows, or of a Gram pass."""
+        per_row, reach, basis = self._memory
+        rows = [sum(math.ceil(widths[j] / parts) for j in targets) for targets in reach]
+        target_rows = max(r * b for r, b in zip(rows, per_row))
+        return samples * max(target_rows, basis)
+
+    def _parts(self, widths, samples):
+        """Rounds of target rows needed to keep `samples` samples under the budget."""
+        per_row, reach, _ = self._memory
+        widest = max(widths)
+
+        def peak(parts):
+            rows = [sum(math.ceil(widths[j] / parts) for j in targets) for targets in reach]
+            return samples * max(r * b for r, b in zip(rows, per_row))
+
+        parts = 1
+        while parts < widest and peak(parts) > self.memory_budget:
+            parts = min(widest, max(parts + 1, int(parts * 1.25)))
+        return parts
+
+    def _basis_bytes(self, per_row):
+        """Bytes per sample of the Gram passes: each cut's rows, crossing the
+        calls down to the cut below, and the matrices kept."""
+        peak, below = 0, -1
+        kinds = ("weights" in self.wrt) + ("inputs" in self.wrt)
+        matrices = 0
+        for cut in self._cuts:
+            crossed = max(per_row[below + 1 : cut.call + 1], default=0)
+            peak = max(peak, cut.size * crossed)
+            matrices += kinds * 4 * cut.size * cut.size
+            below = cut.call
+        return peak + matrices
+
+    def _plan_cuts(self, values, per_row, batch):
+        """The separator tensors whose Gram matrices rows stop at (`gram.py`)."""
+        want_weights = "weights" in self.wrt
+        if want_weights and self._shared:
+            # A weight used below and above a cut would need the cross terms
+            # between the two parts of its gradient.
+            return []
+        if "inputs" in self.wrt and self._embedded:
+            # Rows read at an embedded input on their way down: they cannot
+            # stop above it (the Gram passes read only the model's inputs).
+            return []
+        kinds = want_weights + ("inputs" in self.wrt)
+
+        def floats(t):
+            v = values.get(t)
+            return 0 if v is None else int(np.prod(v.shape[1:]))
+
+        call_cost, gram_cost, row_loop, limit = [], [], [], []
+        for call, rule in zip(self._calls, self._rules):
+            io = sum(floats(t) for t in call.inputs + call.outputs)
+            params = sum(int(np.prod(v.shape)) for v in call.weights) if want_weights else 0
+            y = values.get(call.outputs[0])
+            positions = floats(call.outputs[0]) // max(
+                1, int(y.shape[-1]) if y is not None and y.shape.rank else 1
+            )
+            macs = positions * params * 2
+            if params and (rule is base.GENERIC_RULE or not _overrides(rule, "weight_rows")):
+                row_loop.append(params * gram._PER_ROW_LOOP_COST)
+            else:
+                row_loop.append(0.0)
+            call_cost.append(io + macs * gram._MAC_COST + (row_loop[-1] if rule is base.GENERIC_RULE else 0))
+            gram_cost.append(params * gram._MAC_COST)
+        call_cost = [float(c) for c in call_cost]
+        input_size = sum(floats(t) for t in self._float_inputs)
+        candidates = []
+        for i, t in gram.separators(self._calls, self.graph.inputs):
+            y = values.get(t)
+            if y is None or not y.dtype.is_floating or not self._live.get(t, False):
+                continue
+            size = floats(t)
+            if size == 0 or batch * kinds * 4 * size * size > self.memory_budget / 4:
+                continue
+            candidates.append(gram.Cut(i, t, size, tuple(y.shape[1:])))
+        if not candidates:
+            return []
+
+        def basis_cost(low, cut):
+            lo = -1 if low is None else low.call
+            between = range(lo + 1, cut.call + 1)
+            if cut.size * max((per_row[i] for i in between), default=0) > self.memory_budget:
+                return math.inf
+            d = cut.size
+            cost = sum(d * d * gram_cost[i] + d * row_loop[i] for i in between)
+            if low is not None:
+                e = low.size
+                cost += kinds * (d * e * e + d * d * e) * gram._MAC_COST
+            elif "inputs" in self.wrt:
+                cost += d * d * input_size * gram._MAC_COST
+            return cost
+
+        def quad_cost(cut):
+            return kinds * cut.size * cut.size * gram._MAC_COST + cut.size
+
+        targets = [(i, c) for i, c in zip(self._targets, self._widths)]
+        input_quad = input_size if "inputs" in self.wrt else 0.0
+        return gram.choose_cuts(
+            candidates, targets, call_cost, basis_cost, quad_cost, input_quad
+        )
 
     # --- the compiled computation ------------------------------------------
 
@@ -185,24 +431,45 @@ class Sweep:
         sites = []
         for call, rule in zip(self._calls, self._rules):
             site = self._site(call, values)
-            outputs, cache = rule.forward(site)
+            with tf.name_scope(_scope("kns_forward", call)):
+                outputs, cache = rule.forward(site)
             site.outputs = outputs
             values.update(zip(call.outputs, outputs))
             sites.append((site, cache))
         return values, sites
 
     def _forward_tensors(self, inputs):
-        """The forward pass as tensors only: outputs and caches per call."""
-        _, sites = self._forward(inputs)
-        return [site.outputs for site, _ in sites], [cache for _, cache in sites]
+        """The forward pass as tensors only: outputs and caches per call, and
+        the Gram matrices at the cuts."""
+        values, sites = self._forward(inputs)
+        grams = _Grams(self, values, sites).run()
+        live = []
+        for i in self._targets:
+            site, cache = sites[i]
+            rule = self._rules[i]
+            live.append(rule.live_neurons(site, cache) if _overrides(rule, "live_neurons") else None)
+        return (
+            [site.outputs for site, _ in sites],
+            [cache for _, cache in sites],
+            grams,
+            live,
+        )
 
     def _whole(self, inputs):
-        outputs, caches = self._forward_tensors(inputs)
-        starts = tf.zeros([len(self._targets)], tf.int32)
-        return self._reverse_all(inputs, outputs, caches, starts, single_round=True)
+        outputs, caches, grams, _ = self._forward_tensors(inputs)
+        return self._reverse_round(inputs, outputs, caches, grams, None)
 
-    def _reverse_all(self, inputs, outputs, caches, starts, single_round=False):
-        """Squared norms `(k, n)` per target, neurons from `starts[j]` on."""
+    def _reverse_round(self, inputs, outputs, caches, grams, ids):
+        """Squared norms `(k_j, n)` per wrt and target for one round.
+
+        `ids[j]` are target `j`'s neurons in this round: `(k_j,)`, or `(k_j,
+        n)` for packed targets; ids outside `0 .. C_j - 1` are zero rows.
+        None: every neuron of every target (a single round).
+        """
+        values, sites = self._sites(inputs, outputs, caches)
+        return _Reverse(self, values, sites, ids, grams).run()
+
+    def _sites(self, inputs, outputs, caches):
         values = dict(zip(self.graph.inputs, inputs))
         sites = []
         for call, call_outputs, cache in zip(self._calls, outputs, caches):
@@ -210,94 +477,538 @@ class Sweep:
             site.outputs = call_outputs
             values.update(zip(call.outputs, call_outputs))
             sites.append((site, cache))
-        out = {w: [] for w in self.wrt}
-        n = base.shape_of(inputs[0])[0]
-        for j, target in enumerate(self._targets):
-            k = self._plan[1][j]
-            dtype = _result_dtype(values[self._calls[target].outputs[0]])
-            if single_round:
-                result = self._reverse(values, sites, target, 0, k)
-            else:
-                # A target with fewer neurons than others is done in fewer
-                # rounds: skip it in the later ones.
-                result = tf.cond(
-                    starts[j] < self._widths[j],
-                    lambda: self._reverse(values, sites, target, starts[j], k),
-                    lambda: {w: tf.zeros([k, n], dtype) for w in self.wrt},
-                )
-            for w in self.wrt:
-                out[w].append(result[w])
+        return values, sites
+
+
+class _Grams:
+    """The Gram matrices of every cut, bottom up (see `gram.py`)."""
+
+    def __init__(self, sweep, values, sites):
+        self.sweep = sweep
+        self.values = values
+        self.sites = sites
+
+    def run(self):
+        out = []
+        below = None
+        for cut in self.sweep._cuts:
+            out.append(self._cut(cut, below, out[-1] if out else None))
+            below = cut
         return out
 
-    def _reverse(self, values, sites, target, start, k):
-        """Squared norms `(k, n)` for neurons `start .. start + k - 1`."""
-        y = values[self._calls[target].outputs[0]]
-        dtype = _result_dtype(y)
-        cotangents = {}
+    def _cut(self, cut, below, below_grams):
+        sweep = self.sweep
+        want_weights = "weights" in sweep.wrt
+        y = self.values[cut.tensor]
         n = base.shape_of(y)[0]
-        weights_sq = tf.zeros([k, n], dtype)
-        inputs_sq = tf.zeros([k, n], dtype)
-        shared = {}
-        for i in range(target, -1, -1):
-            call = self._calls[i]
-            is_seed = i == target
-            outs = [cotangents.pop(t, None) for t in call.outputs]
-            if "inputs" in self.wrt and self._sensitivity_inputs.intersection(
-                call.outputs
-            ):  # an embedded input: read its cotangent before it is used up
-                read = [base.seed_cotangent(y, start, k)] if is_seed else outs
-                for t, g in zip(call.outputs, read):
-                    if g is not None and t in self._sensitivity_inputs:
-                        inputs_sq += base.sum_squares_per_row(tf.cast(g, dtype))
-            if not is_seed and all(g is None for g in outs):
+        pending = {cut.tensor: gram.identity_rows(y)}
+        stop = -1 if below is None else below.call
+        weight_gram = None
+        for i in range(cut.call, stop, -1):
+            call = sweep._calls[i]
+            outs = [pending.pop(t, None) for t in call.outputs]
+            if all(g is None for g in outs):
                 continue
-            need_inputs = any(self._live.get(t, False) for t in call.inputs)
-            need_weights = "weights" in self.wrt and bool(
-                call.weights
-            )
-            is_shared = id(call.layer) in self._shared
-            if not (need_inputs or need_weights):
-                continue
-            site, cache = sites[i]
-            if is_seed and is_shared:
-                outs = [base.seed_cotangent(y, start, k)]
-                outs += [None] * (len(call.outputs) - 1)
-            if is_seed and not is_shared:
-                input_cots, sq = self._rules[i].seed_backward(
-                    site, cache, start, k, need_inputs, need_weights
+            site, cache = self.sites[i]
+            outs = [
+                g if g is not None else tf.zeros(
+                    base.concat_shapes([cut.size], base.shape_of(v)), v.dtype
                 )
-            else:
-                input_cots, sq = self._rules[i].backward(
-                    site, cache, outs, need_inputs, need_weights and not is_shared
-                )
-            if sq is not None:
-                weights_sq += tf.cast(sq, weights_sq.dtype)
-            if need_weights and is_shared:
-                flat = base.GenericRule.flat_grads(site, outs)
-                prev = shared.get(id(call.layer))
-                shared[id(call.layer)] = flat if prev is None else prev + flat
-            for t, g in zip(call.inputs, input_cots or ()):
-                if g is None or not self._live.get(t, False):
+                for g, v in zip(outs, site.outputs)
+            ] if len(outs) > 1 else outs
+            rule = sweep._rules[i]
+            need_inputs = any(sweep._live.get(t, False) for t in call.inputs)
+            need_weights = want_weights and bool(call.weights)
+            with tf.name_scope(_scope("kns_gram", call)):
+                if need_weights:
+                    rows = rule.weight_rows(site, cache, outs)
+                    weight_gram = _add(weight_gram, gram.outer(_cast(rows)))
+                if not need_inputs:
                     continue
-                cotangents[t] = g if t not in cotangents else cotangents[t] + g
-        for flat in shared.values():
-            weights_sq += tf.reshape(tf.reduce_sum(tf.square(flat), -1), [k, -1])
-        result = {}
-        if "weights" in self.wrt:
-            result["weights"] = weights_sq
-        if "inputs" in self.wrt:
-            terms = [
-                base.sum_squares_per_row(tf.cast(cotangents[t], dtype))
-                for t in self.graph.inputs
-                if t in cotangents and t in self._sensitivity_inputs
+                input_cots, _ = rule.backward(site, cache, outs, True, False)
+            for t, g in zip(call.inputs, input_cots or ()):
+                if g is None or not sweep._live.get(t, False):
+                    continue
+                if isinstance(g, Channelwise):
+                    g = g.dense(self.values[t].shape[-1])
+                pending[t] = g if t not in pending else pending[t] + g
+        with tf.name_scope("kns_gram/products/"):
+            zeros = tf.zeros([n, cut.size, cut.size], _float_dtype(self.values))
+            grams = {}
+            if below is None:
+                if "inputs" in sweep.wrt:
+                    terms = [
+                        gram.outer(tf.reshape(_cast(pending[t]), [cut.size, n, -1]))
+                        for t in sweep._float_inputs
+                        if t in pending
+                    ]
+                    grams["inputs"] = tf.add_n(terms) if terms else zeros
+            else:
+                g = pending.get(below.tensor)
+                for w in sweep.wrt:
+                    grams[w] = zeros if g is None else gram.sandwich(_cast(g), below_grams[w])
+            if want_weights:
+                grams["weights"] = _add(grams.get("weights"), weight_gram)
+                if grams["weights"] is None:
+                    grams["weights"] = zeros
+            return grams
+
+
+class _Block:
+    """The rows of some targets at one tensor.
+
+    `value` is `(R, n, ...)`, or a `Channelwise` of `R` rows; its rows are
+    the `k_j` rows of each target in `segments`, in canonical order. `sq` is
+    the `(R, n)` weight term gathered on the way here, or None. When rows
+    split (a layer with several inputs), `sq` goes with one of them only, so
+    that each layer's term is counted once when they meet again.
+    """
+
+    __slots__ = ("value", "segments", "sq")
+
+    def __init__(self, value, segments, sq):
+        self.value = value
+        self.segments = tuple(segments)
+        self.sq = sq
+
+    @property
+    def channelwise(self):
+        return isinstance(self.value, Channelwise)
+
+
+class _Reverse:
+    """One round of the reverse sweep, traced into the caller's graph."""
+
+    def __init__(self, sweep, values, sites, ids, grams):
+        self.sweep = sweep
+        self.values = values
+        self.sites = sites
+        self.ids = ids
+        self.grams = grams
+        self.rows = sweep._plan[1]  # k_j per target
+        self.n = base.shape_of(values[sweep.graph.inputs[0]])[0]
+        self.want_weights = "weights" in sweep.wrt
+        self.harvest = {w: [] for w in sweep.wrt}
+        self.shared = {}
+
+    # --- rows -------------------------------------------------------------
+
+    def _offsets(self, segments):
+        offsets, at = {}, 0
+        for j in segments:
+            offsets[j] = at
+            at += self.rows[j]
+        return offsets
+
+    def _runs(self, a, b):
+        """Maximal runs of the union of two segment lists, with where each
+        run sits in `a` and in `b` (row offset, or None when absent)."""
+        rank = self.sweep._rank
+        union = sorted(set(a) | set(b), key=rank.__getitem__)
+        off_a, off_b = self._offsets(a), self._offsets(b)
+        runs = []
+        for j in union:
+            state = (j in off_a, j in off_b)
+            if runs and runs[-1][0] == state:
+                runs[-1][1].append(j)
+            else:
+                runs.append((state, [j]))
+        out = []
+        for (in_a, in_b), segs in runs:
+            size = sum(self.rows[j] for j in segs)
+            out.append(
+                (
+                    segs,
+                    size,
+                    off_a[segs[0]] if in_a else None,
+                    off_b[segs[0]] if in_b else None,
+                )
+            )
+        return union, out
+
+    def _combine(self, a, b, runs, n_rows_fill):
+        """Rows of two tensors laid out by `runs`; absent rows are zeros
+        (`n_rows_fill(size)` makes them) when `a` or `b` is None."""
+        pieces = []
+        for _, size, at_a, at_b in runs:
+            part_a = None if a is None or at_a is None else a[at_a : at_a + size]
+            part_b = None if b is None or at_b is None else b[at_b : at_b + size]
+            if part_a is not None and part_b is not None:
+                pieces.append(part_a + part_b)
+            elif part_a is not None or part_b is not None:
+                pieces.append(part_a if part_a is not None else part_b)
+            else:
+                pieces.append(n_rows_fill(size))
+        return pieces[0] if len(pieces) == 1 else tf.concat(pieces, 0)
+
+    def _merge(self, a, b, width):
+        """One block for the rows of two blocks at the same tensor."""
+        if a.channelwise != b.channelwise:
+            a, b = self._dense(a, width), self._dense(b, width)
+        if a.segments == b.segments:
+            if a.channelwise:
+                a, b = self._dense(a, width), self._dense(b, width)
+            return _Block(a.value + b.value, a.segments, _add(a.sq, b.sq))
+        union, runs = self._runs(a.segments, b.segments)
+        if a.channelwise and any(x is not None and y is not None for _, _, x, y in runs):
+            a, b = self._dense(a, width), self._dense(b, width)
+        sq = None
+        if a.sq is not None or b.sq is not None:
+            dtype = (a.sq if a.sq is not None else b.sq).dtype
+            sq = self._combine(
+                a.sq, b.sq, runs, lambda size: tf.zeros([size, self.n], dtype)
+            )
+        if a.channelwise:
+            if a.value.per_sample != b.value.per_sample:
+                a, b = self._per_sample(a), self._per_sample(b)
+            values = self._combine(a.value.values, b.value.values, runs, None)
+            channels = self._combine(a.value.channels, b.value.channels, runs, None)
+            return _Block(Channelwise(values, channels), union, sq)
+        return _Block(self._combine(a.value, b.value, runs, None), union, sq)
+
+    def _per_sample(self, block):
+        """A channelwise block with `(k, n)` channels (packed rows have them)."""
+        value = block.value
+        if value.per_sample:
+            return block
+        k = value.channels.shape[0]
+        channels = tf.broadcast_to(value.channels[:, None], [k, self.n])
+        return _Block(Channelwise(value.values, channels), block.segments, block.sq)
+
+    def _merge_all(self, blocks, width):
+        out = None
+        for block in blocks:
+            out = block if out is None else self._merge(out, block, width)
+        return out
+
+    def _dense(self, block, width):
+        if not block.channelwise:
+            return block
+        return _Block(block.value.dense(width), block.segments, block.sq)
+
+    def _expand(self, block, segments, like):
+        """`block`'s rows laid out as `segments` (a superset), zeros elsewhere."""
+        if block is None:
+            return None
+        if block.segments == tuple(segments):
+            return block.value
+        _, runs = self._runs(segments, block.segments)
+        shape = base.shape_of(like)
+
+        def zeros(size):
+            return tf.zeros(base.concat_shapes([size], shape), like.dtype)
+
+        return self._combine(None, block.value, runs, zeros)
+
+    def _seed(self, j, y):
+        """Target `j`'s rows at its own output: a `Channelwise` block."""
+        k = self.rows[j]
+        channels = y.shape[-1]
+        positions = int(np.prod(y.shape[1:-1]))
+        shape = base.concat_shapes([k], base.shape_of(y)[:-1])
+        values = tf.fill(shape, tf.constant(1.0 / positions, y.dtype))
+        if self.ids is None:
+            index = tf.range(channels)
+        else:
+            raw = self.ids[j]
+            keep = tf.cast((raw >= 0) & (raw < channels), y.dtype)
+            lead = raw.shape.rank
+            values *= tf.reshape(keep, raw.shape.as_list() + [1] * (len(y.shape) - lead))
+            index = tf.clip_by_value(raw, 0, channels - 1)
+        return _Block(Channelwise(values, index), [j], None)
+
+    def _seed_start(self, j):
+        return 0 if self.ids is None else self.ids[j][0]
+
+    # --- the sweep ----------------------------------------------------------
+
+    def run(self):
+        sweep = self.sweep
+        pending = {}
+        for i in range(len(sweep._calls) - 1, -1, -1):
+            call = sweep._calls[i]
+            arriving = [pending.pop(t, []) for t in call.outputs]
+            for t, blocks in zip(call.outputs, arriving):
+                if t in sweep._cut_of and blocks:
+                    with tf.name_scope(f"kns_reverse/cut_{sweep._cut_of[t]}/"):
+                        self._stop_at_cut(t, blocks)
+                    blocks.clear()
+            seeds = sweep._seeds.get(i, [])
+            if "inputs" in sweep.wrt and sweep._embedded.intersection(call.outputs):
+                with tf.name_scope("kns_reverse/embedded/"):
+                    self._read_embedded(call, arriving, seeds)
+            if not seeds and not any(arriving):
+                continue
+            need_inputs = any(sweep._live.get(t, False) for t in call.inputs)
+            need_weights = self.want_weights and bool(call.weights)
+            if not (need_inputs or need_weights):
+                for blocks in arriving:
+                    for block in blocks:
+                        self._harvest_sq(block.segments, block.sq)
+                continue
+            with tf.name_scope(_scope("kns_reverse", call)):
+                results = self._cross(i, arriving, seeds, need_inputs, need_weights)
+            for input_cots, sq, segments in results:
+                attached = False
+                for t, g in zip(call.inputs, input_cots or ()):
+                    if g is None or not sweep._live.get(t, False):
+                        continue
+                    pending.setdefault(t, []).append(
+                        _Block(g, segments, None if attached else sq)
+                    )
+                    attached = True
+                if not attached:
+                    self._harvest_sq(segments, sq)
+        with tf.name_scope("kns_reverse/inputs/"):
+            for t in sweep._float_inputs:
+                blocks = pending.pop(t, [])
+                if not blocks:
+                    continue
+                width = self.values[t].shape[-1]
+                block = self._merge_all(blocks, width)
+                self._harvest_sq(block.segments, block.sq)
+                if "inputs" in sweep.wrt:
+                    self.harvest["inputs"].append((block.segments, _row_sqnorm(block.value)))
+            for blocks in pending.values():
+                for block in blocks:
+                    self._harvest_sq(block.segments, block.sq)
+            for segments, flat in self.shared.values():
+                self._harvest_sq(segments, tf.reduce_sum(tf.square(flat), -1))
+        return self._assemble()
+
+    def _read_embedded(self, call, arriving, seeds):
+        """The sensitivity to an embedded input (an output of `call`): the
+        rows arriving there, and the seeds of a target that is `call`."""
+        for t, blocks in zip(call.outputs, arriving):
+            if t not in self.sweep._embedded:
+                continue
+            if blocks:
+                block = self._merge_all(blocks, self.values[t].shape[-1])
+                blocks[:] = [block]
+                self.harvest["inputs"].append((block.segments, _row_sqnorm(block.value)))
+            if t == call.outputs[0]:
+                for j in seeds:
+                    seed = self._seed(j, self.values[t])
+                    self.harvest["inputs"].append((seed.segments, _row_sqnorm(seed.value)))
+
+    def _stop_at_cut(self, t, blocks):
+        """Rows that reach a cut: everything below is their quadratic form."""
+        grams = self.grams[self.sweep._cut_of[t]]
+        width = self.values[t].shape[-1]
+        for block in self._streams(blocks, width):
+            g = _cast(block.value)
+            for w in self.sweep.wrt:
+                q = gram.quadratic(g, grams[w])
+                if w == "weights":
+                    self._harvest_sq(block.segments, _add(block.sq, q))
+                else:
+                    self.harvest["inputs"].append((block.segments, q))
+
+    def _harvest_sq(self, segments, sq):
+        if sq is not None and self.want_weights:
+            self.harvest["weights"].append((segments, sq))
+
+    def _cross(self, i, arriving, seeds, need_inputs, need_weights):
+        """Rows through call `i`: a list of `(input_cots, sq, segments)`."""
+        sweep = self.sweep
+        call = sweep._calls[i]
+        rule = sweep._rules[i]
+        site, cache = self.sites[i]
+        outputs = site.outputs
+        is_shared = id(call.layer) in sweep._shared
+        widths = [y.shape[-1] if y.shape.rank else None for y in outputs]
+        if len(outputs) > 1 or is_shared:
+            return self._cross_merged(
+                i, arriving, seeds, need_inputs, need_weights, widths
+            )
+        width = widths[0]
+        results = []
+        dense = [b for b in arriving[0] if not b.channelwise]
+        channel = [b for b in arriving[0] if b.channelwise]
+        if _channel_path(rule):
+            channel += [self._seed(j, outputs[0]) for j in seeds]
+        else:
+            for j in seeds:  # a rule with its own `seed_backward`
+                input_cots, sq = rule.seed_backward(
+                    site, cache, self._seed_start(j), self.rows[j],
+                    need_inputs, need_weights,
+                )
+                results.append((input_cots, _cast(sq), (j,)))
+        if channel:
+            block = self._merge_all(channel, width)
+            if block.channelwise:
+                input_cots, sq = rule.channel_backward(
+                    site, cache, block.value, need_inputs, need_weights
+                )
+                results.append((input_cots, _add(block.sq, _cast(sq)), block.segments))
+            else:
+                dense.append(block)
+        for block in self._streams(dense, width):
+            input_cots, sq = rule.backward(
+                site, cache, [block.value], need_inputs, need_weights
+            )
+            results.append((input_cots, _add(block.sq, _cast(sq)), block.segments))
+        return results
+
+    def _streams(self, blocks, width):
+        """The dense blocks at one tensor, each crossing the layer on its own.
+
+        Rows of one target arriving by two paths are added. Other blocks stay
+        apart: joining them would copy the larger one (every layer has new
+        targets' rows joining), while crossing apart costs only more ops in
+        the graph; past `_MAX_STREAMS` blocks the two smallest are joined.
+        """
+        groups = []
+        for block in blocks:
+            rest = []
+            for other in groups:
+                if set(other.segments) & set(block.segments):
+                    block = self._merge(other, block, width)
+                else:
+                    rest.append(other)
+            groups = rest + [block]
+        while len(groups) > _MAX_STREAMS:
+            groups.sort(key=self._num_rows)
+            groups = groups[2:] + [self._merge(groups[0], groups[1], width)]
+        return [self._dense(b, width) for b in groups]
+
+    def _num_rows(self, block):
+        return sum(self.rows[j] for j in block.segments)
+
+    def _cross_merged(self, i, arriving, seeds, need_inputs, need_weights, widths):
+        """Layers with several outputs, and layers called more than once:
+        every row in one block, with full cotangents."""
+        sweep = self.sweep
+        call = sweep._calls[i]
+        rule = sweep._rules[i]
+        site, cache = self.sites[i]
+        outputs = site.outputs
+        is_shared = id(call.layer) in sweep._shared
+        results = []
+        parts = [[self._dense(b, w) for b in blocks] for blocks, w in zip(arriving, widths)]
+        if seeds and not is_shared and _overrides(rule, "seed_backward"):
+            for j in seeds:
+                input_cots, sq = rule.seed_backward(
+                    site, cache, self._seed_start(j), self.rows[j],
+                    need_inputs, need_weights,
+                )
+                results.append((input_cots, _cast(sq), (j,)))
+        else:
+            parts[0] += [self._dense(self._seed(j, outputs[0]), widths[0]) for j in seeds]
+        merged = [
+            self._merge_all(blocks, w) if blocks else None
+            for blocks, w in zip(parts, widths)
+        ]
+        present = [b for b in merged if b is not None]
+        if not present:
+            return results
+        union = present[0].segments
+        for b in present[1:]:
+            union = tuple(self._runs(union, b.segments)[0])
+        sq = None
+        for b in present:
+            if b.sq is not None:
+                _, runs = self._runs(union, b.segments)
+                piece = self._combine(
+                    None, b.sq, runs,
+                    lambda size, d=b.sq.dtype: tf.zeros([size, self.n], d),
+                )
+                sq = _add(sq, piece)
+        cotangents = [self._expand(b, union, y) for b, y in zip(merged, outputs)]
+        input_cots, rule_sq = rule.backward(
+            site, cache, cotangents, need_inputs, need_weights and not is_shared
+        )
+        if need_weights and is_shared:
+            self._share(call, site, cotangents, union)
+        results.append((input_cots, _add(sq, _cast(rule_sq)), union))
+        return results
+
+    def _share(self, call, site, cotangents, segments):
+        """A layer called more than once: its per-sample gradient is the sum
+        over calls, so per-call norms cannot be added; the vectors can."""
+        flat = base.GenericRule.flat_grads(site, cotangents)
+        flat = tf.reshape(flat, [-1, self.n, flat.shape[-1]])
+        previous = self.shared.get(id(call.layer))
+        if previous is None:
+            self.shared[id(call.layer)] = (tuple(segments), flat)
+            return
+        union, runs = self._runs(previous[0], segments)
+        self.shared[id(call.layer)] = (
+            tuple(union),
+            self._combine(previous[1], flat, runs, None),
+        )
+
+    def _assemble(self):
+        """`{wrt: [(k_j, n) per target, in the order of keys]}`."""
+        out = {}
+        for w in self.sweep.wrt:
+            per_target = {}
+            for segments, sq in self.harvest[w]:
+                sq = _cast(sq)
+                offsets = self._offsets(segments)
+                for j in segments:
+                    piece = sq[offsets[j] : offsets[j] + self.rows[j]]
+                    per_target[j] = _add(per_target.get(j), piece)
+            out[w] = [
+                per_target[j]
+                if j in per_target
+                else tf.zeros([self.rows[j], self.n], _float_dtype(self.values))
+                for j in range(len(self.sweep._targets))
             ]
-            result["inputs"] = tf.add_n([inputs_sq, *terms])
-        return result
+        return out
 
 
-def _result_dtype(y):
+def _row_sqnorm(value):
+    """`(R, n)`: squared norm of each row of a block's value."""
+    if isinstance(value, Channelwise):
+        value = value.values
+    return base.sum_squares_per_row(_cast(value))
+
+
+def _channel_path(rule):
+    """Whether seeds go to `channel_backward` (else to `seed_backward`)."""
+    return _overrides(rule, "channel_backward") or not _overrides(rule, "seed_backward")
+
+
+def _scatter(total, ids, value):
+    """Adds a round's `(k, n)` results to `total` `(C, n)` at neuron `ids`."""
+    channels, samples = total.shape
+    if ids.ndim == 1:
+        ids = np.broadcast_to(ids[:, None], value.shape)
+    columns = np.broadcast_to(np.arange(samples)[None], value.shape)
+    keep = (ids >= 0) & (ids < channels)
+    total[ids[keep], columns[keep]] = value[keep]
+
+
+def _overrides(rule, method):
+    return getattr(type(rule), method) is not getattr(base.Rule, method)
+
+
+def _add(a, b):
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
+
+
+def _cast(sq):
     """Norms are float32 (float64 for a float64 model), even under float16."""
-    return tf.float64 if y.dtype == tf.float64 else tf.float32
+    if sq is None or sq.dtype in (tf.float32, tf.float64):
+        return sq
+    return tf.cast(sq, tf.float32)
+
+
+def _float_dtype(values):
+    for v in values.values():
+        if v.dtype == tf.float64:
+            return tf.float64
+    return tf.float32
+
+
+def _scope(phase, call):
+    """An absolute name scope per layer family, read by benchmarks/profile_exact.py."""
+    return f"{phase}/{type(call.layer).__name__}/"
 
 
 def _take_rows(x, begin, size):
@@ -307,4 +1018,3 @@ def _take_rows(x, begin, size):
     if missing:
         rows = tf.concat([rows, tf.repeat(rows[:1], missing, axis=0)], 0)
     return rows
-
