@@ -10,14 +10,19 @@ prediction is a count of multiply-adds per sample from the model's shapes
 alone (`predict_costs`), so the choice is deterministic for a model and a
 probe shape:
 
-- exact: every target's `C` cotangents travel back through every call that
-  leads to the target (hop, and for weights the weight term):
-  `sum_l C_l * sum_{calls before l} work(call)`;
+- exact: a target's own `C` rows are diagonal (together about one forward
+  through its layer); then each row crosses every call that leads to the
+  target: the hop to the call's inputs where anything below is wanted, and
+  for weights the weight term (closed form from norms for a call with one
+  position, such as `Dense`; about a forward's work otherwise);
 - estimate: `m` forward-mode passes over the calls up to the last target,
-  each about three forwards (primal, tangent, weight-tangent terms):
-  `3 m * sum_calls work(call)`;
+  each about three forwards (primal, tangent, weight-tangent terms), plus,
+  to weights, one launch of the compiled function per probe;
 
-plus a fixed cost per operation launched, which dominates small models.
+plus a fixed cost per operation launched, which dominates small models. The
+exact prediction leaves out the sweep's shortcuts (rows kept in one channel,
+Gram matrices at narrow tensors), so on deep convolutional networks it
+overestimates exact: auto errs towards the estimator there.
 """
 
 import numpy as np
@@ -36,6 +41,10 @@ EXACT_PREFERENCE = 2.0
 # The cost of launching one operation, in multiply-adds of work (about 20 us
 # at about 5 GFLOP/s on this project's 2-core CPU).
 _OPERATION_COST = 1e5
+# Operations per layer call in the exact sweep's compiled function.
+_OPS_PER_CALL = 8
+# One call of the estimator's compiled function (per probe, to weights).
+_LAUNCH_COST = 1e7
 
 
 class ExactMethod:
@@ -96,9 +105,12 @@ def predict_costs(graph, keys, wrt, inputs, num_probes):
     replay = Replay(graph, keys)
     with float32_compute(replay.layers()), primary_variables():
         values = replay.run([x[:1] for x in inputs])
-    work, ancestors = [], []
+    calls = replay.calls
+    work, weight_term, ancestors = [], [], []
     producer = {}
-    for i, call in enumerate(replay.calls):
+    reads_input = []  # per call: whether a float input lies upstream
+    has_weights_below = []  # per call: whether a call with weights lies upstream
+    for i, call in enumerate(calls):
         outs = [values[t] for t in call.outputs]
         ins = [values[t] for t in call.inputs]
         out_size = sum(_size(y) for y in outs)
@@ -109,26 +121,48 @@ def predict_costs(graph, keys, wrt, inputs, num_probes):
         # per output entry: Dense in*out, Conv T*D*p, Depthwise T*C*kh*kw.
         per_entry = max(1.0, params / max(channels, 1)) if in_size else 1.0
         work.append(in_size + out_size * per_entry)
+        # A row's weight term: closed form from norms when the output has one
+        # position (Dense: ||h||^2 ||g||^2), otherwise about a forward's work
+        # (||U^T G||^2 over positions).
+        positions = out_size // max(channels, 1)
+        weight_term.append(work[-1] if positions > 1 else in_size + out_size)
         before = set()
         for t in call.inputs:
             if t in producer:
                 before |= ancestors[producer[t]] | {producer[t]}
         ancestors.append(before)
+        reads_input.append(
+            any(t in graph.sensitivity_inputs for t in call.inputs)
+            or any(reads_input[j] for j in before)
+        )
+        has_weights_below.append(any(calls[j].weights for j in before))
         for t in call.outputs:
             producer[t] = i
-    passes = 2.0 if wrt == "weights" else 1.0
+    want_weights = wrt == "weights"
     exact = 0.0
-    exact_ops = 0
     for target in replay.targets:
-        crossed = ancestors[target] | {target}
-        channels = int(values[replay.calls[target].outputs[0]].shape[-1])
-        exact += channels * passes * sum(work[i] for i in crossed)
-        exact_ops += len(crossed)
+        channels = int(values[calls[target].outputs[0]].shape[-1])
+        # The target's own rows are diagonal: together, about one forward.
+        exact += work[target] * (2.0 if want_weights else 1.0)
+        for i in ancestors[target]:
+            # A row crosses call i: the hop to its inputs, when anything below
+            # is wanted, and its weight term.
+            needs_hop = has_weights_below[i] if want_weights else reads_input[i]
+            per_row = work[i] if needs_hop else 0.0
+            if want_weights and calls[i].weights:
+                per_row += weight_term[i]
+            exact += channels * per_row
     batch = int(inputs[0].shape[0])
+    # The estimator: each probe is about three forwards (primal, tangent and
+    # the weight tangent's terms). To weights one compiled call per probe; to
+    # inputs the probes run side by side in one call.
     estimate = num_probes * 3.0 * sum(work)
+    launches = num_probes if want_weights else 1
     return {
-        "exact": batch * exact + _OPERATION_COST * 4 * exact_ops,
-        "estimate": batch * estimate + _OPERATION_COST * 3 * num_probes * len(work),
+        "exact": batch * exact + _OPERATION_COST * _OPS_PER_CALL * len(calls),
+        "estimate": batch * estimate
+        + _OPERATION_COST * 3 * launches * len(work)
+        + _LAUNCH_COST * launches,
     }
 
 
