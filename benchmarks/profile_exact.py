@@ -148,7 +148,7 @@ def worker(opts):
     import tensorflow as tf
 
     from keras_neuron_sensitivity import _batch, probe
-    from keras_neuron_sensitivity.api import model_graph
+    from keras_neuron_sensitivity._computation import model_graph
     from keras_neuron_sensitivity.engine import registry
     from keras_neuron_sensitivity.engine.sweep import Sweep
 

@@ -101,10 +101,10 @@ def _median_seconds(fn, repeats):
 
 def _generic_rules(model):
     """Routes the text layers' calls through the generic rule."""
-    from keras_neuron_sensitivity import api
+    from keras_neuron_sensitivity import _computation
     from keras_neuron_sensitivity.engine import attention, base, registry, token_embedding
 
-    api.model_graph(model)  # registers keras_hub's rules, to be replaced
+    _computation.model_graph(model)  # registers keras_hub's rules, to be replaced
     text_rules = (
         attention.MultiHeadAttentionRule,
         attention.TransformerEncoderRule,
