@@ -11,6 +11,8 @@ import dataclasses
 import secrets
 import weakref
 
+import keras
+
 from keras_neuron_sensitivity import _batch, probe
 from keras_neuron_sensitivity.engine import methods
 from keras_neuron_sensitivity.errors import UnsupportedModelError
@@ -55,6 +57,15 @@ def model_graph(model, x=None):
             f"Received model of type {type(model).__name__}. Expected a "
             "`keras.Model` (Sequential, functional or subclassed), or a "
             "`tf_keras` Sequential or functional model."
+        )
+    backend = keras.backend.backend()
+    if not probe.is_tf_keras(model) and backend != "tensorflow":
+        raise UnsupportedModelError(
+            f"Keras runs on the {backend!r} backend. Expected the "
+            "'tensorflow' backend: this package computes with TensorFlow ops "
+            "on the model's TensorFlow tensors, and cannot yet differentiate "
+            f"{backend} arrays. Set the environment variable "
+            "KERAS_BACKEND=tensorflow before Keras is imported."
         )
     if not probe.is_model_built(model):
         raise UnsupportedModelError(

@@ -436,3 +436,24 @@ def test_layer_without_gradient_names_the_layer_and_the_fix():
 def test_callback_bad_method_arguments_fail_at_creation(kwargs, match, tmp_path):
     with pytest.raises(ValueError, match=match):
         NeuronSensitivityCallback(X, tmp_path, **kwargs)
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_other_keras_backends_are_refused_before_training(backend, monkeypatch, tmp_path):
+    # Keras picks its backend once per process; the package's check reads it
+    # through `keras.backend.backend()`, which is what is replaced here.
+    import types
+
+    from keras_neuron_sensitivity import _computation
+
+    fake = types.SimpleNamespace(backend=types.SimpleNamespace(backend=lambda: backend))
+    model = _mlp()
+    with monkeypatch.context() as patch:
+        patch.setattr(_computation, "keras", fake)
+        with pytest.raises(ValueError, match=rf"'{backend}' backend.*KERAS_BACKEND=tensorflow"):
+            neuron_sensitivity(model, X)
+        ends = _EpochEnds()
+        callback = NeuronSensitivityCallback(X, tmp_path)
+        with pytest.raises(ValueError, match=rf"'{backend}' backend"):
+            model.fit(X, Y, epochs=2, verbose=0, callbacks=[callback, ends])
+        assert ends.batches == 0 and ends.epochs == []
