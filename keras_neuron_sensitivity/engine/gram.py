@@ -67,11 +67,18 @@ def separators(calls, inputs):
 
 
 def choose_cuts(candidates, targets, call_cost, basis_cost, quad_cost, input_quad):
-    """The separators to summarize by Gram matrices, by dynamic programming.
+    """The separators to summarize by Gram matrices (see `plan`)."""
+    return plan(candidates, targets, call_cost, basis_cost, quad_cost, input_quad)[1]
+
+
+def plan(candidates, targets, call_cost, basis_cost, quad_cost, input_quad):
+    """The cheapest choice of cuts, by dynamic programming, and its cost.
 
     Args:
         candidates: `[Cut]` in call order, the tensors allowed as cuts.
-        targets: `[(call index, rows)]` of every target.
+        targets: `[(call index, rows)]` of every target, or `[(call index,
+            rows, seed)]` where the target's own call costs `seed` for all
+            its rows together instead of `rows * call_cost[call]`.
         call_cost: per call, the cost of one row crossing it.
         basis_cost: `f(below, cut)`: the cost of `cut`'s Gram matrices from
             those of `below` (a `Cut`, or None for the model's inputs),
@@ -80,7 +87,8 @@ def choose_cuts(candidates, targets, call_cost, basis_cost, quad_cost, input_qua
         input_quad: one row's cost at the model's inputs.
 
     Returns:
-        The chosen `[Cut]`, in call order (maybe empty).
+        `(cost, cuts)`: the cost of the sweep with the chosen cuts, and the
+        chosen `[Cut]` in call order (maybe empty).
     """
     prefix = [0.0]
     for c in call_cost:
@@ -99,9 +107,11 @@ def choose_cuts(candidates, targets, call_cost, basis_cost, quad_cost, input_qua
         lo = index(low)
         quad = input_quad if low is None else quad_cost(low)
         total = 0.0
-        for call, rows in targets:
+        for call, rows, *seed in targets:
             if lo < call <= high_index:
                 total += rows * (crossing(lo, call) + quad)
+                if seed:
+                    total += seed[0] - rows * call_cost[call]
         return total
 
     best = {0: (0.0, None)}
@@ -128,7 +138,7 @@ def choose_cuts(candidates, targets, call_cost, basis_cost, quad_cost, input_qua
     while a:
         chosen.append(points[a])
         a = best[a][1]
-    return chosen[::-1]
+    return final[0], chosen[::-1]
 
 
 def quadratic(g, m):

@@ -28,7 +28,10 @@ overestimates exact: auto errs towards the estimator there.
 import numpy as np
 import tensorflow as tf
 
-from keras_neuron_sensitivity.engine import summary
+from keras_neuron_sensitivity.engine import gram, registry, summary
+from keras_neuron_sensitivity.engine.base import Rule
+from keras_neuron_sensitivity.engine.conv import ConvRule
+from keras_neuron_sensitivity.engine.dense import DenseRule
 from keras_neuron_sensitivity.engine.estimate import Estimator
 from keras_neuron_sensitivity.engine.replay import Replay, float32_compute, primary_variables
 from keras_neuron_sensitivity.engine.sweep import Sweep
@@ -43,6 +46,9 @@ EXACT_PREFERENCE = 2.0
 _OPERATION_COST = 1e5
 # Operations per layer call in the exact sweep's compiled function.
 _OPS_PER_CALL = 8
+# Gram matrices the prediction allows at one cut (a quarter of the default
+# memory budget, as the sweep does).
+_GRAM_BYTES = 2**28
 # One call of the estimator's compiled function (per probe, to weights).
 _LAUNCH_COST = 1e7
 
@@ -122,10 +128,13 @@ def predict_costs(graph, keys, wrt, inputs, num_probes):
         per_entry = max(1.0, params / max(channels, 1)) if in_size else 1.0
         work.append(in_size + out_size * per_entry)
         # A row's weight term: closed form from norms when the output has one
-        # position (Dense: ||h||^2 ||g||^2), otherwise about a forward's work
-        # (||U^T G||^2 over positions).
+        # position (Dense: ||h||^2 ||g||^2); over T positions ||U^T G||^2,
+        # directly (about a forward's work) or in Gram form (T^2 per channel).
         positions = out_size // max(channels, 1)
-        weight_term.append(work[-1] if positions > 1 else in_size + out_size)
+        if positions > 1:
+            weight_term.append(min(work[-1], positions * out_size + in_size))
+        else:
+            weight_term.append(in_size + out_size)
         before = set()
         for t in call.inputs:
             if t in producer:
@@ -139,20 +148,81 @@ def predict_costs(graph, keys, wrt, inputs, num_probes):
         for t in call.outputs:
             producer[t] = i
     want_weights = wrt == "weights"
-    exact = 0.0
-    for target in replay.targets:
-        channels = int(values[calls[target].outputs[0]].shape[-1])
-        # The target's own rows are diagonal: together, about one forward.
-        exact += work[target] * (2.0 if want_weights else 1.0)
-        for i in ancestors[target]:
-            # A row crosses call i: the hop to its inputs, when anything below
-            # is wanted, and its weight term.
-            needs_hop = has_weights_below[i] if want_weights else reads_input[i]
-            per_row = work[i] if needs_hop else 0.0
-            if want_weights and calls[i].weights:
-                per_row += weight_term[i]
-            exact += channels * per_row
+    # The cost of one (dense) row crossing each call: the hop to its inputs
+    # when anything below is wanted, and its weight term.
+    row_cost = []
+    for i, call in enumerate(calls):
+        needs_hop = has_weights_below[i] if want_weights else reads_input[i]
+        cost = work[i] if needs_hop else 0.0
+        if want_weights and call.weights:
+            cost += weight_term[i]
+        row_cost.append(cost)
+    # A target's own rows are diagonal: together, about one forward. Through
+    # per-channel layers below it they stay in one channel (`Channelwise`),
+    # down to the first convolution or Dense: there, all rows together cost
+    # about one row.
+    with float32_compute(replay.layers()):
+        rules = [registry.rule_for(call.layer) for call in calls]
+    consumes = [isinstance(rule, (ConvRule, DenseRule)) for rule in rules]
+    keeps = [
+        type(rule).channel_backward is not Rule.channel_backward and not consumed
+        for rule, consumed in zip(rules, consumes)
+    ]
+    targets = []
+    for t in replay.targets:
+        rows = int(values[calls[t].outputs[0]].shape[-1])
+        seed = work[t] * (2.0 if want_weights else 1.0)
+        stack = [t] if keeps[t] else []
+        seen = set()
+        while stack:
+            for tensor in calls[stack.pop()].inputs:
+                j = producer.get(tensor)
+                if j is None or j in seen:
+                    continue
+                seen.add(j)
+                seed += row_cost[j] * (1 - rows)
+                if keeps[j]:
+                    stack.append(j)
+        targets.append((t, rows, seed))
+    # Rows stop at the narrow tensors where the sweep keeps Gram matrices of
+    # everything below (gram.py): the same dynamic programme, on these costs.
     batch = int(inputs[0].shape[0])
+    live = has_weights_below if want_weights else reads_input
+    candidates = []
+    if _gram_cuts_allowed(graph, calls, want_weights):
+        for i, t in gram.separators(calls, graph.inputs):
+            y = values.get(t)
+            if y is None or not _is_float(y):
+                continue
+            if not (live[i] or (want_weights and calls[i].weights)):
+                continue
+            size = _size(y)
+            if batch * 4 * size * size <= _GRAM_BYTES:
+                candidates.append(gram.Cut(i, t, size, tuple(y.shape[1:])))
+    input_size = sum(_size(values[t]) for t in graph.inputs if t in graph.sensitivity_inputs)
+
+    def basis_cost(low, cut):
+        lo = -1 if low is None else low.call
+        d = cut.size
+        params = sum(
+            sum(int(np.prod(v.shape)) for v in calls[i].weights)
+            for i in range(lo + 1, cut.call + 1)
+        )
+        cost = d * d * params if want_weights else 0.0
+        if low is not None:
+            cost += d * low.size * (low.size + d)
+        elif not want_weights:
+            cost += d * d * input_size
+        return cost
+
+    exact, _ = gram.plan(
+        candidates,
+        targets,
+        row_cost,
+        basis_cost,
+        lambda cut: cut.size * (cut.size + 1),
+        0.0 if want_weights else input_size,
+    )
     # The estimator: each probe is about three forwards (primal, tangent and
     # the weight tangent's terms). To weights one compiled call per probe; to
     # inputs the probes run side by side in one call.
@@ -169,6 +239,14 @@ def predict_costs(graph, keys, wrt, inputs, num_probes):
 def choose(costs):
     """`"exact"` when its cost is at most `EXACT_PREFERENCE` times the other."""
     return "exact" if costs["exact"] <= EXACT_PREFERENCE * costs["estimate"] else "estimate"
+
+
+def _gram_cuts_allowed(graph, calls, want_weights):
+    """The sweep's own conditions (`Sweep._plan_cuts`)."""
+    if want_weights:
+        owners = [id(call.layer) for call in calls if call.weights]
+        return len(owners) == len(set(owners))  # no shared layer
+    return set(graph.sensitivity_inputs) <= set(graph.inputs)  # no embedded input
 
 
 def _size(x):
