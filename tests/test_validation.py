@@ -457,3 +457,41 @@ def test_other_keras_backends_are_refused_before_training(backend, monkeypatch, 
         with pytest.raises(ValueError, match=rf"'{backend}' backend"):
             model.fit(X, Y, epochs=2, verbose=0, callbacks=[callback, ends])
         assert ends.batches == 0 and ends.epochs == []
+
+
+_ON_JAX = """
+import numpy as np, keras
+from keras_neuron_sensitivity import NeuronSensitivityCallback
+
+class Steps(keras.callbacks.Callback):
+    count = 0
+    def on_train_batch_end(self, batch, logs=None):
+        Steps.count += 1
+
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(2)])
+model.compile("sgd", "mse")
+x = np.ones((8, 4), "float32")
+try:
+    model.fit(x, np.ones((8, 2), "float32"), epochs=2, verbose=0,
+              callbacks=[NeuronSensitivityCallback(x, {log_dir!r}), Steps()])
+except ValueError as error:
+    print(keras.backend.backend(), Steps.count, error)
+"""
+
+
+def test_a_real_jax_backend_is_refused_before_the_first_step(tmp_path):
+    # Keras picks its backend at import: a fresh process on JAX (in `dev`).
+    pytest.importorskip("jax")
+    import subprocess
+    import sys
+
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    done = subprocess.run(
+        [sys.executable, "-c", _ON_JAX.format(log_dir=str(tmp_path))],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    backend, steps, message = done.stdout.strip().split(" ", 2)
+    assert (backend, steps) == ("jax", "0")
+    assert "'jax' backend" in message and "KERAS_BACKEND=tensorflow" in message
+    assert not (tmp_path / "sensitivity").exists()
