@@ -216,6 +216,27 @@ def test_auto_is_exact_on_mlps_where_exact_is_cheaper(widths, batch, wrts):
         assert got.method == "exact", (widths, wrt)
 
 
+def test_gram_plan_costs_by_hand():
+    # Two calls, a row crossing them costs 1 and 10; one target at call 1
+    # with 5 rows; one candidate cut after call 0 (2 entries, basis 7).
+    from keras_neuron_sensitivity.engine import gram
+
+    cut = gram.Cut(call=0, tensor=0, size=2, shape=(2,))
+    costs = [1.0, 10.0]
+
+    def plan(targets, candidates=(), quad=4.0):
+        return gram.plan(list(candidates), targets, costs, lambda low, c: 7.0, lambda c: quad, 0.0)
+
+    assert plan([(1, 5)]) == (55.0, [])  # 5 rows x (1 + 10)
+    assert plan([(1, 5, 3.0)]) == (8.0, [])  # the own call's 50 replaced by 3
+    # The cut: its basis (2 rows x 1 + 7), then 5 rows x (10 + quadratic 4).
+    assert plan([(1, 5)], [cut]) == (55.0, [])  # 79 > 55: no cut
+    assert plan([(1, 5)], [cut], quad=0.0) == (55.0, [])  # 59 > 55
+    assert plan([(1, 50)], [cut], quad=0.0)[0] == 509.0  # 9 + 500 < 550: cut
+    # A seed's savings never bring a target below its quadratic forms.
+    assert plan([(1, 5, -1000.0)], [cut], quad=0.0)[0] == 0.0
+
+
 def test_auto_estimates_where_exact_is_costly():
     # Wide convolutions over many positions: 3 x 48 neurons whose cotangents
     # each cross every earlier convolution.

@@ -78,7 +78,8 @@ def plan(candidates, targets, call_cost, basis_cost, quad_cost, input_quad):
         candidates: `[Cut]` in call order, the tensors allowed as cuts.
         targets: `[(call index, rows)]` of every target, or `[(call index,
             rows, seed)]` where the target's own call costs `seed` for all
-            its rows together instead of `rows * call_cost[call]`.
+            its rows together instead of `rows * call_cost[call]` (and may
+            count savings below it, see `methods.predict_costs`).
         call_cost: per call, the cost of one row crossing it.
         basis_cost: `f(below, cut)`: the cost of `cut`'s Gram matrices from
             those of `below` (a `Cut`, or None for the model's inputs),
@@ -109,9 +110,12 @@ def plan(candidates, targets, call_cost, basis_cost, quad_cost, input_quad):
         total = 0.0
         for call, rows, *seed in targets:
             if lo < call <= high_index:
-                total += rows * (crossing(lo, call) + quad)
+                charge = rows * (crossing(lo, call) + quad)
                 if seed:
-                    total += seed[0] - rows * call_cost[call]
+                    # Never below the quadratic forms: the seed's savings
+                    # may lie under `low`, where the rows do not go.
+                    charge = max(charge + seed[0] - rows * call_cost[call], rows * quad)
+                total += charge
         return total
 
     best = {0: (0.0, None)}
