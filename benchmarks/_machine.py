@@ -1,4 +1,11 @@
-"""What both benchmark scripts print about the machine they ran on."""
+"""What the benchmark scripts print about the machine they ran on."""
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def loadavg():
@@ -20,3 +27,37 @@ def cpu_model():
     except OSError:
         pass
     return "unknown"
+
+
+def machine_info():
+    """Lines on the machine, the versions and the package's commit."""
+    try:
+        with open("/proc/meminfo") as f:
+            mem = int(f.readline().split()[1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        mem = float("nan")
+
+    def version(name):
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    def git(*args):
+        try:
+            return subprocess.run(
+                ["git", "-C", REPO, *args], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "keras_neuron_sensitivity")
+    return [
+        f"load average at start: {loadavg()} (other processes on the machine skew timings)",
+        f"CPU: {cpu_model()}; {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable); {mem:.1f} GiB RAM",
+        f"Python {platform.python_version()}; TensorFlow {version('tensorflow')}; "
+        f"Keras {version('keras')}; NumPy {version('numpy')}",
+        f"keras-neuron-sensitivity {version('keras-neuron-sensitivity')} at {commit}"
+        + (" + uncommitted changes in the package" if dirty else " (clean package tree)"),
+    ]

@@ -84,7 +84,6 @@ def rules():
 
 
 def speed(table, calls):
-    import keras
     import numpy as np
 
     from keras_neuron_sensitivity import neuron_sensitivity

@@ -25,10 +25,8 @@ Progress goes to stderr, the tables to stdout.
 """
 
 import argparse
-import importlib.metadata
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -36,10 +34,9 @@ import sys
 import tempfile
 import time
 
-from _machine import cpu_model, loadavg
+from _machine import loadavg, machine_info
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
 
 MODELS = {
     "a": {"title": "MLP 64-256-128-64-10", "kind": "mlp", "sizes": [64, 256, 128, 64, 10], "batch": 32},
@@ -436,40 +433,6 @@ def worker(opts):
 # =============================================================================
 # Driver: runs the workers, compares, prints
 # =============================================================================
-
-
-def machine_info():
-    cpu = cpu_model()
-    try:
-        with open("/proc/meminfo") as f:
-            mem = int(f.readline().split()[1]) / 2**20
-    except (OSError, ValueError, IndexError):
-        mem = float("nan")
-
-    def version(name):
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
-
-    def git(*args):
-        try:
-            return subprocess.run(
-                ["git", "-C", REPO, *args], capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--", "keras_neuron_sensitivity")
-    return [
-        f"load average at start: {loadavg()} (other processes on the machine skew timings)",
-        f"CPU: {cpu}; {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable); {mem:.1f} GiB RAM",
-        f"Python {platform.python_version()}; TensorFlow {version('tensorflow')}; "
-        f"Keras {version('keras')}; NumPy {version('numpy')}",
-        f"keras-neuron-sensitivity {version('keras-neuron-sensitivity')} at {commit}"
-        + (" + uncommitted changes in the package" if dirty else " (clean package tree)"),
-    ]
 
 
 def run_worker(model, method, wrt, opts, tmp):

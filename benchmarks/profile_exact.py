@@ -54,7 +54,6 @@ MODELS = {
 
 def build(name):
     import keras
-    import numpy as np
 
     keras.utils.set_random_seed(0)
     apps = keras.applications
