@@ -66,6 +66,40 @@ def separators(calls, inputs):
     return out
 
 
+def candidates(calls, graph, wrt, values, live, batch, max_bytes):
+    """`[Cut]`: the separators that may be cuts, in call order.
+
+    Args:
+        calls: the calls up to the last target.
+        graph: their `probe.Graph`.
+        wrt: the sensitivities computed (`"weights"`, `"inputs"`).
+        values: tensor id -> a value of one sample (shapes and dtypes).
+        live: tensor id -> whether rows reaching it go on below.
+        batch: samples per chunk.
+        max_bytes: the most all Gram matrices of one cut may take.
+    """
+    want_weights = "weights" in wrt
+    owners = [id(call.layer) for call in calls if call.weights]
+    if want_weights and len(owners) > len(set(owners)):
+        # A weight used below and above a cut would need the cross terms
+        # between the two parts of its gradient.
+        return []
+    if "inputs" in wrt and not set(graph.sensitivity_inputs) <= set(graph.inputs):
+        # Rows read at an embedded input on their way down: they cannot
+        # stop above it (the Gram passes read only the model's inputs).
+        return []
+    out = []
+    for i, t in separators(calls, graph.inputs):
+        y = values.get(t)
+        if y is None or not y.dtype.is_floating or not live.get(t, False):
+            continue
+        size = int(math.prod(y.shape[1:]))
+        if size == 0 or batch * len(wrt) * 4 * size * size > max_bytes:
+            continue
+        out.append(Cut(i, t, size, tuple(y.shape[1:])))
+    return out
+
+
 def choose_cuts(candidates, targets, call_cost, basis_cost, quad_cost, input_quad):
     """The separators to summarize by Gram matrices (see `plan`)."""
     return plan(candidates, targets, call_cost, basis_cost, quad_cost, input_quad)[1]

@@ -188,17 +188,12 @@ def predict_costs(graph, keys, wrt, inputs, num_probes):
     # everything below (gram.py): the same dynamic programme, on these costs.
     batch = int(inputs[0].shape[0])
     live = has_weights_below if want_weights else reads_input
-    candidates = []
-    if _gram_cuts_allowed(graph, calls, want_weights):
-        for i, t in gram.separators(calls, graph.inputs):
-            y = values.get(t)
-            if y is None or not _is_float(y):
-                continue
-            if not (live[i] or (want_weights and calls[i].weights)):
-                continue
-            size = _size(y)
-            if batch * 4 * size * size <= _GRAM_BYTES:
-                candidates.append(gram.Cut(i, t, size, tuple(y.shape[1:])))
+    live = {
+        t: live[i] or (want_weights and bool(call.weights))
+        for i, call in enumerate(calls)
+        for t in call.outputs
+    }
+    candidates = gram.candidates(calls, graph, (wrt,), values, live, batch, _GRAM_BYTES)
     input_size = sum(_size(values[t]) for t in graph.inputs if t in graph.sensitivity_inputs)
 
     def basis_cost(low, cut):
@@ -239,14 +234,6 @@ def predict_costs(graph, keys, wrt, inputs, num_probes):
 def choose(costs):
     """`"exact"` when its cost is at most `EXACT_PREFERENCE` times the other."""
     return "exact" if costs["exact"] <= EXACT_PREFERENCE * costs["estimate"] else "estimate"
-
-
-def _gram_cuts_allowed(graph, calls, want_weights):
-    """The sweep's own conditions (`Sweep._plan_cuts`)."""
-    if want_weights:
-        owners = [id(call.layer) for call in calls if call.weights]
-        return len(owners) == len(set(owners))  # no shared layer
-    return set(graph.sensitivity_inputs) <= set(graph.inputs)  # no embedded input
 
 
 def _size(x):

@@ -351,21 +351,13 @@ class Sweep:
     def _plan_cuts(self, values, per_row, batch):
         """The separator tensors whose Gram matrices rows stop at (`gram.py`)."""
         want_weights = "weights" in self.wrt
-        if want_weights and self._shared:
-            # A weight used below and above a cut would need the cross terms
-            # between the two parts of its gradient.
-            return []
-        if "inputs" in self.wrt and self._embedded:
-            # Rows read at an embedded input on their way down: they cannot
-            # stop above it (the Gram passes read only the model's inputs).
-            return []
         kinds = want_weights + ("inputs" in self.wrt)
 
         def floats(t):
             v = values.get(t)
             return 0 if v is None else int(np.prod(v.shape[1:]))
 
-        call_cost, gram_cost, row_loop, limit = [], [], [], []
+        call_cost, gram_cost, row_loop = [], [], []
         for call, rule in zip(self._calls, self._rules):
             io = sum(floats(t) for t in call.inputs + call.outputs)
             params = sum(int(np.prod(v.shape)) for v in call.weights) if want_weights else 0
@@ -382,15 +374,9 @@ class Sweep:
             gram_cost.append(params * gram._MAC_COST)
         call_cost = [float(c) for c in call_cost]
         input_size = sum(floats(t) for t in self._float_inputs)
-        candidates = []
-        for i, t in gram.separators(self._calls, self.graph.inputs):
-            y = values.get(t)
-            if y is None or not y.dtype.is_floating or not self._live.get(t, False):
-                continue
-            size = floats(t)
-            if size == 0 or batch * kinds * 4 * size * size > self.memory_budget / 4:
-                continue
-            candidates.append(gram.Cut(i, t, size, tuple(y.shape[1:])))
+        candidates = gram.candidates(
+            self._calls, self.graph, self.wrt, values, self._live, batch, self.memory_budget / 4
+        )
         if not candidates:
             return []
 
