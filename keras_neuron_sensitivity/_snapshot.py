@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_neuron_sensitivity import _computation
+from keras_neuron_sensitivity._subclassed import Placeholder, RecordedArguments
 from keras_neuron_sensitivity.engine import registry
 from keras_neuron_sensitivity.engine.replay import Replay
 
@@ -237,12 +238,11 @@ def _detached(call, layer):
     model's layers) replaced by placeholders."""
     if call.arguments is None:
         return dataclasses.replace(call, layer=layer)
-    placeholders, keras_ids = [], {}
+    keras_ids = {}
 
     def replace(x):
         if id(x) in call.keras_ids:
-            placeholder = _Placeholder()
-            placeholders.append(placeholder)
+            placeholder = Placeholder()
             keras_ids[id(placeholder)] = call.keras_ids[id(x)]
             return placeholder
         return x
@@ -250,29 +250,8 @@ def _detached(call, layer):
     args = keras.tree.map_structure(replace, call.arguments.args)
     kwargs = keras.tree.map_structure(replace, call.arguments.kwargs)
     return dataclasses.replace(
-        call, layer=layer, arguments=_DetachedArguments(args, kwargs), keras_ids=keras_ids
+        call, layer=layer, arguments=RecordedArguments(args, kwargs), keras_ids=keras_ids
     )
-
-
-class _Placeholder:
-    """Stands for a tensor in a detached call's arguments."""
-
-
-class _DetachedArguments:
-    """A call's `(args, kwargs)` with placeholders, filled like Keras's
-    `SymbolicArguments` (`Call.fill`)."""
-
-    def __init__(self, args, kwargs):
-        self.args, self.kwargs = args, kwargs
-
-    def fill_in(self, tensor_dict):
-        def fill(x):
-            return tensor_dict[id(x)] if isinstance(x, _Placeholder) else x
-
-        return (
-            keras.tree.map_structure(fill, self.args),
-            keras.tree.map_structure(fill, self.kwargs),
-        )
 
 
 def _clone_isolated(layers):

@@ -21,21 +21,21 @@ from keras_neuron_sensitivity.errors import UnsupportedModelError
 _RECORDING = threading.local()
 
 
-class _Placeholder:
-    """Stands for a tensor in a recorded call's arguments."""
+class Placeholder:
+    """Stands for a tensor in a recorded (or detached) call's arguments."""
 
 
 class RecordedArguments:
-    """A recorded call's `(args, kwargs)`, filled like Keras's `SymbolicArguments`."""
+    """A call's `(args, kwargs)` with `Placeholder`s, filled like Keras's
+    `SymbolicArguments` (`Call.fill`)."""
 
-    def __init__(self, args, kwargs, placeholders):
+    def __init__(self, args, kwargs):
         self.args = args
         self.kwargs = kwargs
-        self.placeholders = placeholders  # in flattening order
 
     def fill_in(self, tensor_dict):
         def fill(x):
-            return tensor_dict[id(x)] if isinstance(x, _Placeholder) else x
+            return tensor_dict[id(x)] if isinstance(x, Placeholder) else x
 
         return (
             keras.tree.map_structure(fill, self.args),
@@ -100,7 +100,7 @@ def recorded_graph(model, inputs, new_id):
     input_ids = [ids[id(t)] for t in inputs]
     recorded = []
     for layer, args, kwargs, outputs in calls:
-        placeholders, keras_ids, call_inputs = [], {}, []
+        keras_ids, call_inputs = {}, []
 
         def replace(x):
             if not tf.is_tensor(x):
@@ -117,8 +117,7 @@ def recorded_graph(model, inputs, new_id):
                     "matching Keras layer such as `Concatenate`), or rebuild "
                     "the model as a functional model."
                 )
-            placeholder = _Placeholder()
-            placeholders.append(placeholder)
+            placeholder = Placeholder()
             keras_ids[id(placeholder)] = ids[id(x)]
             call_inputs.append(ids[id(x)])
             return placeholder
@@ -129,7 +128,7 @@ def recorded_graph(model, inputs, new_id):
         for t in keras.tree.flatten(outputs):
             ids[id(t)] = new_id(t)
             output_ids.append(ids[id(t)])
-        arguments = RecordedArguments(filled_args, filled_kwargs, placeholders)
+        arguments = RecordedArguments(filled_args, filled_kwargs)
         recorded.append((layer, call_inputs, output_ids, arguments, keras_ids))
     for t in keras.tree.flatten(output):
         if id(t) not in ids:
