@@ -1,9 +1,11 @@
-"""What the benchmark scripts print about the machine they ran on."""
+"""Shared by the benchmark scripts: the machine they ran on, and a timer."""
 
 import importlib.metadata
 import os
 import platform
+import statistics
 import subprocess
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,3 +63,13 @@ def machine_info():
         f"keras-neuron-sensitivity {version('keras-neuron-sensitivity')} at {commit}"
         + (" + uncommitted changes in the package" if dirty else " (clean package tree)"),
     ]
+
+
+def median_seconds(fn, repeats):
+    """The median time of `repeats` calls of `fn` (after the caller's warm-up)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

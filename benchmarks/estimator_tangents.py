@@ -46,7 +46,7 @@ import subprocess
 import sys
 import time
 
-from _machine import cpu_model, loadavg
+from _machine import cpu_model, loadavg, median_seconds
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULT_TAG = "RESULT_JSON "
@@ -76,16 +76,6 @@ def sqrt_chi2_mean(m):
     (0.80 at m=1, 0.89 at m=2, 0.99 at m=32).
     """
     return math.sqrt(2.0 / m) * math.exp(math.lgamma((m + 1) / 2) - math.lgamma(m / 2))
-
-
-def timed(fn, repeats):
-    """The median of `repeats` calls of `fn` (after the caller's warm-up)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def worker(opts):
@@ -130,8 +120,8 @@ def worker(opts):
     # ratio is the median of the per-pair ratios.
     t32s, t1s = [], []
     for _ in range(opts.timing_repeats):
-        t32s.append(timed(lambda: shared(inputs, 1), 1) / SHARED_PROBES)
-        t1s.append(timed(lambda: single32(samples[0], 1), 1) / SHARED_PROBES)
+        t32s.append(median_seconds(lambda: shared(inputs, 1), 1) / SHARED_PROBES)
+        t1s.append(median_seconds(lambda: single32(samples[0], 1), 1) / SHARED_PROBES)
     t32, t1 = statistics.median(t32s), statistics.median(t1s)
     ratio = statistics.median(a / b for a, b in zip(t32s, t1s))
     m_equal = max(1, int(batch * ratio // batch))

@@ -19,7 +19,6 @@ package did before they had rules of their own.
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _machine import cpu_model, loadavg  # noqa: E402
+from _machine import cpu_model, loadavg, median_seconds  # noqa: E402
 from keras_neuron_sensitivity import neuron_sensitivity  # noqa: E402
 
 VOCAB, LENGTH, HIDDEN, PROBE, TRAIN_BATCH = 100, 8, 32, 8, 32
@@ -90,15 +89,6 @@ def mha_classifier():
 MODELS = {"bert": bert, "gpt2": gpt2, "mha": mha_classifier}
 
 
-def _median_seconds(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _generic_rules(model):
     """Routes the text layers' calls through the generic rule."""
     from keras_neuron_sensitivity import _computation
@@ -126,7 +116,7 @@ def run(name, rules, repeats):
     trained.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x_train, y_train = inputs(TRAIN_BATCH, 1), np.arange(TRAIN_BATCH) % 2
     trained.train_on_batch(x_train, y_train)
-    step = _median_seconds(lambda: trained.train_on_batch(x_train, y_train), 50)
+    step = median_seconds(lambda: trained.train_on_batch(x_train, y_train), 50)
     probe = inputs(PROBE, 2)
     row = [f"{name}, {rules}", f"{step * 1e3:.1f} ms"]
     neurons = "?"
@@ -139,7 +129,7 @@ def run(name, rules, repeats):
             continue
         first = time.perf_counter() - start
         neurons = sum(v.size for v in result.values())
-        seconds = _median_seconds(lambda: neuron_sensitivity(model, probe, wrt=wrt), repeats)
+        seconds = median_seconds(lambda: neuron_sensitivity(model, probe, wrt=wrt), repeats)
         row += [f"{seconds * 1e3:.0f} ms ({seconds / step:.1f} steps)", f"{first:.1f} s"]
     print(f"| {row[0]} ({neurons} neurons) | {' | '.join(row[1:])} |", flush=True)
 
