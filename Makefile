@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/python demos/digits_mlp.py
 
+# The whole suite on TensorFlow, then the backend subset on JAX and PyTorch
+# (Keras picks its backend at import: one pytest run per backend).
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest
+	KERAS_BACKEND=jax $(BIN)/python -m pytest tests/backends
+	KERAS_BACKEND=torch $(BIN)/python -m pytest tests/backends
 
 clean:
 	rm -rf $(VENV) logs .pytest_cache

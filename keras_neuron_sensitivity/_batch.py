@@ -8,6 +8,7 @@ integer and float tensors whose every dimension the probe fixes.
 
 import warnings
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -116,7 +117,7 @@ def preprocess(graph, tensors):
         for call in graph.preprocessing:
             site = Site(call, [values[t] for t in call.inputs])
             outputs = site.run(site.inputs)
-            values.update(zip(call.outputs, (tf.convert_to_tensor(y) for y in outputs)))
+            values.update(zip(call.outputs, (_tensor(y) for y in outputs)))
     return [
         _as_declared(values[t], dtype) for t, dtype in zip(graph.inputs, graph.input_dtypes)
     ]
@@ -126,9 +127,25 @@ def _as_declared(value, dtype):
     """A preprocessing output in the dtype its layer declares: a multi-hot
     `TextVectorization` says float32 and returns int64, which the next
     layer casts on the way in; the engine's rules read it as declared."""
-    if dtype is None or value.dtype == tf.string or value.dtype.name == dtype:
+    if dtype is None or _dtype_name(value) in ("string", dtype):
         return value
-    return tf.cast(value, dtype)
+    return keras.ops.cast(value, dtype)
+
+
+def _dtype_name(value):
+    if isinstance(value, tf.Tensor):
+        return value.dtype.name
+    return keras.backend.standardize_dtype(value.dtype)
+
+
+def _tensor(value):
+    """A tensor of the Keras backend (strings stay TensorFlow tensors: only
+    the TensorFlow backend reads text)."""
+    if keras.backend.backend() == "tensorflow" or (
+        isinstance(value, tf.Tensor) and value.dtype == tf.string
+    ):
+        return tf.convert_to_tensor(value)
+    return keras.ops.convert_to_tensor(keras.ops.convert_to_numpy(value))
 
 
 def _to_tensor(value, name, dtype, spec, what):
@@ -172,6 +189,15 @@ def _to_tensor(value, name, dtype, spec, what):
                 "Expected strings: the model reads text there. Pass the raw "
                 "strings (a NumPy array or list of str)."
             )
+        if keras.backend.backend() != "tensorflow":
+            raise TypeError(
+                f"Received `{what}` for input {name!r}: strings, on the "
+                f"{keras.backend.backend()!r} backend. Expected numbers: "
+                "only the TensorFlow backend carries string tensors through a "
+                "model. Turn the text into token ids before the model (call "
+                "the `TextVectorization` layer in your data pipeline), or "
+                "use KERAS_BACKEND=tensorflow."
+            )
         return tf.convert_to_tensor(array.astype(object))
     if array.dtype.kind in "USO":
         raise TypeError(
@@ -179,7 +205,7 @@ def _to_tensor(value, name, dtype, spec, what):
             f"({array.dtype}). Expected {dtype.name} numbers: that input "
             "is not text. Pass numbers, or give the model a string input."
         )
-    return tf.convert_to_tensor(array.astype(dtype.as_numpy_dtype))
+    return _tensor(array.astype(dtype.as_numpy_dtype))
 
 
 def _adjust_rank(array, expected):

@@ -11,10 +11,8 @@ import dataclasses
 import secrets
 import weakref
 
-import keras
-
 from keras_neuron_sensitivity import _batch, probe
-from keras_neuron_sensitivity.engine import methods
+from keras_neuron_sensitivity.engine import backend, methods, native
 from keras_neuron_sensitivity.errors import UnsupportedModelError
 
 
@@ -58,14 +56,13 @@ def model_graph(model, x=None):
             "`keras.Model` (Sequential, functional or subclassed), or a "
             "`tf_keras` Sequential or functional model."
         )
-    backend = keras.backend.backend()
-    if not probe.is_tf_keras(model) and backend != "tensorflow":
+    name = backend.name()
+    if not probe.is_tf_keras(model) and name not in ("tensorflow", "jax", "torch"):
         raise UnsupportedModelError(
-            f"Keras runs on the {backend!r} backend. Expected the "
-            "'tensorflow' backend: this package computes with TensorFlow ops "
-            "on the model's TensorFlow tensors, and cannot yet differentiate "
-            f"{backend} arrays. Set the environment variable "
-            "KERAS_BACKEND=tensorflow before Keras is imported."
+            f"Keras runs on the {name!r} backend. Expected 'tensorflow', "
+            "'jax' or 'torch', the backends this package differentiates "
+            "through. Set the environment variable KERAS_BACKEND to one of "
+            "them before Keras is imported."
         )
     if not probe.is_model_built(model):
         raise UnsupportedModelError(
@@ -105,9 +102,8 @@ def choose(problem, wrt, method, num_probes):
     key = ("auto", wrt, num_probes, _shapes(problem))
     per_config = _per_config(problem)
     if key not in per_config:
-        costs = methods.predict_costs(
-            problem.graph, problem.keys, wrt, problem.inputs, num_probes
-        )
+        predict = native.predict_costs if is_native(problem) else methods.predict_costs
+        costs = predict(problem.graph, problem.keys, wrt, problem.inputs, num_probes)
         per_config[key] = methods.choose(costs)
     return per_config[key]
 
@@ -133,17 +129,24 @@ def _per_config(problem):
 def _cached(problem, name, wrt, num_probes, memory_budget_mb):
     per_config = _per_config(problem)
     budget = int(memory_budget_mb * 2**20)
+    module = native if is_native(problem) else methods
     if name == "exact":
         key = (name, wrt, budget)
-        make = lambda: methods.ExactMethod(problem.graph, problem.keys, wrt, budget)  # noqa: E731
+        make = lambda: module.ExactMethod(problem.graph, problem.keys, wrt, budget)  # noqa: E731
     else:
         key = (name, wrt, budget, num_probes)
-        make = lambda: methods.EstimateMethod(  # noqa: E731
+        make = lambda: module.EstimateMethod(  # noqa: E731
             problem.graph, problem.keys, wrt, budget, num_probes
         )
     if key not in per_config:
         per_config[key] = make()
     return per_config[key]
+
+
+def is_native(problem):
+    """JAX and PyTorch compute with `engine/native.py`; TensorFlow (and
+    `tf_keras`) with the rule table's sweep."""
+    return backend.is_native() and not probe.is_tf_keras(problem.model)
 
 
 def _shapes(problem):

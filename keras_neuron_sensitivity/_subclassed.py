@@ -14,7 +14,6 @@ import contextlib
 import threading
 
 import keras
-import tensorflow as tf
 
 from keras_neuron_sensitivity.errors import UnsupportedModelError
 
@@ -103,7 +102,7 @@ def recorded_graph(model, inputs, new_id):
         keras_ids, call_inputs = {}, []
 
         def replace(x):
-            if not tf.is_tensor(x):
+            if not keras.ops.is_tensor(x):
                 return x
             if id(x) not in ids:
                 raise UnsupportedModelError(

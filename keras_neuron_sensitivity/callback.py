@@ -19,6 +19,7 @@ from keras_neuron_sensitivity import (
     api,
     probe,
 )
+from keras_neuron_sensitivity.engine import backend
 from keras_neuron_sensitivity.engine.summary import dead_neurons
 from keras_neuron_sensitivity.tensorboard import SensitivityWriter
 
@@ -529,7 +530,8 @@ def _can_copy(model):
     `tf_keras` models (Keras 2 layers) nor under a `tf.distribute` strategy
     (the copy's variables would be mirrored, the background thread outside
     the strategy)."""
-    if probe.is_tf_keras(model):
+    if probe.is_tf_keras(model) or backend.is_native():
+        # On JAX and PyTorch the epoch's weights are read at its end.
         return False
     strategy = getattr(model, "distribute_strategy", None)
     return not tf.distribute.has_strategy() and (
@@ -540,6 +542,8 @@ def _can_copy(model):
 def _is_chief(model):
     """Whether this process computes and writes: under `tf.distribute`, the
     chief only (every worker holds the same weights); otherwise always."""
+    if backend.is_native():
+        return backend.process_index() == 0  # keras.distribution on JAX
     strategy = getattr(model, "distribute_strategy", None)
     extended = getattr(strategy, "extended", None)
     return bool(getattr(extended, "should_checkpoint", True))

@@ -276,9 +276,9 @@ def _subclassed_graph(model, example):
             "`model(x)` takes them."
         )
     arrays = [np.asarray(a) for a in (example if isinstance(example, (list, tuple)) else [example])]
+    convert = tf.constant if keras.backend.backend() == "tensorflow" else keras.ops.convert_to_tensor
     sample = [
-        tf.constant(a[:1], keras.config.floatx() if a.dtype.kind == "f" else None)
-        for a in arrays
+        convert(a[:1], keras.config.floatx() if a.dtype.kind == "f" else None) for a in arrays
     ]
     builder = _Builder()
     input_ids, recorded = _subclassed.recorded_graph(model, sample, builder.new_id)

@@ -64,7 +64,7 @@ class ExactMethod:
 
     def __call__(self, inputs, seed=None):
         per_sample = self._sweep(inputs)
-        return {w: _Result(self, per_sample[w], exact=True) for w in per_sample}
+        return {w: Result(self, per_sample[w], exact=True) for w in per_sample}
 
 
 class EstimateMethod:
@@ -78,10 +78,10 @@ class EstimateMethod:
 
     def __call__(self, inputs, seed):
         squares = self._estimator(inputs, seed)
-        return {w: _Result(self, squares[w], exact=False) for w in squares}
+        return {w: Result(self, squares[w], exact=False) for w in squares}
 
 
-class _Result:
+class Result:
     """One method's per-sample output for one `wrt`, reduced on demand."""
 
     def __init__(self, method, per_key, exact):

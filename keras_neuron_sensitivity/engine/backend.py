@@ -1,0 +1,87 @@
+"""What `keras.ops` lacks, per Keras backend: VJPs, JVPs, vmap and compilation.
+
+The engine on JAX and PyTorch (`engine/native.py`) is written on `keras.ops`
+and these five functions; each has the same signature on both backends:
+
+- `vjp(f, primal)` -> `(f(primal), pullback)`, `pullback(cotangent)` the
+  gradient with the structure of `primal`;
+- `jvp(f, primal, tangent)` -> `(f(primal), J tangent)`;
+- `vmap(f)`: `f` mapped over the leading axis of every argument;
+- `compile(f)`: `jax.jit` on JAX; eager on PyTorch (measured: `torch.compile`
+  re-traces Keras's layer calls on every new shape and took longer than the
+  eager calls it replaced on the tests' models);
+- `to_host(value)`: a NumPy array of a variable's local value (on JAX, the
+  replica this process holds when the array spans several processes).
+"""
+
+import keras
+import numpy as np
+
+
+def name():
+    return keras.backend.backend()
+
+
+def is_native():
+    """Whether the engine runs on `native.py` (JAX, PyTorch) rather than on
+    TensorFlow ops (`sweep.py`, `estimate.py`)."""
+    return name() in ("jax", "torch")
+
+
+def vjp(f, primal):
+    if name() == "jax":
+        import jax
+
+        out, pullback = jax.vjp(f, primal)
+    else:
+        from torch import func
+
+        out, pullback = func.vjp(f, primal)
+    return out, lambda cotangent: pullback(cotangent)[0]
+
+
+def jvp(f, primal, tangent):
+    if name() == "jax":
+        import jax
+
+        return jax.jvp(f, (primal,), (tangent,))
+    from torch import func
+
+    return func.jvp(f, (primal,), (tangent,))
+
+
+def vmap(f):
+    if name() == "jax":
+        import jax
+
+        return jax.vmap(f)
+    from torch import func
+
+    return func.vmap(f)
+
+
+def compile(f):  # noqa: A001 - the backend's word for it
+    if name() == "jax":
+        import jax
+
+        return jax.jit(f)
+    return f
+
+
+def to_host(value):
+    if hasattr(value, "is_fully_addressable") and not value.is_fully_addressable:
+        value = value.addressable_data(0)  # replicated: every process holds it
+    return keras.ops.convert_to_numpy(value)
+
+
+def process_index():
+    """This process's index among the processes of a distributed run."""
+    if name() == "jax":
+        import jax
+
+        return jax.process_index()
+    return 0
+
+
+def as_tensor(array):
+    return keras.ops.convert_to_tensor(np.asarray(array))

@@ -1,0 +1,344 @@
+"""The engine on JAX and PyTorch: exact norms and the estimator by autodiff.
+
+On the TensorFlow backend the exact values come from the rule table's
+multi-cotangent sweep (`sweep.py`). On JAX and PyTorch they come from the
+backend's own reverse mode, vectorized: per sample, one forward of the
+replayed graph, then one VJP per neuron, all neurons of every selected layer
+mapped side by side (`backend.vmap`) and only their squared norms kept. The
+values are the same; the cost is one backward pass per neuron and sample, so
+on large convolutional networks the estimator (one JVP per probe for every
+neuron at once, `backend.jvp`) is the cheap method there, and `auto` says so.
+
+Both methods differentiate a pure function of the trainable values: the graph
+replayed (`replay.Replay`) under a `keras.StatelessScope` that maps each
+trainable variable to its value, as Keras's own `stateless_call` does. To
+inputs, the primals are the float inputs and the embedded inputs.
+
+Index letters: `n` sample, `k` neuron (all selected layers' neurons side by
+side), `r` cotangent row, `m` probe.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_neuron_sensitivity.engine import backend
+from keras_neuron_sensitivity.engine.replay import Replay, float32_compute
+
+_WRT_STREAM = {"weights": 1, "inputs": 2}
+# Bytes a cotangent row takes beyond its gradient: the activations' cotangents
+# and their temporaries, per activation entry of one sample.
+_ROW_OVERHEAD = 3
+
+
+class Program:
+    """The selected neurons' values as a pure function of weights or inputs.
+
+    Args:
+        graph: the model's `probe.Graph`.
+        keys: keys of the selected layer calls.
+    """
+
+    def __init__(self, graph, keys):
+        self.replay = Replay(graph, keys)
+        self.keys = list(keys)
+        self.layers = self.replay.layers()
+        self.variables = self.replay.weights()
+        # The other variables the calls read (moving statistics): arguments
+        # of the compiled functions too, or JAX would keep their values from
+        # the first trace.
+        trainable = {id(v) for v in self.variables}
+        self.state_variables = list(
+            {
+                id(v): v
+                for layer in self.layers
+                for v in getattr(layer, "variables", ())
+                if id(v) not in trainable
+            }.values()
+        )
+        self.sensitivity = list(graph.sensitivity_inputs)
+        self._shapes = None
+
+    def weight_values(self):
+        """`(trainable, state)`: the values now, as backend tensors on this
+        process."""
+        return tuple(
+            [backend.as_tensor(backend.to_host(v.value)) for v in variables]
+            for variables in (self.variables, self.state_variables)
+        )
+
+    def scope(self, weights, state):
+        mapping = list(zip(self.variables, weights)) + list(zip(self.state_variables, state))
+        return keras.StatelessScope(state_mapping=mapping)
+
+    def neurons(self, weights, state, inputs, sensitivity=None):
+        """`(n, K)`: every selected neuron, layers side by side.
+
+        Args:
+            weights: one value per `self.variables` entry.
+            state: one value per `self.state_variables` entry.
+            inputs: one tensor per graph input, batch first.
+            sensitivity: `{tensor id: value}` replacing those tensors (the
+                float and embedded inputs, as primals), or None.
+        """
+        with self.scope(weights, state):
+            values = self.replay.run(inputs, values=sensitivity)
+        return ops.concatenate(
+            [_neuron_values(y) for y in self.replay.target_outputs(values)], axis=-1
+        )
+
+    def inputs_at(self, weights, state, inputs):
+        """`{tensor id: value}` of the sensitivity inputs the targets read:
+        the float inputs and the embedded inputs (computed here)."""
+        with self.scope(weights, state):
+            values = self.replay.run(inputs, calls=self.replay.embedding_calls())
+        return {t: values[t] for t in self.sensitivity if t in values}
+
+    def shapes(self, inputs):
+        """`(channels per key, entries per sample of every tensor)`, from one
+        sample replayed once."""
+        if self._shapes is None:
+            with self.scope(*self.weight_values()):
+                values = self.replay.run([x[:1] for x in inputs])
+            channels = [int(y.shape[-1]) for y in self.replay.target_outputs(values)]
+            entries = sum(
+                int(np.prod(v.shape[1:])) for v in values.values() if hasattr(v, "shape")
+            )
+            self._shapes = channels, entries
+        return self._shapes
+
+    def split(self, per_neuron):
+        """`(..., K)` NumPy -> `{key: (..., C)}`."""
+        channels, _ = self._shapes
+        bounds = np.cumsum(channels)[:-1]
+        return dict(zip(self.keys, np.split(per_neuron, bounds, axis=-1)))
+
+
+class ExactMethod:
+    """Exact norms: one VJP per neuron and sample, vectorized over neurons."""
+
+    name = "exact"
+    num_probes = None
+
+    def __init__(self, graph, keys, wrt, memory_budget):
+        self.program = Program(graph, keys)
+        self.wrt = tuple(wrt)
+        self.memory_budget = int(memory_budget)
+        self._fns = {}
+        self._rows = None
+
+    def __call__(self, inputs, seed=None):
+        from keras_neuron_sensitivity.engine.methods import Result
+
+        program = self.program
+        with float32_compute(program.layers):
+            channels, entries = program.shapes(inputs)
+            values = program.weight_values()
+            results = {}
+            for w in self.wrt:
+                squares = self._squares(w, values, inputs, sum(channels), entries)
+                results[w] = Result(self, program.split(np.sqrt(squares)), exact=True)
+        return results
+
+    def _squares(self, wrt, values, inputs, num_neurons, entries):
+        """`(B, K)` squared norms, in chunks of rows under the budget."""
+        params = sum(int(np.prod(v.shape)) for v in values[0])
+        primal = params if wrt == "weights" else entries
+        per_row = 4 * (primal + _ROW_OVERHEAD * entries)
+        rows = int(min(num_neurons, max(1, self.memory_budget // per_row)))
+        if wrt not in self._fns:
+            self._fns[wrt] = backend.compile(self._chunk_fn(wrt, rows, num_neurons))
+        fn = self._fns[wrt]
+        per_sample = []
+        for n in range(int(inputs[0].shape[0])):
+            sample = [x[n : n + 1] for x in inputs]
+            chunks = [
+                backend.to_host(fn(*values, sample, backend.as_tensor(np.int32(first))))
+                for first in range(0, num_neurons, rows)
+            ]
+            per_sample.append(np.concatenate(chunks)[:num_neurons])
+        return np.stack(per_sample)
+
+    def _chunk_fn(self, wrt, rows, num_neurons):
+        program = self.program
+
+        def chunk(weights, state, sample, first):
+            """`(rows,)`: squared norms of neurons `first ... first + rows`."""
+            if wrt == "weights":
+                def f(primal):
+                    return program.neurons(primal, state, sample)[0]
+
+                primal = weights
+            else:
+                at = program.inputs_at(weights, state, sample)
+                ids = list(at)
+
+                def f(primal):
+                    return program.neurons(weights, state, sample, dict(zip(ids, primal)))[0]
+
+                primal = [at[t] for t in ids]
+            _, pullback = backend.vjp(f, primal)
+            index = first + ops.arange(rows, dtype="int32")
+            one_hot = ops.cast(
+                ops.equal(index[:, None], ops.arange(num_neurons, dtype="int32")[None]),
+                "float32",
+            )
+
+            def squared_norm(cotangent):
+                grads = pullback(cotangent)
+                return sum(ops.sum(ops.square(g)) for g in grads)
+
+            return backend.vmap(squared_norm)(one_hot)
+
+        return chunk
+
+
+class EstimateMethod:
+    """Unbiased estimates of the squares from `num_probes` random JVPs.
+
+    As on TensorFlow (`estimate.py`): Gaussian tangents; to weights one
+    tangent per probe shared by the batch, to inputs one per probe and
+    sample. Tangents are drawn with NumPy from `(seed, wrt, probe)`, never
+    from a global random state.
+    """
+
+    name = "estimate"
+
+    def __init__(self, graph, keys, wrt, memory_budget, num_probes):
+        self.program = Program(graph, keys)
+        self.wrt = tuple(wrt)
+        self.num_probes = int(num_probes)
+        self.memory_budget = int(memory_budget)
+        self._fns = {}
+
+    def __call__(self, inputs, seed):
+        from keras_neuron_sensitivity.engine.methods import Result
+
+        program = self.program
+        with float32_compute(program.layers):
+            _, entries = program.shapes(inputs)
+            values = program.weight_values()
+            batch = int(inputs[0].shape[0])
+            samples = int(min(batch, max(1, self.memory_budget // (12 * entries))))
+            results = {}
+            for w in self.wrt:
+                if w not in self._fns:
+                    self._fns[w] = backend.compile(self._probe_fn(w))
+                squares = np.stack(
+                    [
+                        self._probe(w, values, inputs, seed, i, samples)
+                        for i in range(self.num_probes)
+                    ]
+                )
+                results[w] = Result(self, program.split(squares), exact=False)
+        return results
+
+    def _probe(self, wrt, values, inputs, seed, probe, samples):
+        """`(B, K)`: `(J_k v)^2` for the probe's tangent."""
+        weights = values[0]
+        rng = np.random.default_rng([seed, _WRT_STREAM[wrt], probe])
+        batch = int(inputs[0].shape[0])
+        if wrt == "weights":
+            tangent = [
+                backend.as_tensor(rng.standard_normal(tuple(v.shape), dtype="float32"))
+                for v in weights
+            ]
+        else:
+            at = self.program.inputs_at(*values, inputs)
+            tangent = [
+                rng.standard_normal(tuple(at[t].shape), dtype="float32") for t in at
+            ]
+        out = []
+        for begin in range(0, batch, samples):
+            rows = [x[begin : begin + samples] for x in inputs]
+            if wrt == "inputs":
+                tangent_rows = [backend.as_tensor(t[begin : begin + samples]) for t in tangent]
+                out.append(backend.to_host(self._fns[wrt](*values, rows, tangent_rows)))
+            else:
+                out.append(backend.to_host(self._fns[wrt](*values, rows, tangent)))
+        return np.square(np.concatenate(out))
+
+    def _probe_fn(self, wrt):
+        program = self.program
+
+        def weights_probe(weights, state, inputs, tangent):
+            f = lambda primal: program.neurons(primal, state, inputs)  # noqa: E731
+            return backend.jvp(f, weights, tangent)[1]
+
+        def inputs_probe(weights, state, inputs, tangent):
+            at = program.inputs_at(weights, state, inputs)
+            ids = list(at)
+
+            def f(primal):
+                return program.neurons(weights, state, inputs, dict(zip(ids, primal)))
+
+            return backend.jvp(f, [at[t] for t in ids], tangent)[1]
+
+        return weights_probe if wrt == "weights" else inputs_probe
+
+
+def layer_jacobian(graph, inputs, key, wrt):
+    """As `jacobian.layer_jacobian`, by the backend's reverse mode: one VJP
+    per neuron of the layer, vectorized, one sample at a time."""
+    program = Program(graph, [key])
+    with float32_compute(program.layers):
+        (channels,), _ = program.shapes(inputs)
+        weights, state = program.weight_values()
+        eye = backend.as_tensor(np.eye(channels, dtype="float32"))
+        per_sample = []
+        for n in range(int(inputs[0].shape[0])):
+            sample = [x[n : n + 1] for x in inputs]
+            if wrt == "weights":
+                f = lambda primal: program.neurons(primal, state, sample)[0]  # noqa: E731
+                primal = weights
+            else:
+                at = program.inputs_at(weights, state, sample)
+                ids = list(at)
+                f = lambda primal: program.neurons(  # noqa: E731
+                    weights, state, sample, dict(zip(ids, primal))
+                )[0]
+                primal = [at[t] for t in ids]
+            _, pullback = backend.vjp(f, primal)
+            grads = backend.vmap(pullback)(eye)
+            per_sample.append([backend.to_host(g) for g in grads])
+    if wrt == "inputs":
+        # (C, 1, *shape) per sample -> (B, C, *shape)
+        return [np.stack([s[j][:, 0] for s in per_sample]) for j in range(len(per_sample[0]))]
+    return {
+        getattr(v, "path", v.name): np.stack([s[j] for s in per_sample])
+        for j, v in enumerate(program.variables)
+    }
+
+
+def predict_costs(graph, keys, wrt, inputs, num_probes):
+    """`{"exact": cost, "estimate": cost}` in multiply-adds, for `auto`.
+
+    Exact: per sample, a forward and one backward (about two forwards) per
+    neuron; the estimate: per probe about three forwards (primal and
+    tangent). A forward's work is counted from the one-sample shapes as in
+    `methods.predict_costs`: weights per output channel times output entries.
+    """
+    program = Program(graph, keys)
+    with float32_compute(program.layers):
+        channels, _ = program.shapes(inputs)
+        with program.scope(*program.weight_values()):
+            values = program.replay.run([x[:1] for x in inputs])
+    forward = 0.0
+    for call in program.replay.calls:
+        outs = [values[t] for t in call.outputs]
+        out_size = sum(int(np.prod(y.shape[1:])) for y in outs)
+        params = sum(int(np.prod(v.shape)) for v in call.weights)
+        out_channels = int(outs[0].shape[-1]) if outs and len(outs[0].shape) > 1 else 1
+        forward += out_size * max(1.0, params / out_channels)
+    batch = int(inputs[0].shape[0])
+    return {
+        "exact": batch * forward * (1 + 2 * sum(channels)),
+        "estimate": batch * forward * 3 * num_probes,
+    }
+
+
+def _neuron_values(y):
+    """`(n, ..., C)` -> `(n, C)`: each channel averaged over positions."""
+    if len(y.shape) == 2:
+        return y
+    return ops.mean(ops.reshape(y, (y.shape[0], -1, y.shape[-1])), axis=1)

@@ -1,0 +1,182 @@
+"""The product on JAX and PyTorch (`make test` runs this file under each).
+
+Every number is checked against brute force on the same backend
+(`native_oracle.py`) and against the TensorFlow engine on the same weights
+(`workers/tf_reference.py`, in a TensorFlow process).
+"""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import native_oracle
+import zoo
+from keras_neuron_sensitivity import (
+    NeuronSensitivityCallback,
+    load_sensitivity,
+    neuron_jacobian,
+    neuron_sensitivity,
+)
+
+BACKEND = keras.backend.backend()
+WORKERS = os.path.join(os.path.dirname(__file__), "..", "workers")
+EMBEDDED = {"cnn": None, "text": "embedding"}
+
+
+@pytest.fixture(scope="module")
+def zoo_models(tmp_path_factory):
+    """Each zoo model with seeded weights, its probe, and its weights file."""
+    built = {}
+    for name in zoo.MODELS:
+        keras.utils.set_random_seed(3)
+        model = zoo.MODELS[name]()
+        path = str(tmp_path_factory.mktemp(name) / "model.weights.h5")
+        model.save_weights(path)
+        built[name] = model, zoo.probe(name), path
+    return built
+
+
+@pytest.fixture(scope="module")
+def tensorflow_values(zoo_models, tmp_path_factory):
+    """`{name: {"wrt/layer": (B, C)}}` from the TensorFlow engine."""
+    values = {}
+    for name, (_, x, weights) in zoo_models.items():
+        folder = tmp_path_factory.mktemp(f"tf_{name}")
+        np.save(folder / "x.npy", x)
+        env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+        subprocess.run(
+            [sys.executable, os.path.join(WORKERS, "tf_reference.py"), name, weights,
+             str(folder / "x.npy"), str(folder / "out.npz")],
+            check=True, env=env, timeout=600,
+        )
+        values[name] = dict(np.load(folder / "out.npz"))
+    return values
+
+
+@pytest.mark.parametrize("wrt", ["weights", "inputs"])
+@pytest.mark.parametrize("name", ["cnn", "text"])
+def test_exact_matches_brute_force(zoo_models, name, wrt):
+    model, x, _ = zoo_models[name]
+    got = neuron_sensitivity(model, x, wrt=wrt, reduction=None, method="exact")
+    assert got.method == "exact"
+    assert list(got) == [l.name for l in model.layers if l.trainable_weights or l.name == "relu"]
+    for layer, value in got.items():
+        expected = native_oracle.sensitivity(model, x, layer, wrt, EMBEDDED[name])
+        np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-7, err_msg=layer)
+
+
+@pytest.mark.parametrize("name", ["cnn", "text"])
+def test_exact_matches_tensorflow(zoo_models, tensorflow_values, name):
+    model, x, _ = zoo_models[name]
+    reference = tensorflow_values[name]
+    for wrt in ("weights", "inputs"):
+        got = neuron_sensitivity(model, x, wrt=wrt, reduction=None, method="exact")
+        for layer, value in got.items():
+            np.testing.assert_allclose(
+                value, reference[f"{wrt}/{layer}"], rtol=1e-4, atol=1e-7, err_msg=f"{wrt}/{layer}"
+            )
+
+
+def test_jacobian_matches_brute_force(zoo_models):
+    model, x, _ = zoo_models["cnn"]
+    got = neuron_jacobian(model, x, "dense", wrt="weights")
+    expected = native_oracle.weight_jacobians(model, x, "dense")
+    for j, v in enumerate(model.trainable_variables):
+        if v.path.startswith("cnn/head"):
+            assert v.path not in got  # downstream of the layer
+            continue
+        want = np.stack([sample[j] for sample in expected])
+        np.testing.assert_allclose(got[v.path], want, rtol=1e-5, atol=1e-7, err_msg=v.path)
+    inputs = neuron_jacobian(model, x, "dense", wrt="inputs")
+    assert inputs.shape == (3, 5, 6, 6, 2)
+    norms = np.sqrt(np.sum(np.square(inputs.reshape(3, 5, -1)), axis=-1))
+    np.testing.assert_allclose(
+        norms, native_oracle.sensitivity(model, x, "dense", "inputs"), rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("wrt", ["weights", "inputs"])
+def test_estimate_is_unbiased_in_the_square(zoo_models, wrt):
+    """A z-test over 150 fixed seeds of 2 probes each.
+
+    With a Gaussian tangent, `(J_k v)^2 = ||J_k||^2 chi2_1` for every neuron
+    and sample, so the mean of `S` squared values of `m` probes has standard
+    error `||J_k||^2 sqrt(2 / (m S))`. Every neuron and sample must lie within
+    4.5 of them (about 60 comparisons: odds of a false alarm below 1e-3; the
+    seeds are fixed, so the test cannot flake).
+    """
+    model, x, _ = zoo_models["cnn"]
+    layers = ["conv", "dense"]
+    seeds, probes = 150, 2
+    exact = neuron_sensitivity(model, x, wrt=wrt, layers=layers, reduction=None)
+    draws = {k: [] for k in layers}
+    for seed in range(seeds):
+        est = neuron_sensitivity(
+            model, x, wrt=wrt, layers=layers, reduction=None,
+            method="estimate", num_probes=probes, seed=seed,
+        )
+        assert est.method == "estimate" and est.num_probes == probes
+        for k in layers:
+            draws[k].append(np.square(est[k]))
+    for k in layers:
+        mean = np.mean(draws[k], axis=0)
+        square = np.square(exact[k].astype("float64"))
+        assert np.all(square > 0), k  # no dead neuron here: every z is defined
+        z = (mean - square) / (square * np.sqrt(2 / (probes * seeds)))
+        assert np.all(np.abs(z) < 4.5), (k, z)
+
+
+def test_estimate_is_repeatable_and_keeps_exact_zeros():
+    model = keras.Sequential([
+        keras.Input((3,)),
+        keras.layers.Dense(4, activation="relu", name="h"),
+        keras.layers.Dense(2, name="out"),
+    ])
+    model.get_layer("h").set_weights([np.full((3, 4), -1.0, "float32"), np.zeros(4, "float32")])
+    x = np.ones((2, 3), "float32")  # every `h` neuron is dead: pre-activation -3
+    first = neuron_sensitivity(model, x, method="estimate", seed=7, num_probes=4)
+    again = neuron_sensitivity(model, x, method="estimate", seed=7, num_probes=4)
+    np.testing.assert_array_equal(first["out"], again["out"])
+    np.testing.assert_array_equal(first["h"], np.zeros(4))
+    # `out` still depends on its bias: d out_k / d b_k = 1
+    assert np.all(first["out"] > 0)
+
+
+def test_auto_computes_exact_on_a_small_model(zoo_models):
+    model, x, _ = zoo_models["cnn"]
+    got = neuron_sensitivity(model, x, method="auto")
+    assert got.method == "exact"
+
+
+@pytest.mark.parametrize("name", ["cnn", "text"])
+def test_fit_logs_every_layer_and_leaves_training_alone(tmp_path, name):
+    rng = np.random.default_rng(0)
+    x = np.concatenate([zoo.probe(name, batch=24)] * 2)
+    y = rng.integers(0, 3, size=len(x))
+
+    def train(callbacks):
+        keras.utils.set_random_seed(4)
+        model = zoo.MODELS[name]()
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0, callbacks=callbacks)
+        return model
+
+    callback = NeuronSensitivityCallback(x[:8], log_dir=str(tmp_path))
+    model = train([callback, keras.callbacks.TensorBoard(str(tmp_path))])
+    twin = train([])
+    for a, b in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_array_equal(a, b)  # the callback changed nothing
+    logged = load_sensitivity(str(tmp_path))
+    layers = [l.name for l in model.layers if l.trainable_weights or l.name == "relu"]
+    for wrt in ("weights", "inputs"):
+        assert list(logged[wrt]) == layers
+        for layer in layers:
+            assert list(logged[wrt][layer]) == [0, 1]
+        # The last step holds the final weights' values.
+        final = neuron_sensitivity(model, x[:8], wrt=wrt, method="exact")
+        for layer in layers:
+            np.testing.assert_allclose(logged[wrt][layer][1], final[layer], rtol=1e-6)
