@@ -55,3 +55,9 @@ def probe(name, batch=3):
     if name == "text":
         return rng.integers(0, 20, size=(batch, 7)).astype("int32")
     return rng.normal(size=(batch, 6, 6, 2)).astype("float32")
+
+
+def train_data():
+    """48 samples for the CNN, 3 classes."""
+    rng = np.random.default_rng(6)
+    return rng.normal(size=(48, 6, 6, 2)).astype("float32"), rng.integers(0, 3, size=48)
