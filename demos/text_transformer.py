@@ -2,8 +2,8 @@
 
 Run with `python demos/text_transformer.py [LOG_DIR]` (under a minute). The
 task: generated reviews of a dozen words, positive when they hold more
-praising words than complaining ones. The model reads the strings itself:
-TextVectorization -> Embedding + learned positions -> MultiHeadAttention
+praising words than complaining ones. The model reads the strings itself
+(on TensorFlow; JAX and PyTorch get token ids): TextVectorization -> Embedding + learned positions -> MultiHeadAttention
 block -> pooling -> Dense. Strings have no derivative, so its sensitivity to
 inputs is taken at the embedded input (the Embedding's output).
 """
@@ -56,15 +56,23 @@ def main(log_dir):
     (x_train, y_train), (x_val, _) = data(2000), data(128, seed=1)
     vectorize = L.TextVectorization(max_tokens=40, output_sequence_length=LENGTH, name="vectorize")
     vectorize.adapt(x_train)
-    text = keras.Input((1,), dtype="string", name="review")
-    h = L.Embedding(40, 16, name="embedding")(vectorize(text))
+    if keras.backend.backend() == "tensorflow":
+        text = keras.Input((1,), dtype="string", name="review")
+        ids = vectorize(text)
+    else:
+        # Only TensorFlow carries strings through a model: on JAX and
+        # PyTorch the strings become token ids before the model.
+        x_train, x_val = (keras.ops.convert_to_numpy(vectorize(x)) for x in (x_train, x_val))
+        text = keras.Input((LENGTH,), dtype="int64", name="review")
+        ids = text
+    h = L.Embedding(40, 16, name="embedding")(ids)
     h = PositionEmbedding(LENGTH, 16, name="positions")(h)
     a = L.MultiHeadAttention(2, 8, name="attention")(h, h)
     h = L.LayerNormalization(name="norm")(L.Add()([h, a]))
     h = L.Dense(16, activation="relu", name="dense")(L.GlobalAveragePooling1D()(h))
     model = keras.Model(text, L.Dense(1, activation="sigmoid", name="output")(h))
     model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
-    # A probe of raw strings, as the model reads them.
+    # A probe as the model reads it (raw strings on TensorFlow).
     sensitivity = NeuronSensitivityCallback(x_val[:32], log_dir=log_dir, freq=2)
     model.fit(x_train, y_train, epochs=6, batch_size=64, verbose=2, callbacks=[sensitivity])
     print_summary(sensitivity, log_dir)
