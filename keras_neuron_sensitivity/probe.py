@@ -401,6 +401,10 @@ def _dtype_name(dtype):
     try:
         return tf.as_dtype(dtype).name
     except TypeError:
+        pass
+    try:
+        return keras.backend.standardize_dtype(dtype)  # a torch dtype
+    except ValueError:
         return str(dtype)
 
 

@@ -29,32 +29,35 @@ EMBEDDED = {"cnn": None, "text": "embedding"}
 
 @pytest.fixture(scope="module")
 def zoo_models(tmp_path_factory):
-    """Each zoo model with seeded weights, its probe, and its weights file."""
+    """Each zoo model with seeded weights and its probe; the weights and
+    probes are saved in one folder for the TensorFlow worker."""
+    folder = tmp_path_factory.mktemp("zoo")
     built = {}
     for name in zoo.MODELS:
         keras.utils.set_random_seed(3)
         model = zoo.MODELS[name]()
-        path = str(tmp_path_factory.mktemp(name) / "model.weights.h5")
-        model.save_weights(path)
-        built[name] = model, zoo.probe(name), path
+        x = zoo.probe(name)
+        model.save_weights(str(folder / f"{name}.weights.h5"))
+        np.savez(folder / f"{name}.npz", **{f"x{i}": a for i, a in enumerate(_as_list(x))})
+        built[name] = model, x, folder
     return built
 
 
+def _as_list(x):
+    return x if isinstance(x, list) else [x]
+
+
 @pytest.fixture(scope="module")
-def tensorflow_values(zoo_models, tmp_path_factory):
-    """`{name: {"wrt/layer": (B, C)}}` from the TensorFlow engine."""
-    values = {}
-    for name, (_, x, weights) in zoo_models.items():
-        folder = tmp_path_factory.mktemp(f"tf_{name}")
-        np.save(folder / "x.npy", x)
-        env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-        subprocess.run(
-            [sys.executable, os.path.join(WORKERS, "tf_reference.py"), name, weights,
-             str(folder / "x.npy"), str(folder / "out.npz")],
-            check=True, env=env, timeout=600,
-        )
-        values[name] = dict(np.load(folder / "out.npz"))
-    return values
+def tensorflow_values(zoo_models):
+    """`{name: {"wrt/layer": (B, C)}}` from the TensorFlow engine, computed
+    in one TensorFlow process on the same weights and probes."""
+    folder = next(iter(zoo_models.values()))[2]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    subprocess.run(
+        [sys.executable, os.path.join(WORKERS, "tf_reference.py"), str(folder)],
+        check=True, env=env, timeout=600,
+    )
+    return {name: dict(np.load(folder / f"{name}.out.npz")) for name in zoo.MODELS}
 
 
 @pytest.mark.parametrize("wrt", ["weights", "inputs"])
@@ -69,12 +72,13 @@ def test_exact_matches_brute_force(zoo_models, name, wrt):
         np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-7, err_msg=layer)
 
 
-@pytest.mark.parametrize("name", ["cnn", "text"])
+@pytest.mark.parametrize("name", list(zoo.MODELS))
 def test_exact_matches_tensorflow(zoo_models, tensorflow_values, name):
     model, x, _ = zoo_models[name]
     reference = tensorflow_values[name]
     for wrt in ("weights", "inputs"):
         got = neuron_sensitivity(model, x, wrt=wrt, reduction=None, method="exact")
+        assert sorted(got) == sorted(k.split("/", 1)[1] for k in reference if k.startswith(wrt))
         for layer, value in got.items():
             np.testing.assert_allclose(
                 value, reference[f"{wrt}/{layer}"], rtol=1e-4, atol=1e-7, err_msg=f"{wrt}/{layer}"

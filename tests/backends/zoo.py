@@ -47,13 +47,83 @@ def text():
     )
 
 
-MODELS = {"cnn": cnn, "text": text}
+class Subclassed(keras.Model):
+    """A subclassed model whose `call` chains layers (recorded, replayed)."""
+
+    def __init__(self):
+        super().__init__(name="subclassed")
+        self.hidden = keras.layers.Dense(6, activation="relu", name="hidden")
+        self.out = keras.layers.Dense(3, name="out")
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+def subclassed():
+    model = Subclassed()
+    model(np.zeros((1, 4), "float32"))
+    return model
+
+
+def two_inputs():
+    """Two float inputs, concatenated, GELU and LayerNormalization."""
+    a, b = keras.Input((4,), name="a"), keras.Input((3,), name="b")
+    h = keras.layers.Dense(5, activation="gelu", name="dense")(a)
+    h = keras.layers.Concatenate(name="concat")([h, b])
+    h = keras.layers.LayerNormalization(name="norm")(h)
+    return keras.Model([a, b], keras.layers.Dense(2, name="head")(h), name="two_inputs")
+
+
+def mixed_precision():
+    """Built under `mixed_float16`: computed in float32 from float32 weights."""
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        return keras.Sequential(
+            [
+                keras.Input((4,)),
+                keras.layers.Dense(5, activation="sigmoid", name="dense"),
+                keras.layers.Dense(2, name="head"),
+            ],
+            name="mixed_precision",
+        )
+    finally:
+        keras.config.set_dtype_policy(policy)
+
+
+def convolutions():
+    """Depthwise, separable and 1-D convolutions, a GRU, global pooling."""
+    image = keras.Input((6, 6, 3), name="image")
+    h = keras.layers.DepthwiseConv2D(3, name="depthwise")(image)
+    h = keras.layers.SeparableConv2D(4, 3, activation="relu", name="separable")(h)
+    h = keras.layers.Reshape((4, 1), name="reshape")(keras.layers.GlobalMaxPooling2D()(h))
+    h = keras.layers.Conv1D(3, 2, name="conv1d")(h)
+    h = keras.layers.GRU(4, name="gru")(h)
+    return keras.Model(image, keras.layers.Dense(2, name="head")(h), name="convolutions")
+
+
+MODELS = {
+    "cnn": cnn,
+    "text": text,
+    "subclassed": subclassed,
+    "two_inputs": two_inputs,
+    "mixed_precision": mixed_precision,
+    "convolutions": convolutions,
+}
 
 
 def probe(name, batch=3):
+    """The probe batch: an array, or a list of arrays for `two_inputs`."""
     rng = np.random.default_rng(2)
     if name == "text":
         return rng.integers(0, 20, size=(batch, 7)).astype("int32")
+    if name == "two_inputs":
+        return [rng.normal(size=(batch, 4)).astype("float32"),
+                rng.normal(size=(batch, 3)).astype("float32")]
+    if name in ("subclassed", "mixed_precision"):
+        return rng.normal(size=(batch, 4)).astype("float32")
+    if name == "convolutions":
+        return rng.normal(size=(batch, 6, 6, 3)).astype("float32")
     return rng.normal(size=(batch, 6, 6, 2)).astype("float32")
 
 
