@@ -230,6 +230,12 @@ def auto_picks(name):
     return out, neurons
 
 
+def loadavg():
+    from _machine import loadavg as read
+
+    return read()
+
+
 class Watchdog:
     """Stops the child when one engine call runs past `seconds`: records it
     as timed out, marks the rest not run, prints the JSON line, exits."""
@@ -263,6 +269,7 @@ class Watchdog:
                     other["status"] = "not run"
                     other["note"] = "not run: the child stopped at an earlier time-out"
             self.result["rss_mib"] = peak_rss_mib()
+            self.result["load_end"] = loadavg()
             self._emit()
         os._exit(0)
 
@@ -306,7 +313,7 @@ def measure(run, call, opts, watchdog):
 
 def child(opts):
     backend, name = opts.child
-    result = {"backend": backend, "model": name, "status": "ok", "runs": []}
+    result = {"backend": backend, "model": name, "status": "ok", "runs": [], "load_start": loadavg()}
     watchdog = Watchdog(result, opts.max_seconds)
     try:
         import keras
@@ -370,6 +377,7 @@ def child(opts):
         result["status"] = "error"
         result["error"] = tail(traceback.format_exc())
     result["rss_mib"] = peak_rss_mib()
+    result["load_end"] = loadavg()
     watchdog.emit()
 
 
@@ -503,7 +511,7 @@ def print_model(name, results, opts):
             print(f"  {'':<10} {'':>10}  child {r['status']}: " + r["error"].replace("\n", "\n" + " " * 26))
     print("  per backend: training step (median of single train_on_batch calls before / after the engine's; "
           "its first call, compile included); method='auto' picks (predicted exact / estimate cost); "
-          "child wall time, peak RSS")
+          "child wall time, peak RSS, 1-min load average at its start -> end")
     for r in results:
         parts = []
         if r.get("step"):
@@ -522,6 +530,8 @@ def print_model(name, results, opts):
         elif r.get("auto_error"):
             parts.append("auto: error: " + r["auto_error"].splitlines()[-1])
         parts.append(f"{r['wall']:.0f} s" + (f", {r['rss_mib']:.0f} MiB" if r.get("rss_mib") else ""))
+        if r.get("load_start"):
+            parts.append(f"load {r['load_start'].split()[0]} -> {r.get('load_end', '?').split()[0]}")
         print(f"    {r['backend']:<10} " + "; ".join(parts))
     print(flush=True)
 

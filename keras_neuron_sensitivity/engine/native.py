@@ -29,6 +29,12 @@ _WRT_STREAM = {"weights": 1, "inputs": 2}
 # Bytes a cotangent row takes beyond its gradient: the activations' cotangents
 # and their temporaries, per activation entry of one sample.
 _ROW_OVERHEAD = 3
+# Bytes one compiled JAX call's rows take at most (below the memory budget):
+# larger calls only move more memory for the same work (on the digits MLP,
+# 1 GiB calls took 4x as long as 16 MiB ones). Eager PyTorch pays per
+# operation instead, so there one call takes the whole budget (on the same
+# MLP, 16 MiB calls took 4x as long as 1 GiB ones).
+_CALL_BYTES = 2**24
 
 
 class Program:
@@ -125,7 +131,10 @@ class ExactMethod:
         self.wrt = tuple(wrt)
         self.memory_budget = int(memory_budget)
         self._fns = {}
-        self._rows = None
+        # Samples side by side (`vmap` over them too) until a layer refuses:
+        # PyTorch's vmap cannot run its convolutions ("NYI: querying
+        # is_contiguous inside of vmap"); those models go one sample a call.
+        self._over_samples = True
 
     def __call__(self, inputs, seed=None):
         from keras_neuron_sensitivity.engine.methods import Result
@@ -141,29 +150,47 @@ class ExactMethod:
         return results
 
     def _squares(self, wrt, values, inputs, num_neurons, entries):
-        """`(B, K)` squared norms, in chunks of rows under the budget."""
+        """`(B, K)` squared norms, in chunks of samples and rows under the
+        budget."""
         params = sum(int(np.prod(v.shape)) for v in values[0])
-        primal = params if wrt == "weights" else entries
-        per_row = 4 * (primal + _ROW_OVERHEAD * entries)
-        rows = int(min(num_neurons, max(1, self.memory_budget // per_row)))
-        if wrt not in self._fns:
-            self._fns[wrt] = backend.compile(self._chunk_fn(wrt, rows, num_neurons))
-        fn = self._fns[wrt]
-        per_sample = []
-        for n in range(int(inputs[0].shape[0])):
-            sample = [x[n : n + 1] for x in inputs]
-            chunks = [
-                backend.to_host(fn(*values, sample, backend.as_tensor(np.int32(first))))
+        rows, samples = _exact_chunks(
+            wrt, params, entries, num_neurons, int(inputs[0].shape[0]), self.memory_budget
+        )
+        if self._over_samples and samples > 1:
+            try:
+                return self._run(wrt, values, inputs, num_neurons, rows, samples)
+            except RuntimeError as error:
+                if "vmap" not in str(error):
+                    raise
+                self._over_samples = False
+                self._fns.clear()
+        return self._run(wrt, values, inputs, num_neurons, rows, 1)
+
+    def _run(self, wrt, values, inputs, num_neurons, rows, samples):
+        key = (wrt, samples)
+        if key not in self._fns:
+            self._fns[key] = backend.compile(self._chunk_fn(wrt, rows, num_neurons, samples))
+        fn = self._fns[key]
+        batch = int(inputs[0].shape[0])
+        out = []
+        for begin in range(0, batch, samples):
+            # The last chunk padded with the batch's first samples: one shape,
+            # one compilation.
+            index = np.arange(begin, begin + samples) % batch
+            chunk = [ops.take(x, backend.as_tensor(index), axis=0) for x in inputs]
+            squares = [
+                backend.to_host(fn(*values, chunk, backend.as_tensor(np.int32(first))))
                 for first in range(0, num_neurons, rows)
             ]
-            per_sample.append(np.concatenate(chunks)[:num_neurons])
-        return np.stack(per_sample)
+            out.append(np.concatenate(squares, axis=1)[: batch - begin, :num_neurons])
+        return np.concatenate(out)
 
-    def _chunk_fn(self, wrt, rows, num_neurons):
+    def _chunk_fn(self, wrt, rows, num_neurons, samples):
         program = self.program
 
-        def chunk(weights, state, sample, first):
-            """`(rows,)`: squared norms of neurons `first ... first + rows`."""
+        def one_sample(weights, state, sample, first):
+            """`(rows,)`: squared norms of neurons `first ... first + rows`
+            of one sample (`sample`: one `(1, ...)` tensor per input)."""
             if wrt == "weights":
                 def f(primal):
                     return program.neurons(primal, state, sample)[0]
@@ -189,6 +216,15 @@ class ExactMethod:
                 return sum(ops.sum(ops.square(g)) for g in grads)
 
             return backend.vmap(squared_norm)(one_hot)
+
+        def chunk(weights, state, inputs, first):
+            """`(samples, rows)`."""
+            if samples == 1:
+                return one_sample(weights, state, inputs, first)[None]
+            per_sample = lambda x: one_sample(  # noqa: E731
+                weights, state, [t[None] for t in x], first
+            )
+            return backend.vmap(per_sample)(inputs)
 
         return chunk
 
@@ -219,7 +255,7 @@ class EstimateMethod:
             _, entries = program.shapes(inputs)
             values = program.weight_values()
             batch = int(inputs[0].shape[0])
-            samples = int(min(batch, max(1, self.memory_budget // (12 * entries))))
+            samples = _estimate_samples(batch, entries, self.memory_budget)
             results = {}
             for w in self.wrt:
                 if w not in self._fns:
@@ -310,18 +346,22 @@ def layer_jacobian(graph, inputs, key, wrt):
     }
 
 
-def predict_costs(graph, keys, wrt, inputs, num_probes):
+def predict_costs(graph, keys, wrt, inputs, num_probes, memory_budget=2**30):
     """`{"exact": cost, "estimate": cost}` in multiply-adds, for `auto`.
 
-    Exact: per sample, a forward and one backward (about two forwards) per
-    neuron; the estimate: per probe about three forwards (primal and
-    tangent). A forward's work is counted from the one-sample shapes as in
-    `methods.predict_costs`: weights per output channel times output entries.
+    With `F` a forward's work per sample (weights per output channel times
+    output entries, from the one-sample shapes, as `methods.predict_costs`
+    counts it) and `K` the selected neurons: exact does per sample a forward
+    and one backward per neuron, about `F` to inputs and `2 F` to weights
+    (the weight gradients too); the estimate per probe about `3 F` (primal
+    and tangent). Each compiled (JAX) or eager (PyTorch) call adds a fixed
+    cost, which dominates small models, PyTorch's most.
     """
     program = Program(graph, keys)
     with float32_compute(program.layers):
-        channels, _ = program.shapes(inputs)
-        with program.scope(*program.weight_values()):
+        channels, entries = program.shapes(inputs)
+        weights, state = program.weight_values()
+        with program.scope(weights, state):
             values = program.replay.run([x[:1] for x in inputs])
     forward = 0.0
     for call in program.replay.calls:
@@ -330,11 +370,40 @@ def predict_costs(graph, keys, wrt, inputs, num_probes):
         params = sum(int(np.prod(v.shape)) for v in call.weights)
         out_channels = int(outs[0].shape[-1]) if outs and len(outs[0].shape) > 1 else 1
         forward += out_size * max(1.0, params / out_channels)
-    batch = int(inputs[0].shape[0])
+    batch, neurons = int(inputs[0].shape[0]), sum(channels)
+    params = sum(int(np.prod(v.shape)) for v in weights)
+    rows, samples = _exact_chunks(wrt, params, entries, neurons, batch, memory_budget)
+    exact_calls = -(-batch // samples) * -(-neurons // rows)
+    estimate_calls = num_probes * -(-batch // _estimate_samples(batch, entries, memory_budget))
+    per_row = 2 if wrt == "weights" else 1
+    call = _CALL_COST[backend.name()]
     return {
-        "exact": batch * forward * (1 + 2 * sum(channels)),
-        "estimate": batch * forward * 3 * num_probes,
+        "exact": batch * forward * (1 + per_row * neurons) + exact_calls * call,
+        "estimate": batch * forward * 3 * num_probes + estimate_calls * call,
     }
+
+
+# The fixed cost of one call, in multiply-adds (about 0.4 ms of JAX dispatch
+# and 40 ms of PyTorch's eager calls through Keras layers, at about
+# 5 GFLOP/s on this project's 2-core CPU).
+_CALL_COST = {"jax": 2e6, "torch": 2e8}
+
+
+def _exact_chunks(wrt, params, entries, num_neurons, batch, memory_budget):
+    """`(rows, samples)` of one exact call under the budget."""
+    primal = params if wrt == "weights" else entries
+    per_row = 4 * (primal + _ROW_OVERHEAD * entries)
+    call_bytes = memory_budget
+    if backend.name() == "jax":
+        call_bytes = min(call_bytes, _CALL_BYTES)
+    rows = int(min(num_neurons, max(1, memory_budget // per_row)))
+    samples = int(min(batch, max(1, call_bytes // (per_row * rows))))
+    return rows, samples
+
+
+def _estimate_samples(batch, entries, memory_budget):
+    """Samples of one estimator call: activations, tangents and temporaries."""
+    return int(min(batch, max(1, memory_budget // (12 * entries))))
 
 
 def _neuron_values(y):

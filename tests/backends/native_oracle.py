@@ -33,8 +33,8 @@ def weight_jacobians(model, x, layer):
     position = {id(v): i for i, v in enumerate(variables)}
     frozen = [v.value for v in sub.non_trainable_variables]
     per_sample = []
-    for n in range(len(x)):
-        sample = ops.convert_to_tensor(x[n : n + 1])
+    for n in range(_batch(x)):
+        sample = _sample(x, n)
 
         def f(values):
             own = [values[position[id(v)]] for v in sub.trainable_variables]
@@ -57,20 +57,37 @@ def sensitivity(model, x, layer, wrt, embedded=None):
             [np.sqrt(sum(np.sum(np.square(j.reshape(len(j), -1)), axis=1) for j in js))
              for js in jacobians]
         )
-    names = [l.name for l in model.layers]
-    start = names.index(embedded) + 1 if embedded else 0
-    stop = names.index(layer) + 1
     rows = []
-    for n in range(len(x)):
-        sample = ops.convert_to_tensor(x[n : n + 1])
+    for n in range(_batch(x)):
         if embedded:
-            sample = model.layers[start - 1](sample)
+            names = [l.name for l in model.layers]
+            start, stop = names.index(embedded) + 1, names.index(layer) + 1
+            primal = [model.layers[start - 1](_sample(x, n))]
 
-        def f(h):
-            for l in model.layers[start:stop]:
-                h = l(h, training=False)
-            return _values(h)
+            def f(h):
+                (h,) = h
+                for l in model.layers[start:stop]:
+                    h = l(h, training=False)
+                return _values(h)
+        else:
+            sub = keras.Model(model.inputs, model.get_layer(layer).output)
+            primal = _sample(x, n)
+            primal = primal if isinstance(primal, list) else [primal]
 
-        jac = ops.convert_to_numpy(jacrev(f, sample))
-        rows.append(np.sqrt(np.sum(np.square(jac.reshape(len(jac), -1)), axis=1)))
+            def f(xs):
+                return _values(sub(xs if len(xs) > 1 else xs[0], training=False))
+
+        jac = [ops.convert_to_numpy(j) for j in jacrev(f, primal)]
+        rows.append(np.sqrt(sum(np.sum(np.square(j.reshape(len(j), -1)), axis=1) for j in jac)))
     return np.stack(rows)
+
+
+def _batch(x):
+    return len(x[0]) if isinstance(x, list) else len(x)
+
+
+def _sample(x, n):
+    """Sample `n` as a batch of one: a tensor, or a list for several inputs."""
+    if isinstance(x, list):
+        return [ops.convert_to_tensor(a[n : n + 1]) for a in x]
+    return ops.convert_to_tensor(x[n : n + 1])

@@ -72,6 +72,23 @@ def test_exact_matches_brute_force(zoo_models, name, wrt):
         np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-7, err_msg=layer)
 
 
+@pytest.mark.parametrize("budget_mb", [0.01, 0.02, 0.05, 0.3])
+@pytest.mark.parametrize("name", ["cnn", "two_inputs"])
+def test_exact_in_small_chunks_matches_brute_force(zoo_models, name, budget_mb):
+    """Tight memory budgets split the neurons, or the samples (the last
+    chunk padded), over several calls; the values do not change."""
+    model, x, _ = zoo_models[name]
+    x = [np.concatenate([a] * 3)[:7] for a in _as_list(x)]  # 7 samples
+    x = x if len(x) > 1 else x[0]
+    for wrt in ("weights", "inputs"):
+        got = neuron_sensitivity(
+            model, x, wrt=wrt, reduction=None, method="exact", memory_budget_mb=budget_mb
+        )
+        for layer in ("dense", "head"):
+            expected = native_oracle.sensitivity(model, x, layer, wrt)
+            np.testing.assert_allclose(got[layer], expected, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("name", list(zoo.MODELS))
 def test_exact_matches_tensorflow(zoo_models, tensorflow_values, name):
     model, x, _ = zoo_models[name]
