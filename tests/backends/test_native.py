@@ -201,3 +201,18 @@ def test_fit_logs_every_layer_and_leaves_training_alone(tmp_path, name):
         final = neuron_sensitivity(model, x[:8], wrt=wrt, method="exact")
         for layer in layers:
             np.testing.assert_allclose(logged[wrt][layer][1], final[layer], rtol=1e-6)
+
+
+def test_a_string_probe_is_refused_with_what_to_do(tmp_path):
+    vectorize = keras.layers.TextVectorization(max_tokens=10, output_sequence_length=4)
+    vectorize.adapt(np.array(["a b c", "b c d"]))
+    text = keras.Input((1,), dtype="string")
+    model = keras.Model(text, keras.layers.Dense(2)(keras.layers.Embedding(10, 3)(vectorize(text))))
+    probe = np.array([["a b"], ["c d"]], dtype=object)
+    match = rf"strings, on the '{BACKEND}' backend.*token ids before the model"
+    with pytest.raises(TypeError, match=match):
+        neuron_sensitivity(model, probe)
+    callback = NeuronSensitivityCallback(probe, log_dir=str(tmp_path))
+    callback.set_model(model)
+    with pytest.raises(TypeError, match=match):  # when `fit` starts, before a step
+        callback.on_train_begin()
