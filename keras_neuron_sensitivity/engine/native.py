@@ -23,6 +23,7 @@ import numpy as np
 from keras import ops
 
 from keras_neuron_sensitivity.engine import backend
+from keras_neuron_sensitivity.engine.methods import Result
 from keras_neuron_sensitivity.engine.replay import Replay, float32_compute
 
 _WRT_STREAM = {"weights": 1, "inputs": 2}
@@ -137,8 +138,6 @@ class ExactMethod:
         self._over_samples = True
 
     def __call__(self, inputs, seed=None):
-        from keras_neuron_sensitivity.engine.methods import Result
-
         program = self.program
         with float32_compute(program.layers):
             channels, entries = program.shapes(inputs)
@@ -248,8 +247,6 @@ class EstimateMethod:
         self._fns = {}
 
     def __call__(self, inputs, seed):
-        from keras_neuron_sensitivity.engine.methods import Result
-
         program = self.program
         with float32_compute(program.layers):
             _, entries = program.shapes(inputs)
