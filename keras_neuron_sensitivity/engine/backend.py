@@ -11,9 +11,16 @@ and these functions; each has the same signature on both backends:
   MLP (exact, to inputs, B=128): `torch.compile` took 6.2 s to compile and
   then 86 ms a call, against 182 ms eager: it pays back after about 65
   logged epochs, more than most runs log;
+- `exact_kernels()`: a context for kernels whose derivatives are exact: on
+  PyTorch, the math kernel of `scaled_dot_product_attention` (the CPU
+  flash-attention kernel's backward disagrees with finite differences of
+  its own forward under a padding mask: 3x on a masked MultiHeadAttention,
+  `tests/backends/test_native.py` keeps the evidence);
 - `to_host(value)`: a NumPy array of a variable's local value (on JAX, the
   replica this process holds when the array spans several processes).
 """
+
+import contextlib
 
 import keras
 import numpy as np
@@ -67,6 +74,14 @@ def compile(f):  # noqa: A001 - the backend's word for it
 
         return jax.jit(f)
     return f
+
+
+def exact_kernels():
+    if name() == "torch":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
 
 
 def to_host(value):

@@ -18,6 +18,9 @@ Index letters: `n` sample, `k` neuron (all selected layers' neurons side by
 side), `r` cotangent row, `m` probe.
 """
 
+import contextlib
+import warnings
+
 import keras
 import numpy as np
 from keras import ops
@@ -121,6 +124,20 @@ class Program:
         return dict(zip(self.keys, np.split(per_neuron, bounds, axis=-1)))
 
 
+@contextlib.contextmanager
+def _computing(program):
+    """Where every native computation runs: float32 compute for mixed
+    precision, the backend's exact kernels, and without PyTorch's warning,
+    at every call, that its vmap falls back to a loop for some operations
+    (attention): a cost already in `auto`'s price, and nothing a user of
+    this package can act on."""
+    with float32_compute(program.layers), backend.exact_kernels(), warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="There is a performance drop because we have not yet implemented"
+        )
+        yield
+
+
 class ExactMethod:
     """Exact norms: one VJP per neuron and sample, vectorized over neurons."""
 
@@ -139,7 +156,7 @@ class ExactMethod:
 
     def __call__(self, inputs, seed=None):
         program = self.program
-        with float32_compute(program.layers):
+        with _computing(program):
             channels, entries = program.shapes(inputs)
             values = program.weight_values()
             results = {}
@@ -248,7 +265,7 @@ class EstimateMethod:
 
     def __call__(self, inputs, seed):
         program = self.program
-        with float32_compute(program.layers):
+        with _computing(program):
             _, entries = program.shapes(inputs)
             values = program.weight_values()
             batch = int(inputs[0].shape[0])
@@ -314,7 +331,7 @@ def layer_jacobian(graph, inputs, key, wrt):
     """As `jacobian.layer_jacobian`, by the backend's reverse mode: one VJP
     per neuron of the layer, vectorized, one sample at a time."""
     program = Program(graph, [key])
-    with float32_compute(program.layers):
+    with _computing(program):
         (channels,), _ = program.shapes(inputs)
         weights, state = program.weight_values()
         eye = backend.as_tensor(np.eye(channels, dtype="float32"))
@@ -355,7 +372,7 @@ def predict_costs(graph, keys, wrt, inputs, num_probes, memory_budget=2**30):
     cost, which dominates small models, PyTorch's most.
     """
     program = Program(graph, keys)
-    with float32_compute(program.layers):
+    with _computing(program):
         channels, entries = program.shapes(inputs)
         weights, state = program.weight_values()
         with program.scope(weights, state):

@@ -216,3 +216,4 @@ def test_a_string_probe_is_refused_with_what_to_do(tmp_path):
     callback.set_model(model)
     with pytest.raises(TypeError, match=match):  # when `fit` starts, before a step
         callback.on_train_begin()
+

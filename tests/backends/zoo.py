@@ -102,6 +102,29 @@ def convolutions():
     return keras.Model(image, keras.layers.Dense(2, name="head")(h), name="convolutions")
 
 
+def graph_features():
+    """A nested model, a layer called twice, plain Keras ops between layers."""
+    inner = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(5, activation="tanh", name="a")], name="inner"
+    )
+    x = keras.Input((4,))
+    shared = keras.layers.Dense(5, activation="tanh", name="shared")
+    h = shared(shared(inner(x)))
+    h = keras.ops.tanh(h * 2.0) + h
+    return keras.Model(x, keras.layers.Dense(2, name="out")(h), name="graph_features")
+
+
+def masked_sequence():
+    """A masking Embedding, a Bidirectional GRU, then attention."""
+    ids = keras.Input((6,), dtype="int32")
+    h = keras.layers.Embedding(10, 4, mask_zero=True, name="embedding")(ids)
+    h = keras.layers.Bidirectional(keras.layers.GRU(3, return_sequences=True), name="bi")(h)
+    a = keras.layers.MultiHeadAttention(2, 3, name="attention")(h, h)
+    h = keras.layers.LayerNormalization(name="norm")(keras.layers.Add()([h, a]))
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    return keras.Model(ids, keras.layers.Dense(2, name="out")(h), name="masked_sequence")
+
+
 MODELS = {
     "cnn": cnn,
     "text": text,
@@ -109,6 +132,8 @@ MODELS = {
     "two_inputs": two_inputs,
     "mixed_precision": mixed_precision,
     "convolutions": convolutions,
+    "graph_features": graph_features,
+    "masked_sequence": masked_sequence,
 }
 
 
@@ -117,10 +142,15 @@ def probe(name, batch=3):
     rng = np.random.default_rng(2)
     if name == "text":
         return rng.integers(0, 20, size=(batch, 7)).astype("int32")
+    if name == "masked_sequence":
+        ids = rng.integers(1, 10, size=(batch, 6)).astype("int32")
+        ids[:, 4:] = 0  # padding, masked
+        ids[0, 2:] = 0
+        return ids
     if name == "two_inputs":
         return [rng.normal(size=(batch, 4)).astype("float32"),
                 rng.normal(size=(batch, 3)).astype("float32")]
-    if name in ("subclassed", "mixed_precision"):
+    if name in ("subclassed", "mixed_precision", "graph_features"):
         return rng.normal(size=(batch, 4)).astype("float32")
     if name == "convolutions":
         return rng.normal(size=(batch, 6, 6, 3)).astype("float32")
