@@ -425,6 +425,18 @@ def mask_zero(dropout):
     return factory
 
 
+def mask_through_rules():
+    """The Keras mask crosses layers that rules compute themselves (a `Dense`
+    and a `LayerNormalization` on the masked sequence) before reaching the
+    attention, as Keras's `__call__` carries it."""
+    ids = keras.Input((5,), dtype="int32", name="ids")
+    e = L.Embedding(VOCAB, 6, mask_zero=True, name="emb")(ids)
+    h = L.LayerNormalization(name="norm")(L.Dense(6, activation="tanh", name="proj")(e))
+    a = L.MultiHeadAttention(2, 3, name="mha")(h, h)
+    model = keras.Model(ids, L.Dense(2, name="out")(L.Flatten()(a)))
+    return model, np.array([[3, 4, 5, 0, 0], [1, 2, 3, 4, 9]], "int32"), ["emb"]
+
+
 def scores_returned():
     x = keras.Input((3, 4), name="x")
     a, scores = L.MultiHeadAttention(1, 2, name="mha")(x, x, return_attention_scores=True)
@@ -464,6 +476,7 @@ ATTENTION = {
     "causal_dropout": (causal(0.2), "MultiHeadAttentionRule"),
     "mask_zero": (mask_zero(0.0), "MultiHeadAttentionRule"),
     "mask_zero_dropout": (mask_zero(0.2), "MultiHeadAttentionRule"),
+    "mask_through_rules": (mask_through_rules, "MultiHeadAttentionRule"),
     "scores_returned": (scores_returned, "MultiHeadAttentionRule"),
     "hub_encoder_pre_norm_masked": (hub_encoder_pre_norm_masked, "TransformerEncoderRule"),
     "hub_decoder_post_norm": (hub_decoder_post_norm, "TransformerDecoderRule"),

@@ -35,8 +35,10 @@ per round. Each is traced once per probe shape.
 import math
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
+from keras.src.backend import get_keras_mask
 
 from keras_neuron_sensitivity.engine import base, gram, registry
 from keras_neuron_sensitivity.engine.base import Channelwise
@@ -419,6 +421,7 @@ class Sweep:
             site = self._site(call, values)
             with tf.name_scope(_scope("kns_forward", call)):
                 outputs, cache = rule.forward(site)
+            _carry_masks(site, outputs)
             site.outputs = outputs
             values.update(zip(call.outputs, outputs))
             sites.append((site, cache))
@@ -990,6 +993,23 @@ def _float_dtype(values):
         if v.dtype == tf.float64:
             return tf.float64
     return tf.float32
+
+
+def _carry_masks(site, outputs):
+    """Sets the Keras masks the layer's own `__call__` would have set on
+    `outputs`, which a rule computes without it (a `Dense` on a masked
+    sequence passes the mask on to the attention after it): Keras's
+    `_set_mask_metadata`, from the first input's mask."""
+    layer = site.layer
+    if not (
+        site.inputs
+        and isinstance(layer, keras.layers.Layer)
+        and getattr(layer, "supports_masking", False)
+    ):
+        return
+    previous = get_keras_mask(site.inputs[0])
+    if previous is not None:
+        layer._set_mask_metadata(site.inputs[0], outputs, previous)
 
 
 def _scope(phase, call):
