@@ -18,12 +18,15 @@ Index letters: `n` sample, `k` neuron (all selected layers' neurons side by
 side), `r` cotangent row, `m` probe.
 """
 
+import collections
 import contextlib
+import functools
 import warnings
 
 import keras
 import numpy as np
 from keras import ops
+from keras.src.backend.common.masking import get_keras_mask, set_keras_mask
 
 from keras_neuron_sensitivity.engine import backend
 from keras_neuron_sensitivity.engine.methods import Result
@@ -67,6 +70,7 @@ class Program:
             }.values()
         )
         self.sensitivity = list(graph.sensitivity_inputs)
+        self.dense = _closed_form_dense(self.replay.calls, self.variables)
         self._shapes = None
 
     def weight_values(self):
@@ -81,7 +85,7 @@ class Program:
         mapping = list(zip(self.variables, weights)) + list(zip(self.state_variables, state))
         return keras.StatelessScope(state_mapping=mapping)
 
-    def neurons(self, weights, state, inputs, sensitivity=None):
+    def neurons(self, weights, state, inputs, sensitivity=None, taps=None):
         """`(n, K)`: every selected neuron, layers side by side.
 
         Args:
@@ -90,12 +94,32 @@ class Program:
             inputs: one tensor per graph input, batch first.
             sensitivity: `{tensor id: value}` replacing those tensors (the
                 float and embedded inputs, as primals), or None.
+            taps: one tensor per `self.dense` call, added to its
+                pre-activation (zeros: the cotangent there is the gradient
+                with respect to them), or None.
         """
+        replace = None
+        if taps is not None:
+            replace = {
+                id(call): functools.partial(
+                    _dense, call, weights[k], None if b is None else weights[b], tap
+                )
+                for (call, k, b), tap in zip(self.dense, taps)
+            }
         with self.scope(weights, state):
-            values = self.replay.run(inputs, values=sensitivity)
+            values = self.replay.run(inputs, values=sensitivity, replace=replace)
         return ops.concatenate(
             [_neuron_values(y) for y in self.replay.target_outputs(values)], axis=-1
         )
+
+    def dense_inputs(self, weights, state, inputs):
+        """The input and the pre-activation shape of each `self.dense` call."""
+        with self.scope(weights, state):
+            values = self.replay.run(inputs)
+        return [
+            (values[call.inputs[0]], tuple(values[call.outputs[0]].shape))
+            for call, _, _ in self.dense
+        ]
 
     def inputs_at(self, weights, state, inputs):
         """`{tensor id: value}` of the sensitivity inputs the targets read:
@@ -207,6 +231,8 @@ class ExactMethod:
         def one_sample(weights, state, sample, first):
             """`(rows,)`: squared norms of neurons `first ... first + rows`
             of one sample (`sample`: one `(1, ...)` tensor per input)."""
+            if wrt == "weights" and program.dense:
+                return _weights_with_dense(program, weights, state, sample, first, rows, num_neurons)
             if wrt == "weights":
                 def f(primal):
                     return program.neurons(primal, state, sample)[0]
@@ -221,17 +247,12 @@ class ExactMethod:
 
                 primal = [at[t] for t in ids]
             _, pullback = backend.vjp(f, primal)
-            index = first + ops.arange(rows, dtype="int32")
-            one_hot = ops.cast(
-                ops.equal(index[:, None], ops.arange(num_neurons, dtype="int32")[None]),
-                "float32",
-            )
 
             def squared_norm(cotangent):
                 grads = pullback(cotangent)
                 return sum(ops.sum(ops.square(g)) for g in grads)
 
-            return backend.vmap(squared_norm)(one_hot)
+            return backend.vmap(squared_norm)(_one_hot(first, rows, num_neurons))
 
         def chunk(weights, state, inputs, first):
             """`(samples, rows)`."""
@@ -418,6 +439,101 @@ def _exact_chunks(wrt, params, entries, num_neurons, batch, memory_budget):
 def _estimate_samples(batch, entries, memory_budget):
     """Samples of one estimator call: activations, tangents and temporaries."""
     return int(min(batch, max(1, memory_budget // (12 * entries))))
+
+
+def _one_hot(first, rows, num_neurons):
+    """`(rows, K)`: the cotangents of neurons `first ... first + rows`
+    (rows past the last neuron are zero)."""
+    index = first + ops.arange(rows, dtype="int32")
+    return ops.cast(
+        ops.equal(index[:, None], ops.arange(num_neurons, dtype="int32")[None]), "float32"
+    )
+
+
+def _closed_form_dense(calls, variables):
+    """`[(call, kernel index, bias index or None)]`: the `Dense` calls whose
+    weight term is read in closed form, as the TensorFlow sweep's `DenseRule`
+    does, instead of differentiating with respect to the kernel.
+
+    Only Keras's own `Dense`, called once (a second call's kernel gradient
+    adds to the first's), with trainable weights, without LoRA or
+    quantization; any other layer is differentiated as it is.
+    """
+    position = {id(v): i for i, v in enumerate(variables)}
+    calls_of = collections.Counter(id(call.layer) for call in calls)
+    dense = []
+    for call in calls:
+        layer = call.layer
+        if (
+            type(layer) is not keras.layers.Dense
+            or calls_of[id(layer)] > 1
+            or len(call.inputs) != 1
+            or getattr(layer, "lora_enabled", False)
+            or getattr(layer, "quantization_mode", None) is not None
+            or id(layer.kernel) not in position
+        ):
+            continue
+        bias = None if layer.bias is None else position.get(id(layer.bias))
+        if layer.bias is not None and bias is None:
+            continue  # a trainable kernel with a frozen bias: differentiated as it is
+        dense.append((call, position[id(layer.kernel)], bias))
+    return dense
+
+
+def _dense(call, kernel, bias, tap, inputs):
+    """`Dense.call` with `tap` added to the pre-activation."""
+    (h,) = inputs
+    z = ops.matmul(ops.cast(h, kernel.dtype), kernel)
+    if bias is not None:
+        z = z + bias
+    z = z + tap
+    activation = call.layer.activation
+    y = activation(z) if activation is not None else z
+    mask = get_keras_mask(h)
+    if mask is not None:
+        set_keras_mask(y, mask)  # Dense passes its input's mask on
+    return [y]
+
+
+def _weights_with_dense(program, weights, state, sample, first, rows, num_neurons):
+    """`(rows,)` squared norms to weights, with the `Dense` weight terms in
+    closed form: for a row, the cotangent `G` at the pre-activation (`T`
+    positions x units) and the layer input `H` (`T` x features) give
+    `||dW||^2 = ||H^T G||^2` (directly, or as `<H H^T, G G^T>` when `T`
+    is below the features) and `||db||^2 = ||sum_t G_t||^2`; the gradient
+    with respect to the kernel is never formed."""
+    dense_weights = {k for _, k, _ in program.dense} | {b for _, _, b in program.dense if b is not None}
+    others = [i for i in range(len(weights)) if i not in dense_weights]
+    inputs = program.dense_inputs(weights, state, sample)
+
+    def f(primal):
+        values, taps = primal
+        full = list(weights)
+        for i, v in zip(others, values):
+            full[i] = v
+        return program.neurons(full, state, sample, taps=taps)[0]
+
+    taps = [ops.zeros(shape, "float32") for _, shape in inputs]
+    _, pullback = backend.vjp(f, ([weights[i] for i in others], taps))
+    flat = [ops.reshape(ops.cast(h, "float32"), (-1, h.shape[-1])) for h, _ in inputs]
+    grams = [ops.matmul(h, ops.transpose(h)) if h.shape[0] < h.shape[1] else None for h in flat]
+
+    def squared_norm(cotangent):
+        grads, tap_grads = pullback(cotangent)
+        total = sum((ops.sum(ops.square(g)) for g in grads), ops.zeros((), "float32"))
+        for (_, _, bias), h, gram, g in zip(program.dense, flat, grams, tap_grads):
+            g = ops.reshape(g, (-1, g.shape[-1]))
+            if h.shape[0] == 1:
+                total = total + ops.sum(ops.square(h)) * ops.sum(ops.square(g))
+            elif gram is not None:
+                total = total + ops.sum(gram * ops.matmul(g, ops.transpose(g)))
+            else:
+                total = total + ops.sum(ops.square(ops.matmul(ops.transpose(h), g)))
+            if bias is not None:
+                total = total + ops.sum(ops.square(ops.sum(g, axis=0)))
+        return total
+
+    return backend.vmap(squared_norm)(_one_hot(first, rows, num_neurons))
 
 
 def _neuron_values(y):

@@ -115,14 +115,26 @@ def graph_features():
 
 
 def masked_sequence():
-    """A masking Embedding, a Bidirectional GRU, then attention."""
+    """A masking Embedding, a Bidirectional GRU, a Dense on the sequence,
+    then attention."""
     ids = keras.Input((6,), dtype="int32")
     h = keras.layers.Embedding(10, 4, mask_zero=True, name="embedding")(ids)
     h = keras.layers.Bidirectional(keras.layers.GRU(3, return_sequences=True), name="bi")(h)
+    h = keras.layers.Dense(6, activation="tanh", name="proj")(h)  # passes the mask on
     a = keras.layers.MultiHeadAttention(2, 3, name="attention")(h, h)
     h = keras.layers.LayerNormalization(name="norm")(keras.layers.Add()([h, a]))
     h = keras.layers.GlobalAveragePooling1D()(h)
     return keras.Model(ids, keras.layers.Dense(2, name="out")(h), name="masked_sequence")
+
+
+def dense_sequence():
+    """Dense layers on sequences: fewer positions than features (5 < 8), more
+    (5 > 4), and without a bias."""
+    x = keras.Input((5, 8))
+    h = keras.layers.Dense(4, activation="relu", name="wide")(x)
+    h = keras.layers.Dense(3, use_bias=False, name="narrow")(h)
+    h = keras.layers.GlobalAveragePooling1D(name="pool")(h)
+    return keras.Model(x, keras.layers.Dense(2, name="out")(h), name="dense_sequence")
 
 
 MODELS = {
@@ -134,6 +146,7 @@ MODELS = {
     "convolutions": convolutions,
     "graph_features": graph_features,
     "masked_sequence": masked_sequence,
+    "dense_sequence": dense_sequence,
 }
 
 
@@ -152,6 +165,8 @@ def probe(name, batch=3):
                 rng.normal(size=(batch, 3)).astype("float32")]
     if name in ("subclassed", "mixed_precision", "graph_features"):
         return rng.normal(size=(batch, 4)).astype("float32")
+    if name == "dense_sequence":
+        return rng.normal(size=(batch, 5, 8)).astype("float32")
     if name == "convolutions":
         return rng.normal(size=(batch, 6, 6, 3)).astype("float32")
     return rng.normal(size=(batch, 6, 6, 2)).astype("float32")
