@@ -138,6 +138,15 @@ class Program:
             entries = sum(
                 int(np.prod(v.shape[1:])) for v in values.values() if hasattr(v, "shape")
             )
+            # What exact differentiates to weights, per sample: the weights
+            # outside closed-form `Dense` calls, and those calls' taps.
+            closed = {id(call.layer) for call, _, _ in self.dense}
+            self.weight_primal = sum(
+                int(np.prod(v.shape))
+                for call in self.replay.calls
+                if id(call.layer) not in closed
+                for v in call.weights
+            ) + sum(int(np.prod(values[call.outputs[0]].shape[1:])) for call, _, _ in self.dense)
             self._shapes = channels, entries
         return self._shapes
 
@@ -192,9 +201,8 @@ class ExactMethod:
     def _squares(self, wrt, values, inputs, num_neurons, entries):
         """`(B, K)` squared norms, in chunks of samples and rows under the
         budget."""
-        params = sum(int(np.prod(v.shape)) for v in values[0])
         rows, samples = _exact_chunks(
-            wrt, params, entries, num_neurons, int(inputs[0].shape[0]), self.memory_budget
+            wrt, self.program.weight_primal, entries, num_neurons, int(inputs[0].shape[0]), self.memory_budget
         )
         if self._over_samples and samples > 1:
             try:
@@ -387,9 +395,10 @@ def predict_costs(graph, keys, wrt, inputs, num_probes, memory_budget=2**30):
     With `F` a forward's work per sample (weights per output channel times
     output entries, from the one-sample shapes, as `methods.predict_costs`
     counts it) and `K` the selected neurons: exact does per sample a forward
-    and one backward per neuron, about `F` to inputs and `2 F` to weights
-    (the weight gradients too); the estimate per probe about `3 F` (primal
-    and tangent). Each compiled (JAX) or eager (PyTorch) call adds a fixed
+    and one backward per neuron, about `F` to inputs, and to weights `F` plus
+    the forward work of the calls whose weight gradient it forms (all but
+    the closed-form `Dense` calls); the estimate per probe about `3 F`
+    (primal and tangent). Each compiled (JAX) or eager (PyTorch) call adds a fixed
     cost, which dominates small models, PyTorch's most.
     """
     program = Program(graph, keys)
@@ -398,22 +407,27 @@ def predict_costs(graph, keys, wrt, inputs, num_probes, memory_budget=2**30):
         weights, state = program.weight_values()
         with program.scope(weights, state):
             values = program.replay.run([x[:1] for x in inputs])
-    forward = 0.0
+    forward = differentiated = 0.0
+    closed = {id(call.layer) for call, _, _ in program.dense}
     for call in program.replay.calls:
         outs = [values[t] for t in call.outputs]
         out_size = sum(int(np.prod(y.shape[1:])) for y in outs)
         params = sum(int(np.prod(v.shape)) for v in call.weights)
         out_channels = int(outs[0].shape[-1]) if outs and len(outs[0].shape) > 1 else 1
-        forward += out_size * max(1.0, params / out_channels)
+        work = out_size * max(1.0, params / out_channels)
+        forward += work
+        if params and id(call.layer) not in closed:
+            differentiated += work  # its weight gradient, formed per row
     batch, neurons = int(inputs[0].shape[0]), sum(channels)
-    params = sum(int(np.prod(v.shape)) for v in weights)
-    rows, samples = _exact_chunks(wrt, params, entries, neurons, batch, memory_budget)
+    rows, samples = _exact_chunks(
+        wrt, program.weight_primal, entries, neurons, batch, memory_budget
+    )
     exact_calls = -(-batch // samples) * -(-neurons // rows)
     estimate_calls = num_probes * -(-batch // _estimate_samples(batch, entries, memory_budget))
-    per_row = 2 if wrt == "weights" else 1
+    per_row = forward + (differentiated if wrt == "weights" else 0.0)
     call = _CALL_COST[backend.name()]
     return {
-        "exact": batch * forward * (1 + per_row * neurons) + exact_calls * call,
+        "exact": batch * (forward + per_row * neurons) + exact_calls * call,
         "estimate": batch * forward * 3 * num_probes + estimate_calls * call,
     }
 
