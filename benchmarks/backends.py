@@ -26,9 +26,10 @@ with num_probes=32, seed=0), reduction "mean", default layers:
   (steps)   either time / one training step of the same model on the same
             backend, in the same process: model.train_on_batch on a batch of
             32 uniform samples with random labels (Adam, sparse categorical
-            cross-entropy), median of single calls after a warm-up, measured
-            before and after the engine's calls (pooled); the machine is
-            shared and absolute times drift, ratios much less
+            cross-entropy), the median of 30 single calls after a warm-up
+            and 30 more after the engine's calls (both shown: on a busy
+            machine they can differ, PyTorch's most); the machine is shared
+            and absolute times drift, ratios less
 
 and which method method="auto" picks for each wrt (with the predicted
 exact / estimate cost ratio it decides on; computed on a second instance of
@@ -38,8 +39,9 @@ Each backend runs in a fresh subprocess of this script (Keras picks its
 backend at import): `--child BACKEND MODEL` measures one model and prints one
 JSON line to stdout. Every engine call in the child has a watchdog of
 --max-seconds: a call that runs longer is reported "timed out" and the child
-stops there (the slow measurements come last); the parent also kills a child
-that runs past --timeout.
+stops there (the slow measurements come last); the parent then starts a
+fresh child for the runs left, whose rows are relative to that process's own
+training step. The parent also kills a child that runs past --timeout.
 
     .venv/bin/python benchmarks/backends.py --quick             # mlp and cnn, 3 repeats, ~5 min
     .venv/bin/python benchmarks/backends.py --models all        # all four models, ~30-40 min
@@ -53,7 +55,9 @@ import importlib.metadata
 import json
 import math
 import os
+import re
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -170,15 +174,15 @@ class Trainer:
         self.model.train_on_batch(self.x, self.y)  # returns host floats: synchronized
         return time.perf_counter() - start
 
-    def times(self, warmup=3, min_calls=10, max_calls=300, target_seconds=2.0):
+    def times(self, warmup=3, calls=30):
+        """`calls` single steps after `warmup` (the same count every time, so
+        that a pooled median weighs each measurement alike)."""
         saved = self.model.get_weights()
         if self.first is None:
             self.first = self._one()  # traces / compiles the train step
         for _ in range(warmup):
             self._one()
-        times = []
-        while len(times) < max_calls and (len(times) < min_calls or sum(times) < target_seconds):
-            times.append(self._one())
+        times = [self._one() for _ in range(calls)]
         self.model.set_weights(saved)
         return times
 
@@ -237,8 +241,14 @@ def loadavg():
 
 
 class Watchdog:
-    """Stops the child when one engine call runs past `seconds`: records it
-    as timed out, marks the rest not run, prints the JSON line, exits."""
+    """Prints the child's result line, and stops the child when one engine
+    call runs past `seconds`: records it as timed out, marks the rest not
+    run, prints the final line, exits.
+
+    The result is also printed after every run with "final": false, so that
+    the parent keeps what was measured when the child dies (a crash in the
+    backend): it reads the last line.
+    """
 
     def __init__(self, result, seconds):
         self.result = result
@@ -265,13 +275,18 @@ class Watchdog:
             run["status"] = "timed out"
             run["note"] = f"{what} still running after {self.seconds:.0f} s (--max-seconds)"
             for other in self.result["runs"]:
-                if other.get("status") == "pending":
+                if other.get("status") in ("pending", "running") and other is not run:
                     other["status"] = "not run"
                     other["note"] = "not run: the child stopped at an earlier time-out"
             self.result["rss_mib"] = peak_rss_mib()
             self.result["load_end"] = loadavg()
             self._emit()
         os._exit(0)
+
+    def snapshot(self):
+        with self.lock:
+            if not self.emitted:
+                print(json.dumps({**self.result, "final": False}), flush=True)
 
     def emit(self):
         with self.lock:
@@ -280,7 +295,7 @@ class Watchdog:
 
     def _emit(self):
         self.emitted = True
-        print(json.dumps(self.result), flush=True)
+        print(json.dumps({**self.result, "final": True}), flush=True)
 
 
 def measure(run, call, opts, watchdog):
@@ -313,7 +328,10 @@ def measure(run, call, opts, watchdog):
 
 def child(opts):
     backend, name = opts.child
-    result = {"backend": backend, "model": name, "status": "ok", "runs": [], "load_start": loadavg()}
+    result = {
+        "backend": backend, "model": name, "status": "ok", "runs": [], "load_start": loadavg(),
+        "package": package_version(),  # at the child's start, when it imports it
+    }
     watchdog = Watchdog(result, opts.max_seconds)
     try:
         import keras
@@ -341,11 +359,17 @@ def child(opts):
         result["jit_compile"] = str(getattr(model, "jit_compile", "?"))
 
         estimate_b, exact_bs = PROBE[name]
-        plan = [(wrt, "estimate", estimate_b) for wrt in WRTS] + [(wrt, "exact", exact_bs[backend]) for wrt in WRTS]
+        # The slow ones last: a time-out stops the child (the parent starts
+        # another for what is left).
+        plan = [(w, "estimate", estimate_b) for w in WRTS] + [(w, "exact", exact_bs[backend]) for w in WRTS[::-1]]
+        if opts.only:
+            plan = [p for p in plan if f"{p[0]}:{p[1]}" in opts.only.split(",")]
         runs = [{"wrt": w, "method": m, "B": b, "status": "pending"} for w, m, b in plan]
         result["runs"] = runs
         for run in runs:
             progress(f"{name}: wrt={run['wrt']} method={run['method']} B={run['B']}")
+            run["status"] = "running"
+            watchdog.snapshot()
             probe = x[: run["B"]]
 
             def call(run=run, probe=probe):
@@ -362,6 +386,7 @@ def child(opts):
                 watchdog.disarm()
                 run["status"] = "error"
                 run["note"] = tail(traceback.format_exc())
+            watchdog.snapshot()
             progress(
                 f"{name}: wrt={run['wrt']} method={run['method']}: {run['status']}, first "
                 f"{run.get('first', float('nan')):.3f} s, steady {run.get('steady') or float('nan'):.4f} s"
@@ -381,6 +406,24 @@ def child(opts):
     watchdog.emit()
 
 
+def package_version():
+    """The package's commit, with a hash of its uncommitted diff if any: the
+    children import it one after another, and it may change in between."""
+    import hashlib
+
+    def git(*args):
+        try:
+            return subprocess.run(
+                ["git", "-C", os.path.dirname(HERE), *args], capture_output=True, text=True, timeout=30
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+    diff = git("diff", "HEAD", "--", "keras_neuron_sensitivity")
+    return commit + (f"+diff:{hashlib.sha1(diff.encode()).hexdigest()[:8]}" if diff else "")
+
+
 def tail(text, lines=6):
     return "\n".join(text.strip().splitlines()[-lines:])
 
@@ -390,7 +433,38 @@ def tail(text, lines=6):
 # =============================================================================
 
 
-def run_child(backend, name, opts):
+def run_backend(backend, name, opts):
+    """One child; after a time-out, another for the runs it left (each run
+    keeps the training step of its own process)."""
+    result = run_child(backend, name, opts)
+    for run in result["runs"]:
+        run["step"] = result.get("step")
+    while True:
+        left = [r for r in result["runs"] if r["status"] == "not run"]
+        if not left or result["status"] != "ok":
+            return result
+        print(f"{name} on {backend}: a fresh child for the {len(left)} runs left after a time-out or a crash", file=sys.stderr, flush=True)
+        more = run_child(backend, name, opts, only=[f"{r['wrt']}:{r['method']}" for r in left])
+        result["wall"] += more["wall"]
+        done = {(r["wrt"], r["method"]): r for r in more["runs"]}
+        for i, run in enumerate(result["runs"]):
+            new = done.get((run["wrt"], run["method"]))
+            if new is not None:
+                new["step"] = more.get("step")
+                if new["status"] != "not run":
+                    new["note"] = (f"in a second process (step {fmt_time(new['step'])}); " + new.get("note", "")).rstrip("; ")
+                result["runs"][i] = new
+        if more["status"] != "ok" or not more["runs"]:
+            why = (more.get("error") or "").strip().splitlines()[-1:]
+            for run in result["runs"]:
+                if run["status"] == "not run":
+                    run["note"] = f"the second process failed: {more['status']}" + (f": {why[0]}" if why else "")
+            return result
+        if len([r for r in result["runs"] if r["status"] == "not run"]) >= len(left):
+            return result  # no progress
+
+
+def run_child(backend, name, opts, only=None):
     """Runs one child; returns its result dict (status "error"/"timed out"
     with the stderr tail when it printed none)."""
     env = dict(os.environ)
@@ -400,7 +474,7 @@ def run_child(backend, name, opts):
     cmd = [
         sys.executable, os.path.abspath(__file__), "--child", backend, name,
         "--repeats", str(opts.repeats), "--max-seconds", str(opts.max_seconds),
-    ]
+    ] + (["--only", ",".join(only)] if only else [])
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     err_lines = []
@@ -435,6 +509,23 @@ def run_child(backend, name, opts):
                 break
             except json.JSONDecodeError:
                 pass
+    if result is not None and not result.get("final", True):
+        # The child died (or was killed) during a run: keep what it measured.
+        rc = proc.returncode
+        how = (f"killed after --timeout {opts.timeout:.0f} s" if timed_out else
+               f"the process died: {signal.Signals(-rc).name}" if rc is not None and rc < 0 and -rc in signal.valid_signals()
+               else f"the process died: exit code {rc}")
+        # What it wrote after its last progress line, without absl's notices.
+        since = len(err_lines) - next((i for i, line in enumerate(reversed(err_lines)) if line.startswith("  [")), len(err_lines))
+        last = [line for line in err_lines[since:] if line.strip() and not re.match(r"[IWE]\d{4} |WARNING: All log", line)][-4:]
+        result["died"] = how + ("\n" + "\n".join(last) if last else "")
+        for run in result["runs"]:
+            if run["status"] == "running":
+                run["status"] = "timed out" if timed_out else "crashed"
+                run["note"] = how
+            elif run["status"] == "pending":
+                run["status"] = "not run"
+                run["note"] = "not run: the child died during an earlier run"
     if result is None:
         result = {
             "backend": backend, "model": name, "runs": [],
@@ -490,9 +581,10 @@ def print_model(name, results, opts):
             label = f"B={run['B']}"
             status = run["status"]
             if status == "ok":
+                run_step = run.get("step") or step
                 cols = (
-                    f"{fmt_time(run['first']):>9} {fmt_steps(run['first'], step):>9}  "
-                    f"{fmt_time(run['steady']):>9} {fmt_steps(run['steady'], step):>9} {len(run['times']):>5}"
+                    f"{fmt_time(run['first']):>9} {fmt_steps(run['first'], run_step):>9}  "
+                    f"{fmt_time(run['steady']):>9} {fmt_steps(run['steady'], run_step):>9} {len(run['times']):>5}"
                 )
                 note = run.get("note", "")
             else:
@@ -507,6 +599,8 @@ def print_model(name, results, opts):
             )
             for line in note_lines[1:]:
                 print(f"  {'':<10} {'':>10}      {line}")
+        if r.get("died"):
+            print(f"  {'':<10} {'':>10}  child: " + r["died"].replace("\n", "\n" + " " * 33))
         if r["status"] != "ok" and r.get("error"):
             print(f"  {'':<10} {'':>10}  child {r['status']}: " + r["error"].replace("\n", "\n" + " " * 26))
     print("  per backend: training step (median of single train_on_batch calls before / after the engine's; "
@@ -519,6 +613,9 @@ def print_model(name, results, opts):
                 f"step {fmt_time(r['step'])} ({fmt_time(r['step_before'])} / {fmt_time(r['step_after'])}; "
                 f"first {fmt_time(r['step_first'])}; jit_compile={r.get('jit_compile')})"
             )
+            spread = max(r["step_before"], r["step_after"]) / min(r["step_before"], r["step_after"])
+            if spread > 1.5:
+                parts[-1] += f" BEFORE/AFTER DIFFER {spread:.1f}x"
         if r.get("auto"):
             picks = []
             for wrt in WRTS:
@@ -554,8 +651,9 @@ def print_summary(all_results, backends):
                     elif run["status"] != "ok":
                         cells.append(run["status"])
                     else:
-                        steady = fmt_steps(run["steady"], r.get("step")) if run["steady"] is not None else "n/r"
-                        cell = f"{steady} ({fmt_steps(run['first'], r.get('step'))})"
+                        run_step = run.get("step") or r.get("step")
+                        steady = fmt_steps(run["steady"], run_step) if run["steady"] is not None else "n/r"
+                        cell = f"{steady} ({fmt_steps(run['first'], run_step)})"
                         if run["B"] != PROBE[name][0] and method == "exact" and name == "mobilenet":
                             cell = f"B={run['B']}: " + cell
                         cells.append(cell)
@@ -584,6 +682,7 @@ def main():
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds per child, all included (default 8 * --max-seconds + 600)")
     parser.add_argument("--child", nargs=2, metavar=("BACKEND", "MODEL"), help=argparse.SUPPRESS)
+    parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # child: wrt:method,...
     opts = parser.parse_args()
     if opts.repeats is None:
         opts.repeats = 3 if opts.quick else 5
@@ -630,12 +729,22 @@ def main():
         results = []
         for backend in backends:
             print(f"{name} on {backend} ...", file=sys.stderr, flush=True)
-            r = run_child(backend, name, opts)
+            r = run_backend(backend, name, opts)
             print(f"{name} on {backend}: {r['status']} in {r['wall']:.0f} s", file=sys.stderr, flush=True)
             results.append(r)
         all_results[name] = results
         print_model(name, results, opts)
     print_summary(all_results, backends)
+    seen = {}
+    for name, results in all_results.items():
+        for r in results:
+            seen.setdefault(r.get("package", "unknown"), []).append(f"{name}/{r['backend']}")
+    if len(seen) > 1:
+        print("WARNING: the package changed during the run; the children imported:")
+        for package, where in seen.items():
+            print(f"  {package}: {', '.join(where)}")
+    else:
+        print(f"Package imported by every child: {next(iter(seen))}")
     print(f"Total wall time: {time.perf_counter() - start:.0f} s; load average at end: {loadavg()}")
 
 

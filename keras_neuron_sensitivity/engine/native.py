@@ -38,9 +38,12 @@ _WRT_STREAM = {"weights": 1, "inputs": 2}
 _ROW_OVERHEAD = 3
 # Bytes one compiled JAX call's rows take at most (below the memory budget):
 # larger calls only move more memory for the same work (on the digits MLP,
-# 1 GiB calls took 4x as long as 16 MiB ones). Eager PyTorch pays per
-# operation instead, so there one call takes the whole budget (on the same
-# MLP, 16 MiB calls took 4x as long as 1 GiB ones).
+# 1 GiB calls took 4x as long as 16 MiB ones; on MobileNetV2, 4 MiB calls
+# took 0.7x the time of 32 MiB ones), and XLA on the CPU dies of a floating
+# point exception (SIGFPE, the whole process) on MobileNetV2's late blocks
+# with hundreds of rows in one call. Eager PyTorch pays per operation
+# instead, so there one call takes the whole budget (on the digits MLP,
+# 16 MiB calls took 4x as long as 1 GiB ones).
 _CALL_BYTES = 2**24
 
 
@@ -445,7 +448,7 @@ def _exact_chunks(wrt, params, entries, num_neurons, batch, memory_budget):
     call_bytes = memory_budget
     if backend.name() == "jax":
         call_bytes = min(call_bytes, _CALL_BYTES)
-    rows = int(min(num_neurons, max(1, memory_budget // per_row)))
+    rows = int(min(num_neurons, max(1, call_bytes // per_row)))
     samples = int(min(batch, max(1, call_bytes // (per_row * rows))))
     return rows, samples
 
