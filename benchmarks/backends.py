@@ -36,15 +36,20 @@ exact / estimate cost ratio it decides on; computed on a second instance of
 the model so that it warms nothing the timed calls use).
 
 Each backend runs in a fresh subprocess of this script (Keras picks its
-backend at import): `--child BACKEND MODEL` measures one model and prints one
-JSON line to stdout. Every engine call in the child has a watchdog of
---max-seconds: a call that runs longer is reported "timed out" and the child
-stops there (the slow measurements come last); the parent then starts a
-fresh child for the runs left, whose rows are relative to that process's own
-training step. The parent also kills a child that runs past --timeout.
+backend at import): `--child BACKEND MODEL` measures one model and prints its
+result as one JSON line to stdout (again after every run, the last line the
+final one, so that a child that dies keeps what it measured). Every engine
+call in the child has a watchdog of --max-seconds: a call that runs longer is
+reported "timed out" and the child stops there (the slow measurements come
+last); a call that kills the process (a crash in the backend) is reported
+"crashed" with the signal. Either way the parent starts a fresh child for
+the runs left, whose rows are relative to that process's own training step.
+The parent also kills a child that runs past --timeout. Each child records
+the package's commit (and a hash of any uncommitted diff) when it starts; the
+run ends with a warning when they differ.
 
-    .venv/bin/python benchmarks/backends.py --quick             # mlp and cnn, 3 repeats, ~5 min
-    .venv/bin/python benchmarks/backends.py --models all        # all four models, ~30-40 min
+    .venv/bin/python benchmarks/backends.py --quick             # mlp and cnn, 3 repeats, ~2 min when quiet
+    .venv/bin/python benchmarks/backends.py --models all        # all four models, ~40 min at load 3-5
     .venv/bin/python benchmarks/backends.py --backends jax,torch --models mobilenet --max-seconds 300
 
 Progress goes to stderr, the tables to stdout.

@@ -29,8 +29,9 @@ EMBEDDED = {"cnn": None, "text": "embedding"}
 
 @pytest.fixture(scope="module")
 def zoo_models(tmp_path_factory):
-    """Each zoo model with seeded weights and its probe; the weights and
-    probes are saved in one folder for the TensorFlow worker."""
+    """Each zoo model with seeded weights and its probe. The weights and
+    probes are saved in one folder, and the TensorFlow worker starts on them
+    at once, beside the tests that do not need its values."""
     folder = tmp_path_factory.mktemp("zoo")
     built = {}
     for name in zoo.MODELS:
@@ -40,7 +41,14 @@ def zoo_models(tmp_path_factory):
         model.save_weights(str(folder / f"{name}.weights.h5"))
         np.savez(folder / f"{name}.npz", **{f"x{i}": a for i, a in enumerate(_as_list(x))})
         built[name] = model, x, folder
-    return built
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    worker = subprocess.Popen(
+        [sys.executable, os.path.join(WORKERS, "tf_reference.py"), str(folder)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    yield built, worker
+    if worker.poll() is None:
+        worker.kill()
 
 
 def _as_list(x):
@@ -51,19 +59,17 @@ def _as_list(x):
 def tensorflow_values(zoo_models):
     """`{name: {"wrt/layer": (B, C)}}` from the TensorFlow engine, computed
     in one TensorFlow process on the same weights and probes."""
-    folder = next(iter(zoo_models.values()))[2]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    subprocess.run(
-        [sys.executable, os.path.join(WORKERS, "tf_reference.py"), str(folder)],
-        check=True, env=env, timeout=600,
-    )
+    built, worker = zoo_models
+    _, err = worker.communicate(timeout=600)
+    assert worker.returncode == 0, err[-3000:]
+    folder = next(iter(built.values()))[2]
     return {name: dict(np.load(folder / f"{name}.out.npz")) for name in zoo.MODELS}
 
 
 @pytest.mark.parametrize("wrt", ["weights", "inputs"])
 @pytest.mark.parametrize("name", ["cnn", "text"])
 def test_exact_matches_brute_force(zoo_models, name, wrt):
-    model, x, _ = zoo_models[name]
+    model, x, _ = zoo_models[0][name]
     got = neuron_sensitivity(model, x, wrt=wrt, reduction=None, method="exact")
     assert got.method == "exact"
     assert list(got) == [l.name for l in model.layers if l.trainable_weights or l.name == "relu"]
@@ -72,12 +78,12 @@ def test_exact_matches_brute_force(zoo_models, name, wrt):
         np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-7, err_msg=layer)
 
 
-@pytest.mark.parametrize("budget_mb", [0.01, 0.02, 0.05, 0.3])
+@pytest.mark.parametrize("budget_mb", [0.01, 0.02])
 @pytest.mark.parametrize("name", ["cnn", "two_inputs"])
 def test_exact_in_small_chunks_matches_brute_force(zoo_models, name, budget_mb):
     """Tight memory budgets split the neurons, or the samples (the last
     chunk padded), over several calls; the values do not change."""
-    model, x, _ = zoo_models[name]
+    model, x, _ = zoo_models[0][name]
     x = [np.concatenate([a] * 3)[:7] for a in _as_list(x)]  # 7 samples
     x = x if len(x) > 1 else x[0]
     for wrt in ("weights", "inputs"):
@@ -91,7 +97,7 @@ def test_exact_in_small_chunks_matches_brute_force(zoo_models, name, budget_mb):
 
 @pytest.mark.parametrize("name", list(zoo.MODELS))
 def test_exact_matches_tensorflow(zoo_models, tensorflow_values, name):
-    model, x, _ = zoo_models[name]
+    model, x, _ = zoo_models[0][name]
     reference = tensorflow_values[name]
     for wrt in ("weights", "inputs"):
         got = neuron_sensitivity(model, x, wrt=wrt, reduction=None, method="exact")
@@ -103,7 +109,7 @@ def test_exact_matches_tensorflow(zoo_models, tensorflow_values, name):
 
 
 def test_jacobian_matches_brute_force(zoo_models):
-    model, x, _ = zoo_models["cnn"]
+    model, x, _ = zoo_models[0]["cnn"]
     got = neuron_jacobian(model, x, "dense", wrt="weights")
     expected = native_oracle.weight_jacobians(model, x, "dense")
     for j, v in enumerate(model.trainable_variables):
@@ -130,7 +136,7 @@ def test_estimate_is_unbiased_in_the_square(zoo_models, wrt):
     4.5 of them (about 60 comparisons: odds of a false alarm below 1e-3; the
     seeds are fixed, so the test cannot flake).
     """
-    model, x, _ = zoo_models["cnn"]
+    model, x, _ = zoo_models[0]["cnn"]
     layers = ["conv", "dense"]
     seeds, probes = 150, 2
     exact = neuron_sensitivity(model, x, wrt=wrt, layers=layers, reduction=None)
@@ -168,7 +174,7 @@ def test_estimate_is_repeatable_and_keeps_exact_zeros():
 
 
 def test_auto_computes_exact_on_a_small_model(zoo_models):
-    model, x, _ = zoo_models["cnn"]
+    model, x, _ = zoo_models[0]["cnn"]
     got = neuron_sensitivity(model, x, method="auto")
     assert got.method == "exact"
 
