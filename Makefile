@@ -17,10 +17,11 @@ demo: $(STAMP)
 	$(BIN)/python demos/digits_mlp.py
 
 # The whole suite on TensorFlow, then the backend subset on JAX and PyTorch
-# (Keras picks its backend at import: one pytest run per backend).
+# (Keras picks its backend at import: one pytest run per backend). JAX gets
+# two CPU devices for tests/backends/test_distribution.py.
 test: $(STAMP)
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest
-	KERAS_BACKEND=jax $(BIN)/python -m pytest tests/backends
+	XLA_FLAGS=--xla_force_host_platform_device_count=2 KERAS_BACKEND=jax $(BIN)/python -m pytest tests/backends
 	KERAS_BACKEND=torch $(BIN)/python -m pytest tests/backends
 
 clean:

@@ -6,9 +6,6 @@ import sys
 # Before TensorFlow is imported anywhere: its C++ start-up chatter drowns the
 # test report otherwise.
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-# Two CPU devices for JAX (tests/backends/test_distribution.py); set before
-# JAX starts, and read by nothing else.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 
 import keras  # noqa: E402
 import pytest  # noqa: E402

@@ -1,9 +1,8 @@
 """`keras.distribution` on JAX: the callback under data parallelism.
 
 Runs in the JAX pass of `make test`, whose process has two CPU devices
-(`XLA_FLAGS=--xla_force_host_platform_device_count=2`, set in
-tests/conftest.py). The several-machines case runs as two processes on
-loopback, joined by `jax.distributed` with CPU collectives.
+(`XLA_FLAGS=--xla_force_host_platform_device_count=2`, set by the Makefile).
+The several-machines case runs as two processes on loopback, joined by `jax.distributed` with CPU collectives.
 """
 
 import os
@@ -59,7 +58,9 @@ def _assert_same_run(got_dir, want_dir):
 
 
 def test_data_parallel_over_two_devices_logs_the_single_device_values(tmp_path):
-    assert len(jax.devices()) == 2, "tests/conftest.py asks XLA for two CPU devices"
+    assert len(jax.devices()) == 2, (
+        "Run with XLA_FLAGS=--xla_force_host_platform_device_count=2, as `make test` does"
+    )
     x, y = zoo.train_data()
     parallel = keras.distribution.DataParallel(devices=jax.devices())
     model = _train(tmp_path / "parallel", x, y, parallel)
