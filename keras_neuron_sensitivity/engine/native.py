@@ -124,6 +124,19 @@ class Program:
             for call, _, _ in self.dense
         ]
 
+    def function_of(self, wrt, weights, state, inputs):
+        """`(f, primal)`: the neurons `(n, K)` as a function of the trainable
+        values (`wrt="weights"`) or of the sensitivity inputs, and its primal."""
+        if wrt == "weights":
+            return (lambda primal: self.neurons(primal, state, inputs)), weights
+        at = self.inputs_at(weights, state, inputs)
+        ids = list(at)
+
+        def f(primal):
+            return self.neurons(weights, state, inputs, dict(zip(ids, primal)))
+
+        return f, [at[t] for t in ids]
+
     def inputs_at(self, weights, state, inputs):
         """`{tensor id: value}` of the sensitivity inputs the targets read:
         the float inputs and the embedded inputs (computed here)."""
@@ -244,20 +257,8 @@ class ExactMethod:
             of one sample (`sample`: one `(1, ...)` tensor per input)."""
             if wrt == "weights" and program.dense:
                 return _weights_with_dense(program, weights, state, sample, first, rows, num_neurons)
-            if wrt == "weights":
-                def f(primal):
-                    return program.neurons(primal, state, sample)[0]
-
-                primal = weights
-            else:
-                at = program.inputs_at(weights, state, sample)
-                ids = list(at)
-
-                def f(primal):
-                    return program.neurons(weights, state, sample, dict(zip(ids, primal)))[0]
-
-                primal = [at[t] for t in ids]
-            _, pullback = backend.vjp(f, primal)
+            f, primal = program.function_of(wrt, weights, state, sample)
+            _, pullback = backend.vjp(lambda p: f(p)[0], primal)
 
             def squared_norm(cotangent):
                 grads = pullback(cotangent)
@@ -343,20 +344,11 @@ class EstimateMethod:
     def _probe_fn(self, wrt):
         program = self.program
 
-        def weights_probe(weights, state, inputs, tangent):
-            f = lambda primal: program.neurons(primal, state, inputs)  # noqa: E731
-            return backend.jvp(f, weights, tangent)[1]
+        def probe(weights, state, inputs, tangent):
+            f, primal = program.function_of(wrt, weights, state, inputs)
+            return backend.jvp(f, primal, tangent)[1]
 
-        def inputs_probe(weights, state, inputs, tangent):
-            at = program.inputs_at(weights, state, inputs)
-            ids = list(at)
-
-            def f(primal):
-                return program.neurons(weights, state, inputs, dict(zip(ids, primal)))
-
-            return backend.jvp(f, [at[t] for t in ids], tangent)[1]
-
-        return weights_probe if wrt == "weights" else inputs_probe
+        return probe
 
 
 def layer_jacobian(graph, inputs, key, wrt):
@@ -370,17 +362,8 @@ def layer_jacobian(graph, inputs, key, wrt):
         per_sample = []
         for n in range(int(inputs[0].shape[0])):
             sample = [x[n : n + 1] for x in inputs]
-            if wrt == "weights":
-                f = lambda primal: program.neurons(primal, state, sample)[0]  # noqa: E731
-                primal = weights
-            else:
-                at = program.inputs_at(weights, state, sample)
-                ids = list(at)
-                f = lambda primal: program.neurons(  # noqa: E731
-                    weights, state, sample, dict(zip(ids, primal))
-                )[0]
-                primal = [at[t] for t in ids]
-            _, pullback = backend.vjp(f, primal)
+            f, primal = program.function_of(wrt, weights, state, sample)
+            _, pullback = backend.vjp(lambda p: f(p)[0], primal)  # noqa: B023
             grads = backend.vmap(pullback)(eye)
             per_sample.append([backend.to_host(g) for g in grads])
     if wrt == "inputs":
