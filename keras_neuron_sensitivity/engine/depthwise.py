@@ -88,7 +88,10 @@ def _depthwise_hop(layer, x, kernel, g):
     if all(rate == 1 for rate in layer.dilation_rate) and isinstance(rows, list):
         # The input-gradient op itself: a smaller graph than a tape.
         one_d = layer.rank == 1
-        strides = [1, 1, *layer.strides, 1] if one_d else [1, *layer.strides, 1]
+        # 1-D as 2-D with a unit height, as Keras does: TensorFlow's CPU
+        # kernel without oneDNN (AMD CPUs) takes only equal strides, and the
+        # stride along the unit axis changes nothing.
+        strides = [1, *layer.strides * 2, 1] if one_d else [1, *layer.strides, 1]
         hop = tf.nn.depthwise_conv2d_backprop_input(
             [rows[0], 1, *rows[1:]] if one_d else rows,
             kernel[None] if one_d else kernel,
