@@ -12,7 +12,7 @@ import secrets
 import weakref
 
 from keras_neuron_sensitivity import _batch, probe
-from keras_neuron_sensitivity.engine import backend, methods, native
+from keras_neuron_sensitivity.engine import backend, methods, native, upstream
 from keras_neuron_sensitivity.errors import UnsupportedModelError
 
 
@@ -40,6 +40,8 @@ def prepare(model, x, *, wrt, layers, what="x"):
     """
     graph = model_graph(model, x)
     inputs = _batch.standardize(graph, x, what)
+    if not probe.is_tf_keras(model):
+        probe.add_inside_sites(graph, inputs)
     keys = probe.resolve_layers(graph, layers)
     wrt = _batch.resolve_wrt(graph, wrt)
     return Problem(model, graph, inputs, keys, tuple(wrt))
@@ -92,7 +94,19 @@ def compute(problem, *, method, num_probes, seed, memory_budget_mb):
         wrt = tuple(w for w in problem.wrt if chosen[w] == name)
         runner = _cached(problem, name, wrt, num_probes, memory_budget_mb)
         results.update(runner(problem.inputs, seed))
+    if "weights" in results:
+        results["weights"].frozen = _frozen(problem)
     return {w: results[w] for w in problem.wrt}
+
+
+def _frozen(problem):
+    """The neurons with nothing trainable upstream (`upstream.py`), once per
+    configuration and probe shape."""
+    per_config = _per_config(problem)
+    key = ("frozen", _shapes(problem))
+    if key not in per_config:
+        per_config[key] = upstream.frozen_neurons(problem.graph, problem.keys, problem.inputs)
+    return per_config[key]
 
 
 def choose(problem, wrt, method, num_probes):

@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_neuron_sensitivity import _computation
-from keras_neuron_sensitivity._subclassed import Placeholder, RecordedArguments
+from keras_neuron_sensitivity.probe.subclassed import Placeholder, RecordedArguments
 from keras_neuron_sensitivity.engine import registry
 from keras_neuron_sensitivity.engine.replay import Replay
 
@@ -126,10 +126,9 @@ class LayerCopy:
         copies = {id(layer): copy for layer, copy in zip(originals, self._copies)}
         # The copy's graph refers to nothing of the model's: a copy kept for
         # a later `fit` must not keep the model alive.
-        self._graph = dataclasses.replace(
-            problem.graph,
-            calls=[_detached(call, copies.get(id(call.layer), call.layer))
-                   for call in problem.graph.calls],
+        self._graph = problem.graph.with_calls(
+            [_detached(call, copies.get(id(call.layer), call.layer))
+             for call in problem.graph.calls]
         )
         self.bind(problem)
         if check:
@@ -237,7 +236,7 @@ def _detached(call, layer):
     """`call` on `layer`, its arguments' symbolic tensors (which refer to the
     model's layers) replaced by placeholders."""
     if call.arguments is None:
-        return dataclasses.replace(call, layer=layer)
+        return dataclasses.replace(call, layer=layer, root=None)
     keras_ids = {}
 
     def replace(x):
@@ -250,7 +249,8 @@ def _detached(call, layer):
     args = keras.tree.map_structure(replace, call.arguments.args)
     kwargs = keras.tree.map_structure(replace, call.arguments.kwargs)
     return dataclasses.replace(
-        call, layer=layer, arguments=RecordedArguments(args, kwargs), keras_ids=keras_ids
+        call, layer=layer, arguments=RecordedArguments(args, kwargs),
+        keras_ids=keras_ids, root=None,
     )
 
 

@@ -20,7 +20,6 @@ from keras_neuron_sensitivity import (
     probe,
 )
 from keras_neuron_sensitivity.engine import backend
-from keras_neuron_sensitivity.engine.summary import dead_neurons
 from keras_neuron_sensitivity.tensorboard import SensitivityWriter
 
 ON_ERROR_CHOICES = ("warn", "raise")
@@ -387,12 +386,17 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         """Computes and writes one epoch; returns what the main thread reports."""
         results = self._compute(problem)
         reduced = {w: result.reduce(self.reduction) for w, result in results.items()}
-        dead = {w: {k: dead_neurons(v) for k, v in s.items()} for w, s in reduced.items()}
+        dead = {w: s.dead() for w, s in reduced.items()}
         errors = {w: s.std_error for w, s in reduced.items() if s.method == "estimate"}
         methods = {w: describe_method(s) for w, s in reduced.items()}
         self.sensitivities[step] = reduced
+        heads = {
+            site.key: site.heads
+            for site in problem.graph.sites
+            if site.heads and site.key in problem.keys
+        }
         try:
-            self._writer.write(step, reduced, dead, errors, methods, epoch=epoch)
+            self._writer.write(step, reduced, dead, errors, methods, epoch=epoch, heads=heads)
         except OSError as error:
             return step, reduced, dead, error
         return step, reduced, dead, None

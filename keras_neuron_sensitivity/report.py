@@ -11,6 +11,32 @@ from keras_neuron_sensitivity import tensorboard
 _SPARKS = "▁▂▃▄▅▆▇█"
 
 
+class LoggedRun(dict):
+    """`{wrt: {layer: {step: np.ndarray (C,)}}}`, as `load_sensitivity`
+    returns it, with one more attribute:
+
+    Attributes:
+        frozen: `{layer: {step: np.ndarray (C,) bool}}`: the neurons with
+            nothing trainable upstream (their sensitivity to weights is zero
+            but they are not dead), for the layers and steps that had any.
+    """
+
+    def __init__(self, values, frozen):
+        super().__init__(values)
+        self.frozen = frozen
+
+    def is_frozen(self, key, step):
+        """`(C,) bool`: the neurons of `key` with nothing trainable upstream
+        at `step`."""
+        mask = self.frozen.get(key, {}).get(step)
+        if mask is not None:
+            return mask
+        for per_layer in self.values():
+            if step in per_layer.get(key, {}):
+                return np.zeros(per_layer[key][step].shape, bool)
+        raise KeyError(f"No layer {key!r} at step {step} in this run.")
+
+
 def load_sensitivity(log_dir, *, as_frame=False):
     """The per-neuron sensitivities a callback logged, read back exactly.
 
@@ -18,12 +44,14 @@ def load_sensitivity(log_dir, *, as_frame=False):
         log_dir: the callback's `log_dir` (holding the `sensitivity` run), or
             the run directory itself.
         as_frame: return a pandas DataFrame with columns `wrt`, `layer`,
-            `step`, `neuron`, `sensitivity` (needs pandas, which is not a
-            dependency). Defaults to False.
+            `step`, `neuron`, `sensitivity` and `frozen` (nothing trainable
+            upstream; needs pandas, which is not a dependency). Defaults to
+            False.
 
     Returns:
-        `{wrt: {layer: {step: np.ndarray (C,)}}}`, steps in increasing order;
-        or the DataFrame.
+        A `LoggedRun`: `{wrt: {layer: {step: np.ndarray (C,)}}}`, steps in
+        increasing order, whose `frozen` attribute marks the neurons with
+        nothing trainable upstream; or the DataFrame.
 
     Raises:
         FileNotFoundError: if `log_dir` does not exist or holds no run.
@@ -42,10 +70,13 @@ def load_sensitivity(log_dir, *, as_frame=False):
             f"No sensitivity values in {run_dir!r}. Expected event files "
             "written by NeuronSensitivityCallback (at least one logged epoch)."
         )
-    run = {
-        wrt: {key: dict(sorted(steps.items())) for key, steps in per_layer.items()}
-        for wrt, per_layer in run.items()
-    }
+    run = LoggedRun(
+        {
+            wrt: {key: dict(sorted(steps.items())) for key, steps in per_layer.items()}
+            for wrt, per_layer in run.items()
+        },
+        tensorboard.read_frozen(run_dir),
+    )
     if not as_frame:
         return run
     try:
@@ -57,13 +88,15 @@ def load_sensitivity(log_dir, *, as_frame=False):
             "dict of NumPy arrays."
         ) from error
     rows = [
-        (wrt, key, step, neuron, float(value))
+        (wrt, key, step, neuron, float(value), bool(frozen))
         for wrt, per_layer in run.items()
         for key, steps in per_layer.items()
         for step, vector in steps.items()
-        for neuron, value in enumerate(vector)
+        for neuron, (value, frozen) in enumerate(
+            zip(vector, run.is_frozen(key, step) if wrt == "weights" else np.zeros(len(vector), bool))
+        )
     ]
-    return pd.DataFrame(rows, columns=["wrt", "layer", "step", "neuron", "sensitivity"])
+    return pd.DataFrame(rows, columns=["wrt", "layer", "step", "neuron", "sensitivity", "frozen"])
 
 
 def _run_dir(log_dir):
@@ -74,15 +107,17 @@ def _run_dir(log_dir):
     return nested if os.path.isdir(nested) else log_dir
 
 
-def dead_since(steps, vectors):
+def dead_since(steps, vectors, frozen=None):
     """Per neuron: the first step of its final all-dead streak, or None.
 
     A neuron dead at the last step has been dead since the returned step
-    without interruption; a neuron alive at the last step gets None.
+    without interruption; a neuron alive at the last step, or with nothing
+    trainable upstream there (`frozen`, a `(C,)` bool, or None), gets None.
     """
     since = []
-    for values in np.stack(vectors, axis=1):  # one row per neuron, over steps
-        if values[-1] != 0:
+    last_frozen = np.zeros(len(vectors[-1]), bool) if frozen is None else frozen
+    for values, is_frozen in zip(np.stack(vectors, axis=1), last_frozen):  # per neuron, over steps
+        if values[-1] != 0 or is_frozen:
             since.append(None)
             continue
         alive = np.flatnonzero(values != 0)
@@ -106,14 +141,20 @@ def _sparkline(values):
 def format_report(run):
     """The report's lines for `run` as `load_sensitivity` returns it."""
     lines = []
-    header = f"{'layer':<24} {'to':<8} {'neurons':>7} {'dead':>5}  {'dead since epoch':<18} {'mean sensitivity, first -> last':<34} trend"
+    frozen_run = getattr(run, "frozen", {})
+    width = max([24] + [len(k) for per_layer in run.values() for k in per_layer])
+    header = f"{'layer':<{width}} {'to':<8} {'neurons':>7} {'dead':>5}  {'dead since epoch':<18} {'mean sensitivity, first -> last':<34} trend"
+    frozen_lines = []
     for wrt, per_layer in run.items():
         for key, per_step in per_layer.items():
             steps = list(per_step)
             vectors = list(per_step.values())
             if len({v.shape for v in vectors}) > 1:
                 vectors, steps = vectors[-1:], steps[-1:]
-            since = [s for s in dead_since(steps, vectors) if s is not None]
+            frozen = frozen_run.get(key, {}).get(steps[-1]) if wrt == "weights" else None
+            if frozen is not None and frozen.any():
+                frozen_lines.append(f"{key}: {int(frozen.sum())} of {frozen.size}")
+            since = [s for s in dead_since(steps, vectors, frozen) if s is not None]
             if since:
                 first, last = min(since), max(since)
                 when = f"{first}" if first == last else f"{first} to {last}"
@@ -125,11 +166,19 @@ def format_report(run):
                 + (f" ({(means[-1] / means[0] - 1) * 100:+.0f}%)" if means[0] else "")
             )
             lines.append(
-                f"{key:<24} {wrt:<8} {vectors[-1].size:>7} {len(since):>5}  {when:<18} {change:<34} {_sparkline(means)}"
+                f"{key:<{width}} {wrt:<8} {vectors[-1].size:>7} {len(since):>5}  {when:<18} {change:<34} {_sparkline(means)}"
             )
     all_steps = sorted({s for per_layer in run.values() for p in per_layer.values() for s in p})
     title = f"Logged epochs: {len(all_steps)} (steps {all_steps[0]} to {all_steps[-1]})"
-    return [title, "", header, *lines]
+    footer = []
+    if frozen_lines:
+        footer = [
+            "",
+            "Nothing trainable upstream at the last step (sensitivity to weights zero, not "
+            "counted as dead):",
+            *(f"  {line}" for line in frozen_lines),
+        ]
+    return [title, "", header, *lines, *footer]
 
 
 def main(argv=None):

@@ -13,6 +13,11 @@ Layout (the README repeats it): run `{log_dir}/sensitivity`; per layer key and
   the per-neuron standard error of the logged value, and scalar
   `relative_error_to_{wrt}/{key}`, the median relative standard error over
   the layer's live neurons;
+- for layers with neurons that have nothing trainable upstream (a frozen
+  base, LoRA): tensor `frozen/{key}`, 1 for those neurons, and scalar
+  `frozen_fraction/{key}`; they are not counted as dead;
+- for attention-context sites (`.../heads`, neuron `h * head_dim + d`):
+  tensor `heads/{key}`, the number of heads, at the run's first step;
 - image `heatmap_to_{wrt}/{key}`: every neuron (rows) over the logged epochs
   (columns, at most `HEATMAP_COLUMNS`, spread over the run) on a log colour
   scale, dead neurons magenta; drawn after 1, 2, 4, ..., 64 logged epochs,
@@ -51,6 +56,12 @@ RUN_NAME = "sensitivity"
 PLUGIN_NAME = "keras_neuron_sensitivity"
 WRT_PREFIX = "per_neuron_to_"
 ERROR_PREFIX = "per_neuron_error_to_"
+# Per neuron, 1 where nothing trainable is upstream (sensitivity to weights
+# exactly zero, but not dead): written only for layers that have such neurons.
+FROZEN_PREFIX = "frozen/"
+# For attention-context sites (heads x head_dim neurons, `block/.../heads`):
+# the number of heads, so that a reader can group the neurons by head.
+HEADS_PREFIX = "heads/"
 TEXT_TAG = "dead_neurons"
 METHOD_TAG = "method"
 # The colour scale's limits: these percentiles of the image's positive
@@ -65,7 +76,8 @@ HEATMAP_DESCRIPTION = (
     "cannot wash out the others. The strip at the bottom is that scale, with "
     "its two limits printed under its ends; the `dead_neurons` text gives "
     "each epoch's smallest and largest value. Magenta: dead (exactly zero). "
-    "Grey: NaN or infinite."
+    "Pale blue: nothing trainable upstream (zero, but not dead). Grey: NaN or "
+    "infinite."
 )
 
 
@@ -101,6 +113,18 @@ def heatmap_tag(wrt, key):
     return f"heatmap_to_{wrt}/{key}"
 
 
+def frozen_tag(key):
+    return f"{FROZEN_PREFIX}{key}"
+
+
+def heads_tag(key):
+    return f"{HEADS_PREFIX}{key}"
+
+
+def frozen_fraction_tag(key):
+    return f"frozen_fraction/{key}"
+
+
 def histogram_buckets(values, num_bins):
     """`(num_bins, 3)` rows `[left, right, count]`, as `tf.summary.histogram`.
 
@@ -130,6 +154,7 @@ _COLOURS = np.array(
 )
 _DEAD = (255, 0, 255)
 _NONFINITE = (128, 128, 128)
+_FROZEN = (190, 215, 235)  # nothing trainable upstream: pale blue
 
 
 def _colour(t):
@@ -154,7 +179,7 @@ def colour_limits(matrix):
     return float(low), float(high)
 
 
-def heatmap(columns):
+def heatmap(columns, frozen=None):
     """`(H, W, 3)` uint8: neurons (rows) by logged epochs (columns).
 
     Below the cells, the colour scale as a strip with its limits written
@@ -162,6 +187,8 @@ def heatmap(columns):
 
     Args:
         columns: one `(C,)` per-neuron vector per logged epoch, oldest first.
+        frozen: one `(C,)` bool per column (or None): the neurons with
+            nothing trainable upstream, drawn pale blue, not as dead.
     """
     matrix = np.stack([np.asarray(c, np.float64) for c in columns], axis=1)
     finite = np.isfinite(matrix)
@@ -174,6 +201,8 @@ def heatmap(columns):
         # One distinct value: the middle colour rather than an end.
         image[positive] = _colour((logs - low) / (high - low) if high > low else 0.5)
     image[finite & (matrix == 0)] = _DEAD
+    if frozen is not None:
+        image[np.stack(frozen, axis=1) & finite & (matrix == 0)] = _FROZEN
     image[~finite] = _NONFINITE
     neurons, epochs = matrix.shape
     cell_height = int(np.clip(192 // neurons, 1, 8))
@@ -253,8 +282,8 @@ def _dead_table(step, reduced, dead):
     lines = [
         f"Epoch {step}: dead neurons (sensitivity exactly zero on every probe sample).",
         "",
-        "| layer | to | neurons | dead | dead neuron indices | min | max |",
-        "|---|---|---|---|---|---|---|",
+        "| layer | to | neurons | dead | dead neuron indices | nothing trainable upstream | min | max |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for wrt, per_layer in reduced.items():
         for key, vector in per_layer.items():
@@ -262,10 +291,12 @@ def _dead_table(step, reduced, dead):
             shown = ", ".join(str(i) for i in indices[:32])
             if len(indices) > 32:
                 shown += f", ... ({len(indices) - 32} more)"
+            frozen = getattr(per_layer, "frozen", {}).get(key)
+            frozen = int(frozen.sum()) if frozen is not None else 0
             finite = vector[np.isfinite(vector)]
             low, high = (f"{finite.min():.3g}", f"{finite.max():.3g}") if finite.size else ("-", "-")
             lines.append(
-                f"| {key} | {wrt} | {vector.size} | {len(indices)} | {shown or '-'} | {low} | {high} |"
+                f"| {key} | {wrt} | {vector.size} | {len(indices)} | {shown or '-'} | {frozen or '-'} | {low} | {high} |"
             )
     return "\n".join(lines)
 
@@ -344,6 +375,7 @@ class SensitivityWriter:
         self._file = None
         self._history = None  # {wrt: {key: {step: vector}}}, disk included
         self._steps = None  # {step: epoch of its `fit`, or None}, disk included
+        self._frozen = None  # {key: {step: mask}} of layers with frozen neurons
         self._logged = 0  # epochs logged by this writer
         self._last_written = self._heatmap_step = None
 
@@ -369,9 +401,9 @@ class SensitivityWriter:
 
     def _load(self):
         if self._history is None:
-            self._history, self._steps = _read(self.run_dir)
+            self._history, self._steps, self._frozen = _read(self.run_dir)
 
-    def write(self, step, reduced, dead, errors=None, methods=None, epoch=None):
+    def write(self, step, reduced, dead, errors=None, methods=None, epoch=None, heads=None):
         """Writes one epoch and flushes it.
 
         Args:
@@ -386,6 +418,8 @@ class SensitivityWriter:
             epoch: the epoch of the current `fit` (recorded so that a `fit`
                 resumed by `BackupAndRestore` continues the same steps).
                 Defaults to `step`.
+            heads: `{key: number of heads}` for attention-context sites,
+                written with the first step this writer writes.
 
         Raises:
             OSError: the event could not be written (it is kept in memory,
@@ -410,6 +444,11 @@ class SensitivityWriter:
                 entries.append((nonfinite_tag(wrt, key), _SCALAR,
                                 vector.size - finite.size))
                 entries.append((values_tag(wrt, key), _VALUES, vector))
+                frozen = getattr(per_layer, "frozen", {}).get(key)
+                if frozen is not None and frozen.any():
+                    self._frozen.setdefault(key, {})[step] = frozen
+                    entries.append((frozen_tag(key), _VALUES, frozen.astype(np.float32)))
+                    entries.append((frozen_fraction_tag(key), _SCALAR, frozen.mean()))
                 error = errors.get(wrt, {}).get(key)
                 if error is not None:
                     entries.append((error_tag(wrt, key), _VALUES, error))
@@ -421,6 +460,8 @@ class SensitivityWriter:
             lines = [f"Epoch {step}:"] + [f"- to {w}: {m}" for w, m in methods.items()]
             entries.append((METHOD_TAG, _TEXT, "\n".join(lines).encode()))
         entries.append((EPOCH_TAG, _EPOCH, self._steps[step]))
+        if self._logged == 0:
+            entries += [(heads_tag(key), _EPOCH, count) for key, count in (heads or {}).items()]
         self._logged += 1
         drawn = heatmap_due(self._logged)
         if drawn:
@@ -446,8 +487,14 @@ class SensitivityWriter:
                 if step not in per_step:
                     continue
                 shape = per_step[step].shape
-                steps = [s for s in per_step if s <= step and per_step[s].shape == shape]
-                image = heatmap([per_step[s] for s in heatmap_columns(steps)])
+                steps = heatmap_columns(
+                    [s for s in per_step if s <= step and per_step[s].shape == shape]
+                )
+                frozen = None
+                if wrt == "weights" and key in self._frozen:
+                    masks = self._frozen[key]
+                    frozen = [masks.get(s, np.zeros(shape, bool)) for s in steps]
+                image = heatmap([per_step[s] for s in steps], frozen)
                 entries.append((heatmap_tag(wrt, key), _IMAGE, [
                     str(image.shape[1]).encode(),
                     str(image.shape[0]).encode(),
@@ -604,11 +651,17 @@ def read_run(run_dir):
     return _read(run_dir)[0]
 
 
+def read_frozen(run_dir):
+    """`{key: {step: (C,) bool}}`: the neurons with nothing trainable
+    upstream, for the layers and steps that had any."""
+    return _read(run_dir)[2]
+
+
 def _read(run_dir):
-    """`(read_run's result, {step: epoch of its fit or None})`."""
-    result, steps = {}, {}
+    """`(read_run's result, {step: epoch of its fit or None}, read_frozen's)`."""
+    result, steps, frozen = {}, {}, {}
     if not os.path.isdir(run_dir):
-        return result, steps
+        return result, steps, frozen
     for name in sorted(os.listdir(run_dir)):
         if ".tfevents." not in name:
             continue
@@ -616,13 +669,17 @@ def _read(run_dir):
             for value in event.summary.value:
                 if value.tag == EPOCH_TAG:
                     steps[event.step] = int(tensor_util.make_ndarray(value.tensor))
+                if value.tag.startswith(FROZEN_PREFIX):
+                    key = value.tag[len(FROZEN_PREFIX):]
+                    mask = tensor_util.make_ndarray(value.tensor) > 0
+                    frozen.setdefault(key, {})[event.step] = mask
                 if not value.tag.startswith(WRT_PREFIX):
                     continue
                 steps.setdefault(event.step, None)
                 wrt, _, key = value.tag[len(WRT_PREFIX):].partition("/")
                 vector = tensor_util.make_ndarray(value.tensor)
                 result.setdefault(wrt, {}).setdefault(key, {})[event.step] = vector
-    return result, steps
+    return result, steps, frozen
 
 
 def _read_events(path):

@@ -28,10 +28,116 @@ def as_list(x):
     return [np.asarray(x)]
 
 
-def output_fn(model, tensor):
-    """`f(inputs) -> tensor's value` in inference mode, by Keras's own graph."""
+def output_fn(model, tensor, axes=1):
+    """`f(inputs) -> tensor's value` in inference mode, by Keras's own graph,
+    its trailing `axes` axes flattened into one (an `EinsumDense` output of
+    heads x head_dim: `kernel_output_axes`)."""
     sub = keras.Model(model.inputs, tensor)
-    return lambda xs: sub(xs if len(xs) > 1 else xs[0], training=False)
+
+    def fn(xs):
+        y = sub(xs if len(xs) > 1 else xs[0], training=False)
+        return _flatten(y, axes)
+
+    return fn
+
+
+def _flatten(y, axes):
+    if axes == 1:
+        return y
+    shape = list(y.shape)
+    return tf.reshape(y, [-1, *shape[1:-axes], int(np.prod(shape[-axes:]))])
+
+
+def inner_fn(model, layer, which="output", axes=1, occurrence=0):
+    """`f(inputs) -> a tensor computed inside the model's call`, in inference
+    mode: the output (or first argument, `which="input"`) of `layer`'s call
+    number `occurrence` in a forward pass of the whole model, its trailing
+    `axes` axes flattened into one (heads x head_dim). Read by patching that
+    layer object's `call` for the pass, so by Keras's own forward, never by
+    the package's replay."""
+
+    def fn(xs):
+        captured = []
+        original = layer.call
+
+        def call(*args, **kwargs):
+            if which == "input":
+                captured.append(args[0])
+            y = original(*args, **kwargs)
+            if which == "output":
+                captured.append(y)
+            return y
+
+        layer.call = call
+        try:
+            model(_as_model_inputs(model, xs), training=False)
+        finally:
+            layer.call = original
+        return _flatten(captured[occurrence], axes)
+
+    return fn
+
+
+# The feed-forward output projections and attention output projections of
+# the families the tests build: the sites `.../ffn` and `.../heads` are their
+# inputs (the package finds them by shape; the tests name them).
+FFN_OUTPUTS = ("feedforward_output_dense", "ffw_linear", "dense_2", "down")
+ATTENTION_OUTPUTS = ("attention_output",)
+
+
+def site_fn(model, key):
+    """`f(inputs)` for a site key, resolved by layer names alone.
+
+    Keys name layers of the functional graph (`outer/inner` inside nested
+    models, `name@1` for a second call), then layers called inside a
+    layer's `call` (`block/attention/query`), whose output is read by
+    `inner_fn`; `.../ffn` and `.../heads` are the inputs of the feed-forward
+    and attention output projections (`FFN_OUTPUTS`, `ATTENTION_OUTPUTS`).
+    Returns None for a call of the functional graph (use `output_fn`).
+    """
+    parts = key.split("/")
+    owner, i = model, 0
+    while i < len(parts) and isinstance(owner, keras.Model):
+        name = parts[i].partition("@")[0]
+        owner = owner.get_layer(name)
+        i += 1
+    if i == len(parts):
+        return None  # a call of the functional graph: see `output_fn`
+    layer, which, axes = owner, "output", 1
+    for part in parts[i:]:
+        name, _, count = part.partition("@")
+        if name in ("ffn", "heads"):
+            wanted = FFN_OUTPUTS if name == "ffn" else ATTENTION_OUTPUTS
+            layer = next(sub for sub in _sublayers(layer) if sub.name in wanted)
+            which, axes = "input", 1 if name == "ffn" else 2
+        else:
+            layer = next(sub for sub in _sublayers(layer) if sub.name == name)
+            axes = kernel_output_axes(layer)
+    return inner_fn(model, layer, which, axes, occurrence=int(count or 0) if parts else 0)
+
+
+def _sublayers(layer):
+    return layer._flatten_layers(include_self=False, recursive=False)
+
+
+def kernel_output_axes(layer):
+    """The trailing axes an `EinsumDense` kernel adds to its output (heads x
+    head_dim for an attention's query projection), else 1."""
+    if not isinstance(layer, keras.layers.EinsumDense):
+        return 1
+    ins, out = layer.equation.split("->")
+    kernel = ins.split(",")[1]
+    added = "".join(c for c in out if c in kernel)
+    return len(added) if len(added) > 1 and out.endswith(added) else 1
+
+
+def _as_model_inputs(model, xs):
+    """The list of inputs in the structure the model's `call` takes (a dict
+    for keras_hub's models)."""
+    structure = getattr(model, "_inputs_struct", None)
+    if structure is not None:
+        return keras.tree.pack_sequence_as(structure, list(xs))
+    return xs if len(xs) > 1 else xs[0]
 
 
 def neuron_values(fn, xs):

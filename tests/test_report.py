@@ -60,7 +60,8 @@ def test_load_sensitivity_as_frame(dead_run):
     pd = pytest.importorskip("pandas")
     frame = load_sensitivity(dead_run[0], as_frame=True)
     assert isinstance(frame, pd.DataFrame)
-    assert list(frame.columns) == ["wrt", "layer", "step", "neuron", "sensitivity"]
+    assert list(frame.columns) == ["wrt", "layer", "step", "neuron", "sensitivity", "frozen"]
+    assert not frame["frozen"].any()
     # 2 wrt x 3 steps x (4 + 3) neurons
     assert len(frame) == 2 * 3 * 7
 

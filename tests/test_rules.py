@@ -100,6 +100,33 @@ def _concat_model():
 
 # id -> (model factory, probe shape or token-id spec, the rule class expected
 # for the layer under test, its name)
+def _einsum_heads():
+    # A query projection to (heads, head_dim), then an output projection back.
+    x = keras.Input((3, 4))
+    q = L.EinsumDense("abc,cde->abde", (3, 2, 3), bias_axes="de", activation="tanh", name="q")(x)
+    o = L.EinsumDense("abcd,cde->abe", (3, 5), bias_axes="e", name="o")(q)
+    return keras.Model(x, L.Dense(2)(L.Flatten()(o)))
+
+
+def _randomized_lora(layer):
+    layer.enable_lora(2)
+    rng = np.random.default_rng(4)
+    for v in (layer.lora_kernel_a, layer.lora_kernel_b):
+        v.assign(rng.normal(size=v.shape).astype("float32"))
+
+
+def _einsum_lora():
+    model = _einsum_heads()
+    _randomized_lora(model.get_layer("q"))
+    return model
+
+
+def _dense_lora():
+    model = _seq((3, 4), L.Dense(5, activation="relu", name="d"), L.Flatten(), L.Dense(2))
+    _randomized_lora(model.get_layer("d"))
+    return model
+
+
 CASES = {
     "dense_relu": (lambda: _seq((5,), L.Dense(4, activation="relu", name="d"), L.Dense(3)), (5,), "DenseRule", "d"),
     "dense_softmax": (lambda: _seq((5,), L.Dense(4, activation="softmax", name="s")), (5,), "DenseRule", "s"),
@@ -171,7 +198,13 @@ CASES = {
     "generic_prelu": (lambda: _seq((4,), L.Dense(4), L.PReLU(name="p"), L.Dense(2)), (4,), "GenericRule", "p"),
     "generic_depthwise_channels_first": (lambda: _seq((2, 5, 5), L.DepthwiseConv2D(2, depth_multiplier=2, data_format="channels_first", name="p"), L.Flatten(), L.Dense(2)), (2, 5, 5), "GenericRule", "p"),
     "generic_maxpool_channels_first": (lambda: _seq((2, 5, 5), L.Conv2D(2, 1, name="c"), L.MaxPooling2D(data_format="channels_first", name="p"), L.Flatten(), L.Dense(2)), (2, 5, 5), "GenericRule", "p"),
-    "generic_einsum_dense": (lambda: _seq((3, 4), L.EinsumDense("abc,cd->abd", (3, 2), bias_axes="d", name="p"), L.Flatten(), L.Dense(2)), (3, 4), "GenericRule", "p"),
+    # EinsumDense: positions, several features in and out, bias axes,
+    # activations, and LoRA (on EinsumDense and on Dense), its factors trained.
+    "einsum_dense": (lambda: _seq((3, 4), L.EinsumDense("abc,cd->abd", (3, 2), bias_axes="d", name="p"), L.Flatten(), L.Dense(2)), (3, 4), "EinsumDenseRule", "p"),
+    "einsum_dense_heads": (_einsum_heads, (3, 4), "EinsumDenseRule", "q"),
+    "einsum_dense_lora": (_einsum_lora, (3, 4), "EinsumDenseRule", "q"),
+    "dense_lora": (_dense_lora, (3, 4), "DenseRule", "d"),
+    "generic_einsum_dense_grouped": (lambda: _seq((3, 2, 4), L.EinsumDense("abnc,ncd->abnd", (3, 2, 5), name="p"), L.Flatten(), L.Dense(2)), (3, 2, 4), "GenericRule", "p"),
 }
 
 
@@ -229,7 +262,8 @@ def test_rule_matches_brute_force(case):
     for wrt in _wrts(x):
         got = neuron_sensitivity(model, x, wrt=wrt, reduction=None)
         for key, values in got.items():
-            fn = oracle.output_fn(model, model.get_layer(key).output)
+            layer = model.get_layer(key)
+            fn = oracle.output_fn(model, layer.output, oracle.kernel_output_axes(layer))
             expected = oracle.brute_force(model, x, fn, wrt)
             np.testing.assert_allclose(values, expected, rtol=RTOL, atol=ATOL, err_msg=f"{key} {wrt}")
 

@@ -127,10 +127,15 @@ def distil_bert():
 MODELS = {
     "transformer_classifier": (transformer_classifier, None),
     "text_vectorization": (text_vectorization, None),
-    "bert": (bert, ["token_embedding", "position_embedding", "transformer_layer_0", "pooled_dense"]),
+    # Inside the blocks too: a query projection's heads x head_dim, the
+    # attention context and the feed-forward hidden units.
+    "bert": (bert, ["token_embedding", "position_embedding", "transformer_layer_0", "pooled_dense",
+                    "transformer_layer_0/self_attention_layer/query", "transformer_layer_0/self_attention_layer/heads",
+                    "transformer_layer_1/ffn"]),
     # Short names (the backbone's own are unique): its last block, and the
     # output layer, the token embedding called again in reverse.
-    "gpt2_causal_lm": (gpt2, ["transformer_layer_1", "token_embedding"]),
+    "gpt2_causal_lm": (gpt2, ["transformer_layer_1", "token_embedding", "transformer_layer_0/ffn",
+                              "transformer_layer_1/self_attention/heads", "transformer_layer_0/feedforward_layer_norm"]),
 }
 
 
@@ -173,7 +178,7 @@ def _output_tensor(model, key):
 
 
 def _expected(model, x, key, wrt, embedded):
-    fn = oracle.output_fn(model, _output_tensor(model, key))
+    fn = oracle.site_fn(model, key) or oracle.output_fn(model, _output_tensor(model, key))
     layers = [_layer(model, k) if isinstance(k, str) else k for k in embedded]
     return oracle.brute_force(model, _as_list(model, x), fn, wrt, layers)
 
@@ -230,8 +235,10 @@ def test_distil_bert_matches_brute_force():
     model, x, embedded = distil_bert()
     for wrt in ("weights", "inputs"):
         got = _quietly(neuron_sensitivity, model, x, wrt=wrt, reduction=None)
-        assert list(got) == ["token_and_position_embedding", "embeddings_layer_norm", "transformer_layer_0", "transformer_layer_1"]
-        for key in ["token_and_position_embedding", "transformer_layer_1"]:
+        outer = [key for key in got if "/" not in key]
+        assert outer == ["token_and_position_embedding", "embeddings_layer_norm", "transformer_layer_0", "transformer_layer_1"]
+        for key in ["token_and_position_embedding", "transformer_layer_1", "transformer_layer_1/ffn",
+                    "token_and_position_embedding/position_embedding"]:
             expected = _expected(model, x, key, wrt, embedded)
             np.testing.assert_allclose(got[key], expected, rtol=RTOL, atol=ATOL, err_msg=f"{key} {wrt}")
 
@@ -332,7 +339,8 @@ def test_where_the_sensitivity_to_inputs_is_measured_is_named():
         "token_embedding output (from token_ids)",
         "segment_embedding output (from segment_ids)",
     ]
-    assert graph.left_out_inputs == ["padding_mask"]
+    # The padding mask only masks: left out without a warning.
+    assert graph.left_out_inputs == []
 
 
 def test_string_probe_shapes_and_dtypes():

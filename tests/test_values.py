@@ -272,8 +272,9 @@ def frozen_layers():
     model = keras.Model(x, y)
     _randomize_batch_norm(model.get_layer("bn_frozen"), _rng())
     assert len(model.trainable_weights) == 2
-    # Only "out" owns trainable weights: it is the whole default selection.
-    return model, _normal(3, 5, 2), {"out": y}
+    # The default selection does not change when layers are frozen (their
+    # neurons have nothing trainable upstream: zero to weights, not dead).
+    return model, _normal(3, 5, 2), {"conv_frozen": c, "bn_frozen": b, "dense_frozen": h, "out": y}
 
 
 def concatenate_time_axis():

@@ -116,7 +116,7 @@ def test_zoo_model_matches_brute_force(name):
         got = neuron_sensitivity(model, x, wrt=wrt, reduction=None)
         assert got, "no layer selected"
         for key, values in got.items():
-            fn = oracle.output_fn(model, _output_tensor(model, key))
+            fn = oracle.site_fn(model, key) or oracle.output_fn(model, _output_tensor(model, key))
             expected = oracle.brute_force(model, x, fn, wrt, embedded)
             np.testing.assert_allclose(values, expected, rtol=RTOL, atol=ATOL, err_msg=f"{key} {wrt}")
 

@@ -11,16 +11,17 @@ from keras_neuron_sensitivity.engine.base import (
     gather_channels,
     live_rows,
     outer_sqnorm,
-    plain_weights,
     shape_of,
 )
+from keras_neuron_sensitivity.engine.einsum_dense import exact_weights, lora_scale
 
 
 class DenseRule(Rule):
-    """`Dense`: `||dW||^2 = ||h||^2 ||g_z||^2`, bias `||g_z||^2`."""
+    """`Dense`: `||dW||^2 = ||h||^2 ||g_z||^2`, bias `||g_z||^2`; with LoRA,
+    the factors' terms (`einsum_dense.py`)."""
 
     def applies(self, layer):
-        return plain_weights(layer)
+        return exact_weights(layer)
 
     def forward(self, site):
         layer = site.layer
@@ -38,15 +39,9 @@ class DenseRule(Rule):
         h, act = cache
         gz = activation_backward(layer.activation, act, cotangents[0])
         sqnorm = None
-        if need_weights and layer.trainable:
+        if need_weights:
             with tf.name_scope("weight_term"):
-                k = gz.shape[0]
-                n = shape_of(h)[0]
-                u = tf.reshape(h, [n, -1, h.shape[-1]])
-                g = tf.reshape(gz, [k, n, -1, gz.shape[-1]])
-                sqnorm = outer_sqnorm(u, g)
-                if layer.bias is not None:
-                    sqnorm += tf.reduce_sum(tf.square(tf.reduce_sum(g, 2)), -1)
+                sqnorm = _weight_sqnorm(site, h, gz)
         input_cots = None
         if need_inputs:
             with tf.name_scope("hop"):
@@ -56,7 +51,9 @@ class DenseRule(Rule):
     def channel_backward(self, site, cache, cotangent, need_inputs, need_weights):
         layer = site.layer
         h, act = cache
-        if activation_kind(layer.activation) not in ("linear", "elementwise"):
+        if activation_kind(layer.activation) not in ("linear", "elementwise") or getattr(
+            layer, "lora_enabled", False
+        ):
             return super().channel_backward(
                 site, cache, cotangent, need_inputs, need_weights
             )
@@ -68,12 +65,15 @@ class DenseRule(Rule):
         k = d.shape[0]
         n = shape_of(h)[0]
         sqnorm = None
-        if need_weights and layer.trainable:
+        if need_weights:
             with tf.name_scope("weight_term"):
+                trainable = {id(v) for v in site.weights}
                 u = tf.reshape(h, [n, -1, h.shape[-1]])
                 flat = tf.reshape(d, [k, n, -1])
-                sqnorm = channel_sqnorm(u, flat)
-                if layer.bias is not None:
+                sqnorm = tf.zeros([k, n], d.dtype)
+                if id(layer._kernel) in trainable:
+                    sqnorm += channel_sqnorm(u, flat)
+                if layer.bias is not None and id(layer.bias) in trainable:
                     sqnorm += tf.square(tf.reduce_sum(flat, -1))
         input_cots = None
         if need_inputs:
@@ -97,13 +97,42 @@ class DenseRule(Rule):
 
     def weight_rows(self, site, cache, cotangents):
         layer = site.layer
+        if getattr(layer, "lora_enabled", False):
+            return super().weight_rows(site, cache, cotangents)
+        trainable = {id(v) for v in site.weights}
         h, act = cache
         gz = activation_backward(layer.activation, act, cotangents[0])
         k = gz.shape[0]
         n = shape_of(h)[0]
         u = tf.reshape(h, [n, -1, h.shape[-1]])
         g = tf.reshape(gz, [k, n, -1, gz.shape[-1]])
-        rows = [tf.reshape(tf.einsum("nti,knto->knio", u, g), [k, n, -1])]
-        if layer.bias is not None:
+        rows = []
+        if id(layer._kernel) in trainable:
+            rows.append(tf.reshape(tf.einsum("nti,knto->knio", u, g), [k, n, -1]))
+        if layer.bias is not None and id(layer.bias) in trainable:
             rows.append(tf.reduce_sum(g, 2))
         return tf.concat(rows, -1) if len(rows) > 1 else rows[0]
+
+
+def _weight_sqnorm(site, h, gz):
+    """`(k, n)`: the squared norm of the per-sample gradient over the
+    trainable ones of the kernel (or its LoRA factors) and the bias."""
+    layer = site.layer
+    trainable = {id(v) for v in site.weights}
+    k = gz.shape[0]
+    n = shape_of(h)[0]
+    u = tf.reshape(h, [n, -1, h.shape[-1]])
+    g = tf.reshape(gz, [k, n, -1, gz.shape[-1]])
+    total = tf.zeros([k, n], gz.dtype)
+    if id(layer._kernel) in trainable:
+        total += outer_sqnorm(u, g)
+    if getattr(layer, "lora_enabled", False):
+        s2 = lora_scale(layer) ** 2
+        a, b = layer.lora_kernel_a, layer.lora_kernel_b  # (i, r), (r, o)
+        if id(a) in trainable:
+            total += s2 * outer_sqnorm(u, tf.einsum("knto,ro->kntr", g, b))
+        if id(b) in trainable:
+            total += s2 * outer_sqnorm(tf.einsum("nti,ir->ntr", u, a), g)
+    if layer.bias is not None and id(layer.bias) in trainable:
+        total += tf.reduce_sum(tf.square(tf.reduce_sum(g, 2)), -1)
+    return total

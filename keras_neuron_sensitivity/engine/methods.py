@@ -82,23 +82,35 @@ class EstimateMethod:
 
 
 class Result:
-    """One method's per-sample output for one `wrt`, reduced on demand."""
+    """One method's per-sample output for one `wrt`, reduced on demand.
+
+    Attributes:
+        frozen: `{key: (C,) bool}`, the neurons that no trainable weight
+            reaches (`upstream.frozen_neurons`), set for the sensitivity to
+            weights; None when unknown or for inputs.
+    """
 
     def __init__(self, method, per_key, exact):
         self.method = method
         self.per_key = per_key
         self.exact = exact
+        self.frozen = None
 
     def reduce(self, reduction):
-        values, errors = {}, {}
+        values, errors, frozen = {}, {}, {}
         for key, raw in self.per_key.items():
             if self.exact:
                 values[key] = summary.reduce_samples(raw, reduction)
                 errors[key] = np.zeros_like(values[key])
             else:
                 values[key], errors[key] = summary.estimate_summary(raw, reduction)
+            channels = np.shape(values[key])[-1]
+            unreached = np.zeros(channels, bool) if self.frozen is None else self.frozen[key]
+            # Frozen only where the value is exactly zero too: a neuron with
+            # a measured sensitivity has something trainable upstream.
+            frozen[key] = unreached & summary.dead_neurons(values[key])
         return summary.Sensitivities(
-            values, self.method.name, errors, self.method.num_probes
+            values, self.method.name, errors, self.method.num_probes, frozen
         )
 
 
@@ -162,15 +174,15 @@ def predict_costs(graph, keys, wrt, inputs, num_probes):
     # down to the first convolution or Dense: there, all rows together cost
     # about one row.
     with float32_compute(replay.layers()):
-        rules = [registry.rule_for(call.layer) for call in calls]
+        rules = [registry.rule_for_call(call) for call in calls]
     consumes = [isinstance(rule, (ConvRule, DenseRule)) for rule in rules]
     keeps = [
         type(rule).channel_backward is not Rule.channel_backward and not consumed
         for rule, consumed in zip(rules, consumes)
     ]
     targets = []
-    for t in replay.targets:
-        rows = int(values[calls[t].outputs[0]].shape[-1])
+    for t, tensor in zip(replay.targets, replay.target_tensors):
+        rows = int(values[tensor].shape[-1])
         seed = work[t] * (2.0 if want_weights else 1.0)
         stack = [t] if keeps[t] else []
         seen = set()

@@ -134,3 +134,65 @@ class LayerNormalizationRule(Rule):
 
     def weight_rows(self, site, cache, cotangents):
         return _affine_rows(site.layer, cache[0], cotangents[0])
+
+
+class RMSScaleRule(Rule):
+    """RMS normalization over the last axis with a learned scale, as
+    keras_hub's decoder norms compute it (`LlamaLayerNorm`, Gemma's
+    `RMSNormalization`, Mistral's, Qwen's, Phi-3's):
+    `y = x / sqrt(mean(x^2) + eps) * (offset + scale)`, in float32.
+
+    The scale's per-sample gradient is `sum_t g xhat`; the hop is
+    `inv * (w g - xhat mean(xhat w g))` with `w = offset + scale` and `inv`
+    the reciprocal RMS.
+
+    Args:
+        offset: 0 where the scale multiplies (`* scale`), 1 where it is an
+            offset from one (`* (1 + scale)`, Gemma).
+    """
+
+    def __init__(self, offset=0.0):
+        self.offset = offset
+
+    def applies(self, layer):
+        scale = getattr(layer, "scale", None)
+        return (
+            getattr(layer, "epsilon", None) is not None
+            and scale is not None
+            and len(scale.shape) == 1
+            and layer.compute_dtype == getattr(layer, "variable_dtype", layer.dtype)
+        )
+
+    def forward(self, site):
+        layer = site.layer
+        (x,) = site.inputs
+        x = tf.cast(x, tf.float32)
+        inv = tf.math.rsqrt(tf.reduce_mean(tf.square(x), -1, keepdims=True) + layer.epsilon)
+        xhat = x * inv
+        y = tf.cast(xhat * self._weight(layer), layer.compute_dtype)
+        return [y], (xhat, inv)
+
+    def _weight(self, layer):
+        return self.offset + tf.cast(layer.scale, tf.float32)
+
+    def backward(self, site, cache, cotangents, need_inputs, need_weights):
+        layer = site.layer
+        xhat, inv = cache
+        g = tf.cast(cotangents[0], tf.float32)
+        sqnorm = None
+        if need_weights and any(v is layer.scale for v in site.weights):
+            k = g.shape[0]
+            n = shape_of(xhat)[0]
+            channels = xhat.shape[-1]
+            rows = tf.einsum(
+                "ntc,kntc->knc",
+                tf.reshape(xhat, [n, -1, channels]),
+                tf.reshape(g, [k, n, -1, channels]),
+            )
+            sqnorm = tf.reduce_sum(tf.square(rows), -1)
+        input_cots = None
+        if need_inputs:
+            wg = g * self._weight(layer)
+            inner = tf.reduce_mean(wg * xhat, -1, keepdims=True)
+            input_cots = [inv * (wg - xhat * inner)]
+        return input_cots, sqnorm

@@ -22,6 +22,7 @@ from keras_neuron_sensitivity.engine.elementwise import (
     ReshapeRule,
     SoftmaxRule,
 )
+from keras_neuron_sensitivity.engine.einsum_dense import EinsumDenseRule
 from keras_neuron_sensitivity.engine.embedding import EmbeddingRule
 from keras_neuron_sensitivity.engine.linear import LinearRule
 from keras_neuron_sensitivity.engine.normalization import (
@@ -38,6 +39,7 @@ from keras_neuron_sensitivity.engine.transpose import ConvTransposeRule
 
 _RULES = {
     layers.Dense: DenseRule(),
+    layers.EinsumDense: EinsumDenseRule(),
     layers.Conv1D: ConvRule(),
     layers.Conv2D: ConvRule(),
     layers.Conv3D: ConvRule(),
@@ -187,6 +189,16 @@ def register_rule(layer_class, rule):
             "an instance of `keras_neuron_sensitivity.engine.Rule`."
         )
     _RULES[layer_class] = rule
+
+
+def rule_for_call(call):
+    """The rule for one call: a `BlockRule` of its own for a call that
+    exposes sites inside it (`Call.inside`), else its layer's rule."""
+    if call.inside:
+        from keras_neuron_sensitivity.engine.block import BlockRule
+
+        return BlockRule(rule_for)
+    return rule_for(call.layer)
 
 
 def rule_for(layer):

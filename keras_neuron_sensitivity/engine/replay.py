@@ -25,9 +25,11 @@ class Replay:
     def __init__(self, graph, keys):
         self.graph = graph
         self.keys = list(keys)
-        index = {call.key: i for i, call in enumerate(graph.calls)}
-        self.targets = [index[key] for key in self.keys]
-        self.calls = graph.calls[: max(self.targets) + 1]
+        # The calls holding a selected site inside them expose it as an
+        # extra output (`probe.Graph.expose`).
+        self.calls, self.target_tensors = graph.expose(self.keys)
+        producer = {t: i for i, call in enumerate(self.calls) for t in call.outputs}
+        self.targets = [producer[t] for t in self.target_tensors]
 
     def layers(self):
         return [call.layer for call in self.calls]
@@ -90,8 +92,8 @@ class Replay:
         return [call for call in self.calls if id(call) in needed]
 
     def target_outputs(self, values):
-        """The selected layers' outputs, in the order of `keys`."""
-        return [values[self.calls[i].outputs[0]] for i in self.targets]
+        """The selected sites' tensors, in the order of `keys`."""
+        return [values[t] for t in self.target_tensors]
 
 
 def neuron_values(y):

@@ -1,6 +1,10 @@
 """`Site`: one call of one layer in a computation, as a `Rule` sees it."""
 
+import keras
 import tensorflow as tf
+from keras.src.backend import get_keras_mask, set_keras_mask
+
+from keras_neuron_sensitivity.probe.inside import exposing
 
 
 class Site:
@@ -18,7 +22,13 @@ class Site:
         inputs: the call's input tensors in this pass, in the order of the
             call's flattened tensor arguments; each is `(n, ...)`, batch first.
         outputs: the call's flattened output tensors, `(n, ...)`; None inside
-            `forward` (the rule computes them), set for `backward`.
+            `forward` (the rule computes them), set for `backward`. A call
+            that exposes sites inside it (`inside`) has those after the
+            layer's own outputs.
+        inside: where each exposed site is read inside the call
+            (`probe.inside.Inside`), in the order of the extra outputs;
+            empty for most calls. Calls with sites inside them are served by
+            `BlockRule`.
         weights: the trainable variables the call reads (`layer.
             trainable_weights`; empty for a plain Keras operation). The
             weight term a rule returns sums over exactly these.
@@ -36,6 +46,7 @@ class Site:
         self.outputs = None
         self.weights = call.weights
         self.need_weights = need_weights
+        self.inside = call.inside
 
     def arguments(self, inputs):
         """The call's `(args, kwargs)` with `inputs` in place of its tensors.
@@ -54,11 +65,31 @@ class Site:
                 size (the rules pass `k * n` rows for `k` cotangents).
 
         Returns:
-            The call's outputs, flattened to a list.
+            The call's outputs, flattened to a list, then the sites it
+            exposes (`inside`).
+        """
+        if not self.inside:
+            return self.call_layer(inputs)
+        with exposing(self.layer, self.inside) as exposed:
+            outputs = self.call_layer(inputs)
+        return outputs + exposed.values
+
+    def call_layer(self, inputs):
+        """The layer's own outputs on `inputs`, flattened (inference mode).
+
+        The inputs' Keras masks are as they were after it: some layers clear
+        the masks of the tensors they receive (`MultiHeadAttention` does,
+        having used them), which the forward pass caches and replays again.
         """
         args, kwargs = self.arguments(inputs)
         if getattr(self.layer, "_call_has_training_arg", False) or getattr(
             self.layer, "_expects_training_arg", False  # tf_keras
         ):
             kwargs = {**kwargs, "training": False}
-        return tf.nest.flatten(self.layer(*args, **kwargs))
+        masks = [(x, get_keras_mask(x)) for x in inputs if keras.ops.is_tensor(x)]
+        try:
+            return tf.nest.flatten(self.layer(*args, **kwargs))
+        finally:
+            for x, mask in masks:
+                if mask is not None and get_keras_mask(x) is None:
+                    set_keras_mask(x, mask)

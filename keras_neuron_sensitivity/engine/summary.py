@@ -15,7 +15,7 @@ class Sensitivities(dict):
     """`{layer_key: np.ndarray}`: per-neuron sensitivities, and how they were got.
 
     A plain dict of arrays (`(C,)` per layer, or `(B, C)` for
-    `reduction=None`), with three attributes:
+    `reduction=None`), with four attributes:
 
     Attributes:
         method: `"exact"` or `"estimate"`: which method produced the values
@@ -26,13 +26,26 @@ class Sensitivities(dict):
             standard error of each value from the spread of the estimator's
             tangents (delta method), zero when exact. A dead neuron's value
             is exactly zero under both methods, with zero error.
+        frozen: `{layer_key: (C,) bool}`: the neurons with nothing trainable
+            upstream (a frozen base, LoRA): their sensitivity to weights is
+            exactly zero, but they are not dead. All False for the
+            sensitivity to inputs.
     """
 
-    def __init__(self, values, method, std_error, num_probes=None):
+    def __init__(self, values, method, std_error, num_probes=None, frozen=None):
         super().__init__(values)
         self.method = method
         self.std_error = std_error
         self.num_probes = num_probes
+        if frozen is None:
+            frozen = {k: np.zeros(np.shape(v)[-1], bool) for k, v in values.items()}
+        self.frozen = frozen
+
+    def dead(self):
+        """`{layer_key: (C,) bool}`: the dead neurons, sensitivity exactly
+        zero on every probe sample, those with nothing trainable upstream
+        left out (`frozen`)."""
+        return {k: dead_neurons(v) & ~self.frozen[k] for k, v in self.items()}
 
     def __repr__(self):
         return f"Sensitivities(method={self.method!r}, {dict.__repr__(self)})"

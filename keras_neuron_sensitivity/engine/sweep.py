@@ -74,11 +74,16 @@ class Sweep:
         self.keys = list(keys)
         self.wrt = tuple(wrt)
         self.memory_budget = int(memory_budget)
-        index = {call.key: i for i, call in enumerate(graph.calls)}
-        self._targets = [index[key] for key in self.keys]
-        self._calls = graph.calls[: max(self._targets) + 1]
+        # Calls holding a selected site inside them expose it as an extra
+        # output (`probe.Graph.expose`); a target is a call's output.
+        self._calls, tensors = graph.expose(self.keys)
+        producer = {
+            t: (i, o) for i, call in enumerate(self._calls) for o, t in enumerate(call.outputs)
+        }
+        self._targets = [producer[t][0] for t in tensors]
+        self._target_outputs = [producer[t][1] for t in tensors]
         with float32_compute([call.layer for call in self._calls]):
-            self._rules = [registry.rule_for(call.layer) for call in self._calls]
+            self._rules = [registry.rule_for_call(call) for call in self._calls]
         # Where the sensitivity to inputs is read: the float inputs, and the
         # embedded inputs (outputs of calls such as Embedding), see probe.py.
         sensitivity_inputs = set(graph.sensitivity_inputs)
@@ -271,8 +276,8 @@ class Sweep:
         # One eager forward on one sample gives every tensor's size.
         values, _ = self._forward([x[:1] for x in inputs])
         self._widths = []
-        for i in self._targets:
-            y = values[self._calls[i].outputs[0]]
+        for j, i in enumerate(self._targets):
+            y = values[self._calls[i].outputs[self._target_outputs[j]]]
             if y.shape.rank < 2 or not y.dtype.is_floating:
                 raise ValueError(
                     f"Layer {self._calls[i].key!r} has an output of shape "
@@ -433,10 +438,12 @@ class Sweep:
         values, sites = self._forward(inputs)
         grams = _Grams(self, values, sites).run()
         live = []
-        for i in self._targets:
+        for i, output in zip(self._targets, self._target_outputs):
             site, cache = sites[i]
             rule = self._rules[i]
-            live.append(rule.live_neurons(site, cache) if _overrides(rule, "live_neurons") else None)
+            # A rule's `live_neurons` speaks of the layer's first output.
+            known = output == 0 and _overrides(rule, "live_neurons")
+            live.append(rule.live_neurons(site, cache) if known else None)
         return (
             [site.outputs for site, _ in sites],
             [cache for _, cache in sites],
@@ -775,8 +782,8 @@ class _Reverse:
                 block = self._merge_all(blocks, self.values[t].shape[-1])
                 blocks[:] = [block]
                 self.harvest["inputs"].append((block.segments, _row_sqnorm(block.value)))
-            if t == call.outputs[0]:
-                for j in seeds:
+            for j in seeds:
+                if t == call.outputs[self.sweep._target_outputs[j]]:
                     seed = self._seed(j, self.values[t])
                     self.harvest["inputs"].append((seed.segments, _row_sqnorm(seed.value)))
 
@@ -875,15 +882,17 @@ class _Reverse:
         is_shared = id(call.layer) in sweep._shared
         results = []
         parts = [[self._dense(b, w) for b in blocks] for blocks, w in zip(arriving, widths)]
-        if seeds and not is_shared and _overrides(rule, "seed_backward"):
-            for j in seeds:
+        position = sweep._target_outputs
+        for j in seeds:
+            if not is_shared and position[j] == 0 and _overrides(rule, "seed_backward"):
                 input_cots, sq = rule.seed_backward(
                     site, cache, self._seed_start(j), self.rows[j],
                     need_inputs, need_weights,
                 )
                 results.append((input_cots, _cast(sq), (j,)))
-        else:
-            parts[0] += [self._dense(self._seed(j, outputs[0]), widths[0]) for j in seeds]
+            else:
+                o = position[j]
+                parts[o].append(self._dense(self._seed(j, outputs[o]), widths[o]))
         merged = [
             self._merge_all(blocks, w) if blocks else None
             for blocks, w in zip(parts, widths)

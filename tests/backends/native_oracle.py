@@ -91,3 +91,51 @@ def _sample(x, n):
     if isinstance(x, list):
         return [ops.convert_to_tensor(a[n : n + 1]) for a in x]
     return ops.convert_to_tensor(x[n : n + 1])
+
+
+def inner_sensitivity(model, x, layer, which="output", axes=1):
+    """`(B, C)` per-sample norms to weights, brute force, of a tensor read
+    inside the model's call: the output (or first argument) of `layer`'s
+    first call, its trailing `axes` axes flattened (heads x head_dim).
+
+    The model runs whole (`stateless_call`, so every trainable variable is a
+    differentiated argument) with `layer.call` patched to keep the tensor.
+    """
+    variables = model.trainable_variables
+    frozen = [v.value for v in model.non_trainable_variables]
+    rows = []
+    for n in range(_batch(x)):
+        sample = _structured(model, x, n)
+
+        def f(values):
+            captured = []
+            original = layer.call
+
+            def call(*args, **kwargs):
+                if which == "input":
+                    captured.append(args[0])
+                y = original(*args, **kwargs)
+                if which == "output":
+                    captured.append(y)
+                return y
+
+            layer.call = call
+            try:
+                model.stateless_call(values, frozen, sample, training=False)
+            finally:
+                layer.call = original
+            y = captured[0]
+            if axes > 1:
+                y = ops.reshape(y, (y.shape[0], *y.shape[1:-axes], -1))
+            return _values(y)
+
+        jac = [ops.convert_to_numpy(j) for j in jacrev(f, [v.value for v in variables])]
+        rows.append(np.sqrt(sum(np.sum(np.square(j.reshape(len(j), -1)), axis=1) for j in jac)))
+    return np.stack(rows)
+
+
+def _structured(model, x, n):
+    """Sample `n` as a batch of one, in the structure the model takes."""
+    if isinstance(x, dict):
+        return {k: ops.convert_to_tensor(v[n : n + 1]) for k, v in x.items()}
+    return _sample(x, n)

@@ -23,8 +23,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_neuron_sensitivity import _subclassed
 from keras_neuron_sensitivity.errors import UnsupportedModelError
+from keras_neuron_sensitivity.probe import subclassed as _subclassed
 
 # Standalone activation layers are selected by default even though they own no
 # weights: their neurons are what users look at for dead or saturated units.
@@ -40,19 +40,33 @@ ACTIVATION_LAYERS = (
 
 @dataclasses.dataclass(eq=False)
 class Call:
-    """One call of one layer: what it reads and writes, by tensor id."""
+    """One call of one layer: what it reads and writes, by tensor id.
+
+    A call may expose tensors computed inside it (the sites inside a
+    transformer block, `inside.py`): `inside` says where each is read, and
+    their ids follow the layer's own outputs in `outputs`.
+    """
 
     layer: keras.layers.Layer
     key: str
     inputs: tuple  # tensor ids, in the order of the call's flattened tensors
-    outputs: tuple  # tensor ids of the call's flattened outputs
+    outputs: tuple  # tensor ids of the call's flattened outputs, then `inside`'s
     arguments: object = None  # Keras `SymbolicArguments`; None: one positional
     keras_ids: dict = dataclasses.field(default_factory=dict)
+    root: object = None  # the model the call belongs to
+    inside: tuple = ()  # `inside.Inside` per exposed tensor
 
     @property
     def weights(self):
-        """The trainable weights the call uses (none for a plain Keras op)."""
-        return list(getattr(self.layer, "trainable_weights", ()))
+        """The weights the optimizer trains that the call reads (none for a
+        plain Keras op): see `trainable_variables`."""
+        return trainable_variables(self.layer, self.root)
+
+    @property
+    def num_layer_outputs(self):
+        """How many of `outputs` the layer itself returns (the rest are
+        exposed from inside it)."""
+        return len(self.outputs) - len(self.inside)
 
     def fill(self, values):
         """Returns `(args, kwargs)` for this call given `{tensor id: value}`."""
@@ -99,15 +113,221 @@ class Graph:
     # padding mask going straight into attention): left out, with a warning.
     left_out_inputs: list = dataclasses.field(default_factory=list)
 
+    # Every set of neurons the model has (`NeuronSite`), in graph order: one
+    # per call, and those found inside calls (`inside.discover`).
+    sites: list = dataclasses.field(default_factory=list)
+    next_id: int = 0  # the first tensor id not in use
+    inside_added: bool = False  # whether `add_inside_sites` ran
+
     @property
     def keys(self):
-        return [call.key for call in self.calls]
+        return [site.key for site in self.sites]
+
+    def site(self, key):
+        for site in self.sites:
+            if site.key == key:
+                return site
+        raise KeyError(key)
 
     def call(self, key):
         for call in self.calls:
             if call.key == key:
                 return call
         raise KeyError(key)
+
+    def new_id(self):
+        self.next_id += 1
+        return self.next_id - 1
+
+    def expose(self, keys):
+        """The calls up to the last of `keys`, exposing what they need.
+
+        Returns:
+            `(calls, tensors)`: the calls to replay, in order (those holding a
+            selected site inside them, or a flattened view of their output,
+            expose it as an extra output: `Call.inside`), and the tensor id
+            of each key's neurons.
+        """
+        keys = tuple(keys)
+        if keys not in self._exposed:
+            sites = [self.site(key) for key in keys]
+            extra = {}
+            for site in sites:
+                if site.tensor not in site.call.outputs:
+                    more = extra.setdefault(id(site.call), [])
+                    if site not in more:
+                        more.append(site)
+            last = max(self.calls.index(site.call) for site in sites)
+            calls = []
+            for call in self.calls[: last + 1]:
+                more = extra.get(id(call))
+                if more:
+                    call = dataclasses.replace(
+                        call,
+                        outputs=call.outputs + tuple(s.tensor for s in more),
+                        inside=call.inside + tuple(s.inside for s in more),
+                    )
+                calls.append(call)
+            self._exposed[keys] = (calls, [site.tensor for site in sites])
+        return self._exposed[keys]
+
+    def __post_init__(self):
+        self._exposed = {}
+        if not self.sites:
+            self.sites = [layer_site(self, call) for call in self.calls]
+
+    def with_calls(self, calls):
+        """This graph on other calls, one per call here, in the same order
+        (a copy of the layers): sites follow their call's position; a site
+        inside a call no longer names its layer object."""
+        position = {id(call): i for i, call in enumerate(self.calls)}
+        sites = [
+            dataclasses.replace(
+                site,
+                call=calls[position[id(site.call)]],
+                layer=calls[position[id(site.call)]].layer
+                if site.inside.path == ()
+                else None,
+            )
+            for site in self.sites
+        ]
+        return dataclasses.replace(self, calls=list(calls), sites=sites)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class NeuronSite:
+    """A set of neurons: a tensor whose last axis is the neurons.
+
+    Attributes:
+        key: its key (`"dense"`, `"outer/inner"`, `"block/ffn"`).
+        call: the graph call that computes it.
+        inside: where in that call it is read (`inside.Inside`; the empty
+            path is the call's own first output).
+        tensor: its tensor id: the call's output, or an extra output that
+            the call exposes (`Graph.expose`).
+        layer: the layer whose output it is (for `"ffn"` and `"heads"`, the
+            projection that reads it).
+        kind: `"layer"`, `"ffn"` (feed-forward hidden units) or `"heads"`
+            (attention context vectors, heads x head_dim).
+        heads: for `"heads"`, the number of heads.
+        default: whether the default selection has it.
+    """
+
+    key: str
+    call: Call
+    inside: object
+    tensor: int
+    layer: object
+    kind: str = "layer"
+    heads: int = None
+    default: bool = False
+
+
+def layer_site(graph, call):
+    """The site of a call's own output: its last axis, or the trailing axes
+    an `EinsumDense` kernel adds (a projection to heads x head_dim)."""
+    from keras_neuron_sensitivity.probe.inside import Inside, neuron_axes
+
+    axes = neuron_axes(call.layer)
+    tensor = call.outputs[0] if axes == 1 else graph.new_id()
+    return NeuronSite(
+        key=call.key,
+        call=call,
+        inside=Inside((), "output", axes),
+        tensor=tensor,
+        layer=call.layer,
+        default=trains_by_design(call.layer) or _is_activation_layer(call.layer),
+    )
+
+
+def add_inside_sites(graph, inputs):
+    """Adds the sites inside the graph's calls (`inside.py`): every layer
+    called inside a layer's `call`, the feed-forward hidden units and the
+    attention heads, found by replaying the graph on the first sample.
+
+    Args:
+        graph: the model's `Graph` (sites added once).
+        inputs: one tensor per `graph.inputs` entry, batch first.
+    """
+    from keras_neuron_sensitivity.probe import inside
+
+    if graph.inside_added:
+        return
+    graph.inside_added = True
+    if not any(inside.is_openable(call.layer) for call in graph.calls):
+        return
+    # Two samples (the first one twice for a probe of one): a tensor whose
+    # first axis is not 2 has no batch axis.
+    values = dict(zip(graph.inputs, [_two_samples(x) for x in inputs]))
+    sites = []
+    for call, site in zip(graph.calls, graph.sites[: len(graph.calls)]):
+        sites.append(site)
+        args, kwargs = call.fill(values)
+        if getattr(call.layer, "_call_has_training_arg", False):
+            kwargs = {**kwargs, "training": False}
+        if inside.is_openable(call.layer):
+            found, outputs = inside.discover(
+                call.layer, args, kwargs, trains_by_design, _is_activation_layer
+            )
+            sites += [
+                NeuronSite(
+                    key=f"{call.key}/{f.suffix}",
+                    call=call,
+                    inside=f.inside,
+                    tensor=graph.new_id(),
+                    layer=f.layer,
+                    kind=f.kind,
+                    heads=f.heads,
+                    default=f.default,
+                )
+                for f in found
+            ]
+        else:
+            outputs = call.layer(*args, **kwargs)
+        values.update(zip(call.outputs, keras.tree.flatten(outputs)))
+    graph.sites = sites
+    from keras_neuron_sensitivity.engine import hub
+
+    hub.register_rules([site.layer for site in sites])
+
+
+def _two_samples(x):
+    if int(x.shape[0]) >= 2:
+        return x[:2]
+    return keras.ops.concatenate([x, x], axis=0)
+
+
+def trainable_variables(layer, root=None):
+    """The variables of `layer` (sub-layers included) that the optimizer
+    trains: those of `root.trainable_weights`, whatever the `trainable` flag
+    of the layers that contain them.
+
+    Keras's `layer.trainable_weights` is empty for a layer set
+    `trainable=False`, even when a layer inside it was set trainable again
+    after (keras_hub's `enable_lora` freezes every layer, then unfreezes the
+    LoRA factors of the attention projections); the model's own
+    `trainable_weights` filters each variable by its own flag, which
+    `layer.trainable = ...` sets on every variable below it.
+    """
+    if is_tf_keras(layer):
+        return list(layer.trainable_weights)
+    if not isinstance(layer, keras.layers.Layer):
+        return []  # a plain Keras operation
+    if root is not None and not getattr(root, "trainable", True):
+        return []
+    return [v for v in layer.weights if v.trainable]
+
+
+def trains_by_design(layer):
+    """Whether the layer (or a layer inside it) has weights made to be
+    trained, frozen now or not: the default selection does not change when
+    layers are frozen (fine-tuning, LoRA). A `Normalization` layer's
+    statistics are not such weights; a frozen `Dense` kernel is."""
+    if is_tf_keras(layer):
+        return bool(layer.trainable_weights)
+    if not isinstance(layer, keras.layers.Layer):
+        return False
+    return any(sub._trainable_variables for sub in layer._flatten_layers(include_self=True))
 
 
 def is_tf_keras(obj):
@@ -141,7 +361,7 @@ def build_graph(model, example=None):
     """
     if _is_subclassed(model):
         return _subclassed_graph(model, example)
-    builder = _Builder()
+    builder = _Builder(model)
     inputs = _model_inputs(model)
     ids = [builder.new_id(t) for t in inputs]
     builder.add_model(model, ids, prefix="")
@@ -151,12 +371,10 @@ def build_graph(model, example=None):
 
 
 def default_selection(graph):
-    """Keys of layer calls with trainable weights, or standalone activations."""
-    return [
-        call.key
-        for call in graph.calls
-        if call.weights or _is_activation_layer(call.layer)
-    ]
+    """Keys of the sites of layers with weights made to be trained (frozen or
+    not), of standalone activations, and of the feed-forward hidden units and
+    attention heads inside blocks."""
+    return [site.key for site in graph.sites if site.default]
 
 
 def _is_activation_layer(layer):
@@ -194,7 +412,11 @@ def resolve_layers(graph, layers):
     keys = []
     for entry in layers:
         if isinstance(entry, keras.layers.Layer):
-            found = [c.key for c in graph.calls if c.layer is entry]
+            found = [
+                site.key
+                for site in graph.sites
+                if site.kind == "layer" and site.layer is entry
+            ]
         else:
             found = [entry] if entry in graph.keys else _short_name(graph, entry)
         if not found:
@@ -280,7 +502,7 @@ def _subclassed_graph(model, example):
     sample = [
         convert(a[:1], keras.config.floatx() if a.dtype.kind == "f" else None) for a in arrays
     ]
-    builder = _Builder()
+    builder = _Builder(model)
     input_ids, recorded = _subclassed.recorded_graph(model, sample, builder.new_id)
     alias = {}
     for layer, ins, outs, arguments, keras_ids in recorded:
@@ -353,7 +575,9 @@ def _split(builder, input_ids, names, shapes):
     left_out = [
         m.name
         for m in model_inputs
-        if not _is_float_dtype(m.dtype) and m.name not in reached
+        if not _is_float_dtype(m.dtype)
+        and m.name not in reached
+        and not _only_masks(m.id, preprocessing + calls, dtypes)
     ]
     return Graph(
         inputs=engine_inputs,
@@ -368,7 +592,50 @@ def _split(builder, input_ids, names, shapes):
         preprocessing=preprocessing,
         sensitivity_inputs=sensitivity,
         left_out_inputs=left_out,
+        next_id=builder.new_id(),
     )
+
+
+def _only_masks(tensor, calls, dtypes):
+    """Whether `tensor` (an integer model input) only masks: every call that
+    reads it, directly or through calls without weights that output no
+    float (a cast, a comparison), takes it as an argument named like a mask
+    (keras_hub's `padding_mask`, `attention_mask`). Such an input carries no
+    features, so leaving it out of the sensitivity to inputs needs no
+    warning."""
+    pending, seen = [tensor], set()
+    while pending:
+        t = pending.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        for call in calls:
+            if t not in call.inputs or _passed_as_mask(call, t):
+                continue
+            if not trains_by_design(call.layer) and not any(
+                _is_float_dtype(dtypes.get(o)) for o in call.outputs
+            ):
+                pending.extend(call.outputs)  # a mask computed from a mask
+                continue
+            return False
+    return True
+
+
+def _passed_as_mask(call, tensor):
+    """Whether every place `call` receives `tensor` is a keyword argument
+    named like a mask."""
+    arguments = call.arguments
+    if arguments is None:
+        return False
+    places = []
+    for name, value in arguments.kwargs.items():
+        for x in keras.tree.flatten(value):
+            if call.keras_ids.get(id(x)) == tensor:
+                places.append("mask" in name)
+    for x in keras.tree.flatten(arguments.args):
+        if call.keras_ids.get(id(x)) == tensor:
+            places.append(False)
+    return bool(places) and all(places)
 
 
 def _is_preprocessing(call, fixed, dtypes):
@@ -441,7 +708,8 @@ class _NestedArguments:
 
 
 class _Builder:
-    def __init__(self):
+    def __init__(self, root):
+        self.root = root
         self.calls = []
         self.dtypes = {}  # tensor id -> dtype name, where the graph says it
         self._next_id = 0
@@ -540,5 +808,8 @@ class _Builder:
         # A layer called more than once: each call is its own entry.
         key = name if count == 0 else f"{name}@{count}"
         self.calls.append(
-            Call(layer, key, tuple(input_ids), tuple(output_ids), arguments, keras_ids)
+            Call(
+                layer, key, tuple(input_ids), tuple(output_ids), arguments,
+                keras_ids, root=self.root,
+            )
         )

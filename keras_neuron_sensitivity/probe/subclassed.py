@@ -2,22 +2,18 @@
 
 Keras records no graph for a `keras.Model` subclass with its own `call`. To
 replay one, the model is called once, in inference mode, on one probe
-sample, while `keras.layers.Layer.__call__` is wrapped to record every layer
-the model's `call` invokes directly: the layer, its arguments (tensors
+sample, while this thread's layer calls are intercepted (`recording.py`) to
+record every layer the model's `call` invokes directly: the layer, its arguments (tensors
 replaced by placeholders) and its outputs. That is exact only if every
 tensor a layer receives is a model input or another recorded layer's
 output; any other computation between layers (`x * 2`, `tf.concat`) would
 be lost, so it is refused with an error that says where.
 """
 
-import contextlib
-import threading
-
 import keras
 
 from keras_neuron_sensitivity.errors import UnsupportedModelError
-
-_RECORDING = threading.local()
+from keras_neuron_sensitivity.probe import recording
 
 
 class Placeholder:
@@ -46,36 +42,26 @@ def record_calls(model, inputs):
     """Calls `model` on `inputs`; returns `[(layer, args, kwargs, outputs)]`.
 
     Only calls made directly by the model's own `call` are kept (a layer's
-    own sub-layers are part of that layer).
+    own sub-layers are part of that layer). Only this thread's calls are
+    seen (`recording.intercept`).
     """
     calls = []
-    original = keras.layers.Layer.__call__
+    depth = [0]
 
-    def recording_call(layer, *args, **kwargs):
-        state = _RECORDING
-        state.depth = getattr(state, "depth", 0) + 1
+    def record(layer, args, kwargs, proceed):
+        depth[0] += 1
         try:
-            outputs = original(layer, *args, **kwargs)
+            outputs = proceed(args, kwargs)
         finally:
-            state.depth -= 1
-        if state.depth == 1:  # called from inside the model's own call
+            depth[0] -= 1
+        if depth[0] == 1:  # called from inside the model's own call
             calls.append((layer, args, kwargs, outputs))
         return outputs
 
-    with _patched(keras.layers.Layer, "__call__", recording_call):
+    with recording.intercept(record):
         structure = inputs[0] if len(inputs) == 1 else list(inputs)
         output = model(structure, training=False)
     return calls, output
-
-
-@contextlib.contextmanager
-def _patched(owner, name, value):
-    saved = owner.__dict__[name]
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        setattr(owner, name, saved)
 
 
 def recorded_graph(model, inputs, new_id):
