@@ -27,7 +27,7 @@ import inspect
 import sys
 
 import keras
-import tensorflow as tf
+from keras import ops
 from keras.src.backend import get_keras_mask, set_keras_mask
 
 from keras_neuron_sensitivity.engine import registry
@@ -83,13 +83,13 @@ def attend(layer, query, value, key, mask):
     q = layer._query_dense(_unmasked(query))  # (n, t, h, e)
     k = layer._key_dense(_unmasked(key))
     v = layer._value_dense(_unmasked(value))
-    logits = tf.einsum("nthe,nshe->nhts", q, k) * tf.cast(layer._inverse_sqrt_key_dim, q.dtype)
+    logits = ops.einsum("nthe,nshe->nhts", q, k) * ops.cast(layer._inverse_sqrt_key_dim, q.dtype)
     if mask is not None:
-        mask = tf.cast(mask, tf.bool)[:, None]  # (n, 1, t, s): every head
-        logits = tf.where(mask, logits, _large_negative(logits.dtype))
-    probs = tf.nn.softmax(logits, axis=-1)
+        mask = ops.cast(mask, "bool")[:, None]  # (n, 1, t, s): every head
+        logits = ops.where(mask, logits, _large_negative(logits.dtype))
+    probs = ops.softmax(logits, axis=-1)
     attended = _dropped_masked(layer, probs, mask)
-    o = tf.einsum("nhts,nshf->nthf", attended, v)
+    o = ops.einsum("nhts,nshf->nthf", attended, v)
     y = layer._output_dense(o)
     return y, (query, key, value, q, k, v, probs, mask, o)
 
@@ -98,12 +98,13 @@ def _unmasked(x):
     """`x` without its Keras mask (the attention has used it), so that the
     projections do not warn that they drop it, as `MultiHeadAttention.call`
     does by clearing it."""
-    return tf.identity(x) if get_keras_mask(x) is not None else x
+    return ops.copy(x) if get_keras_mask(x) is not None else x
 
 
 def _large_negative(dtype):
     # As Keras's own masking: far below any logit, finite.
-    return tf.constant(-1e9 if dtype != tf.float16 else -3e4, dtype)
+    dtype = keras.backend.standardize_dtype(dtype)
+    return ops.convert_to_tensor(-1e9 if dtype != "float16" else -3e4, dtype)
 
 
 def _dropped_masked(layer, probs, mask):
@@ -113,7 +114,7 @@ def _dropped_masked(layer, probs, mask):
     entirely; without, `dot_product_attention` leaves such a row uniform."""
     if mask is None or layer._dropout <= 0.0:
         return probs
-    return tf.where(mask, probs, tf.zeros_like(probs))
+    return ops.where(mask, probs, ops.zeros_like(probs))
 
 
 def attend_backward(layer, cache, g, trainable, need_inputs):
@@ -128,19 +129,19 @@ def attend_backward(layer, cache, g, trainable, need_inputs):
         the attention is in `trainable`.
     """
     query, key, value, q, k_, v, probs, mask, o = cache
-    scale = tf.cast(layer._inverse_sqrt_key_dim, q.dtype)
+    scale = ops.cast(layer._inverse_sqrt_key_dim, q.dtype)
     out = layer._output_dense
     terms = [_projection_sqnorm(out, _merge_heads(o), g, trainable)]
-    go = tf.einsum("knto,hfo->knthf", g, out.kernel)
-    gp = tf.einsum("knthf,nshf->knhts", go, v)
+    go = ops.einsum("knto,hfo->knthf", g, out.kernel)
+    gp = ops.einsum("knthf,nshf->knhts", go, v)
     if mask is not None and layer._dropout > 0.0:
-        gp = tf.where(mask, gp, tf.zeros_like(gp))
-    gl = probs * (gp - tf.reduce_sum(gp * probs, -1, keepdims=True))
+        gp = ops.where(mask, gp, ops.zeros_like(gp))
+    gl = probs * (gp - ops.sum(gp * probs, -1, keepdims=True))
     if mask is not None:  # masked logits are constants
-        gl = tf.where(mask, gl, tf.zeros_like(gl))
-    gv = tf.einsum("nhts,knthf->knshf", _dropped_masked(layer, probs, mask), go)
-    gq = tf.einsum("knhts,nshe->knthe", gl, k_) * scale
-    gk = tf.einsum("knhts,nthe->knshe", gl, q) * scale
+        gl = ops.where(mask, gl, ops.zeros_like(gl))
+    gv = ops.einsum("nhts,knthf->knshf", _dropped_masked(layer, probs, mask), go)
+    gq = ops.einsum("knhts,nshe->knthe", gl, k_) * scale
+    gk = ops.einsum("knhts,nthe->knshe", gl, q) * scale
     for dense, x, gz in (
         (layer._query_dense, query, gq),
         (layer._key_dense, key, gk),
@@ -148,20 +149,20 @@ def attend_backward(layer, cache, g, trainable, need_inputs):
     ):
         terms.append(_projection_sqnorm(dense, x, _merge_heads(gz), trainable))
     terms = [t for t in terms if t is not None]
-    sqnorm = tf.add_n(terms) if terms else None
+    sqnorm = sum(terms) if terms else None
     if not need_inputs:
         return (None, None, None), sqnorm
     return (
-        tf.einsum("knthe,ihe->knti", gq, layer._query_dense.kernel),
-        tf.einsum("knshf,ihf->knsi", gv, layer._value_dense.kernel),
-        tf.einsum("knshe,ihe->knsi", gk, layer._key_dense.kernel),
+        ops.einsum("knthe,ihe->knti", gq, layer._query_dense.kernel),
+        ops.einsum("knshf,ihf->knsi", gv, layer._value_dense.kernel),
+        ops.einsum("knshe,ihe->knsi", gk, layer._key_dense.kernel),
     ), sqnorm
 
 
 def _merge_heads(x):
     """`(..., t, h, e)` -> `(..., t, h * e)`."""
     shape = shape_of(x)
-    return tf.reshape(x, concat_shapes(shape[:-2], [x.shape[-2] * x.shape[-1]]))
+    return ops.reshape(x, concat_shapes(shape[:-2], [x.shape[-2] * x.shape[-1]]))
 
 
 def _projection_sqnorm(dense, u, g, trainable):
@@ -171,7 +172,7 @@ def _projection_sqnorm(dense, u, g, trainable):
     if id(dense.kernel) in trainable:
         total = outer_sqnorm(u, g)
     if dense.bias is not None and id(dense.bias) in trainable:
-        bias = tf.reduce_sum(tf.square(tf.reduce_sum(g, 2)), -1)
+        bias = ops.sum(ops.square(ops.sum(g, 2)), -1)
         total = bias if total is None else total + bias
     return total
 
@@ -317,7 +318,7 @@ class _Steps:
 
 def _sum(terms):
     terms = [t for t in terms if t is not None]
-    return tf.add_n(terms) if terms else None
+    return sum(terms) if terms else None
 
 
 def _sub_rules_exact(layers):

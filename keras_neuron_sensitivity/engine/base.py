@@ -12,11 +12,15 @@ Index letters, used in every einsum here: `k` neuron (cotangent), `n` sample,
 Cotangent tensors have shape `(k, n, ...)`; forward tensors `(n, ...)`.
 """
 
+import contextlib
+
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 from keras.src.backend import get_keras_mask, set_keras_mask
+from keras.src.backend.common.stateless_scope import get_stateless_scope
 
+from keras_neuron_sensitivity.engine import backend
 from keras_neuron_sensitivity.errors import UnsupportedLayerError
 
 # Activations that act on each element alone: their Jacobian is diagonal, so
@@ -32,8 +36,7 @@ ELEMENTWISE_ACTIVATIONS = frozenset(
 )
 
 
-def _is_float(x):
-    return x is not None and x.dtype.is_floating
+_is_float = backend.is_float
 
 
 def tile_rows(x, k):
@@ -43,44 +46,38 @@ def tile_rows(x, k):
     with `mask_zero` do) is tiled along, so that a replayed layer (masked
     pooling, say) computes what it computed in the forward pass.
     """
-    tiled = tf.tile(x, [k] + [1] * (x.shape.rank - 1))
+    tiled = ops.tile(x, [k] + [1] * (len(x.shape) - 1))
     mask = get_keras_mask(x)
     if mask is not None:
-        set_keras_mask(tiled, tf.tile(mask, [k] + [1] * (mask.shape.rank - 1)))
+        set_keras_mask(tiled, ops.tile(mask, [k] + [1] * (len(mask.shape) - 1)))
     return tiled
 
 
 def shape_of(x):
-    """`x`'s shape as a list of ints when known (it is, inside the engine's
-    traced functions: the probe's shape is fixed), else as a tensor. Static
-    shapes keep shape arithmetic out of the graph: fewer ops to trace, to
-    optimize and to run."""
-    return x.shape.as_list() if x.shape.is_fully_defined() else tf.shape(x)
+    """`x`'s shape as a list of ints (inside the engine every shape is
+    known: the probe's shape is fixed). Static shapes keep shape arithmetic
+    out of the compiled graphs."""
+    return list(backend.shape(x))
 
 
 def concat_shapes(*parts):
-    if all(isinstance(p, list) for p in parts):
-        return [d for p in parts for d in p]
-    return tf.concat(parts, 0)
+    return [d for p in parts for d in p]
 
 
 def merge(g):
     """`(k, n, ...)` -> `(k * n, ...)`."""
-    return tf.reshape(g, concat_shapes([-1], shape_of(g)[2:]))
+    return ops.reshape(g, concat_shapes([-1], shape_of(g)[2:]))
 
 
 def split(g, k):
     """`(k * n, ...)` -> `(k, n, ...)`."""
-    return tf.reshape(g, concat_shapes([k, -1], shape_of(g)[1:]))
-
-
-def _split_or_none(g, k):
-    return None if g is None else split(tf.convert_to_tensor(g), k)
+    return ops.reshape(g, concat_shapes([k, -1], shape_of(g)[1:]))
 
 
 def sum_squares_per_row(g):
     """`(k, n, ...)` -> `(k, n)`."""
-    return tf.reduce_sum(tf.square(g), axis=list(range(2, g.shape.rank)))
+    axes = tuple(range(2, len(g.shape)))
+    return ops.sum(ops.square(g), axis=axes) if axes else ops.square(g)
 
 
 def outer_sqnorm(u, g):
@@ -96,18 +93,16 @@ def outer_sqnorm(u, g):
     """
     k, t, i, o = g.shape[0], u.shape[1], u.shape[2], g.shape[3]
     if t == 1:
-        return tf.reduce_sum(tf.square(u[:, 0]), -1) * tf.reduce_sum(
-            tf.square(g[:, :, 0]), -1
-        )
+        return ops.sum(ops.square(u[:, 0]), -1) * ops.sum(ops.square(g[:, :, 0]), -1)
     if ghost_is_cheaper(k, t, i, o):
-        uu = tf.einsum("nti,nsi->nts", u, u)
-        gg = tf.einsum("knto,knso->knts", g, g)
-        return tf.einsum("nts,knts->kn", uu, gg)
+        uu = ops.einsum("nti,nsi->nts", u, u)
+        gg = ops.einsum("knto,knso->knts", g, g)
+        return ops.einsum("nts,knts->kn", uu, gg)
     # U^T G per row: one (i, t) x (t, o) product each, no transposed copy of G
     # (about a third faster than the einsum, which transposes G).
-    ut = tf.transpose(u, [0, 2, 1])
-    product = tf.matmul(ut[None], g)  # (k, n, i, o)
-    return tf.reduce_sum(tf.square(product), [2, 3])
+    ut = ops.transpose(u, [0, 2, 1])
+    product = ops.matmul(ut[None], g)  # (k, n, i, o)
+    return ops.sum(ops.square(product), [2, 3])
 
 
 def ghost_is_cheaper(k, t, i, o):
@@ -130,11 +125,11 @@ def channel_sqnorm(u, d):
     """
     k, t, i = d.shape[0], u.shape[1], u.shape[2]
     if t == 1:
-        return tf.reduce_sum(tf.square(u[:, 0]), -1) * tf.square(d[:, :, 0])
+        return ops.sum(ops.square(u[:, 0]), -1) * ops.square(d[:, :, 0])
     if ghost_is_cheaper(k, t, i, 1):
-        uu = tf.einsum("nti,nsi->nts", u, u)
-        return tf.einsum("nts,knt,kns->kn", uu, d, d)
-    return tf.reduce_sum(tf.square(tf.einsum("nti,knt->kni", u, d)), -1)
+        uu = ops.einsum("nti,nsi->nts", u, u)
+        return ops.einsum("nts,knt,kns->kn", uu, d, d)
+    return ops.sum(ops.square(ops.einsum("nti,knt->kni", u, d)), -1)
 
 
 # --- activations, fused into a layer or standalone -------------------------
@@ -162,12 +157,16 @@ def activation_forward(fn, z):
     if kind == "linear":
         return z, None
     if kind == "elementwise":
-        with tf.GradientTape() as tape:
-            tape.watch(z)
-            y = fn(z)
-        return y, tape.gradient(y, z)
+        return elementwise_derivative(fn, z)
     y = fn(z)
     return y, (y if kind == "softmax" else z)
+
+
+def elementwise_derivative(fn, z):
+    """`(fn(z), fn'(z))` for a map that acts on each element alone: the
+    derivative is one VJP with a cotangent of ones."""
+    y, pullback = backend.vjp(fn, z)
+    return y, pullback(ops.ones_like(y))
 
 
 def activation_backward(fn, cache, g):
@@ -178,18 +177,15 @@ def activation_backward(fn, cache, g):
     if kind == "elementwise":
         return g * cache
     if kind == "softmax":
-        return cache * (g - tf.reduce_sum(g * cache, axis=-1, keepdims=True))
+        return cache * (g - ops.sum(g * cache, axis=-1, keepdims=True))
     k = g.shape[0]
-    zt = tile_rows(cache, k)
-    with tf.GradientTape() as tape:
-        tape.watch(zt)
-        y = fn(zt)
-    return split(tape.gradient(y, zt, output_gradients=merge(g)), k)
+    _, pullback = backend.vjp(fn, tile_rows(cache, k))
+    return split(pullback(merge(g)), k)
 
 
 def activation_derivative(y, cache):
     """The diagonal of a linear or elementwise activation's Jacobian."""
-    return tf.ones_like(y) if cache is None else cache
+    return ops.ones_like(y) if cache is None else cache
 
 
 def variable_tensor(v):
@@ -235,16 +231,16 @@ class Channelwise:
     @property
     def per_sample(self):
         """Whether `channels` is `(k, n)`."""
-        return self.channels.shape.rank == 2
+        return len(self.channels.shape) == 2
 
     def dense(self, num_channels):
         """The full cotangent `(k, n, ..., num_channels)`."""
-        onehot = tf.one_hot(self.channels, num_channels, dtype=self.values.dtype)
-        lead = self.channels.shape.rank
-        onehot = tf.reshape(
+        onehot = ops.one_hot(self.channels, num_channels, dtype=self.values.dtype)
+        lead = len(self.channels.shape)
+        onehot = ops.reshape(
             onehot,
-            self.values.shape.as_list()[:lead]
-            + [1] * (self.values.shape.rank - lead)
+            shape_of(self.values)[:lead]
+            + [1] * (len(self.values.shape) - lead)
             + [num_channels],
         )
         return self.values[..., None] * onehot
@@ -255,25 +251,27 @@ def gather_channels(x, channels):
 
     `x` is `(n, ..., C)`; `channels` is `(k,)` or `(k, n)`.
     """
-    rank = x.shape.rank
-    if channels.shape.rank == 1:
-        picked = tf.gather(x, channels, axis=-1)  # (n, ..., k)
-        return tf.transpose(picked, [rank - 1] + list(range(rank - 1)))
-    moved = tf.transpose(x, [0, rank - 1] + list(range(1, rank - 1)))  # (n, C, ...)
-    picked = tf.gather(moved, tf.transpose(channels), axis=1, batch_dims=1)
-    return tf.transpose(picked, [1, 0] + list(range(2, rank)))  # (k, n, ...)
+    rank = len(x.shape)
+    if len(channels.shape) == 1:
+        picked = ops.take(x, channels, axis=-1)  # (n, ..., k)
+        return ops.transpose(picked, [rank - 1] + list(range(rank - 1)))
+    moved = ops.transpose(x, [0, rank - 1] + list(range(1, rank - 1)))  # (n, C, ...)
+    index = ops.transpose(channels)  # (n, k)
+    index = ops.reshape(index, shape_of(index) + [1] * (rank - 2))
+    picked = ops.take_along_axis(moved, index, axis=1)  # (n, k, ...)
+    return ops.transpose(picked, [1, 0] + list(range(2, rank)))  # (k, n, ...)
 
 
 def gather_columns(weights, channels):
     """`weights[..., channels]`: `(..., k)`, or `(..., k, n)` for `(k, n)` channels."""
-    return tf.gather(weights, channels, axis=-1)
+    return ops.take(weights, channels, axis=-1)
 
 
 def live_rows(derivative):
     """`(n, C)`: whether an activation's derivative `(n, ..., C)` is nonzero
     at some position; where it is not, the neuron's row is exactly zero."""
-    flat = tf.reshape(derivative, [shape_of(derivative)[0], -1, derivative.shape[-1]])
-    return tf.reduce_any(tf.not_equal(flat, 0), axis=1)
+    flat = ops.reshape(derivative, [shape_of(derivative)[0], -1, derivative.shape[-1]])
+    return ops.any(ops.not_equal(flat, 0), axis=1)
 
 
 # --- rules ------------------------------------------------------------------
@@ -377,7 +375,7 @@ class Rule:
         """
         k = next(g for g in cotangents if g is not None).shape[0]
         flat = GenericRule.flat_grads(site, cotangents)
-        return tf.reshape(flat, [k, -1, flat.shape[-1]])
+        return ops.reshape(flat, [k, -1, flat.shape[-1]])
 
 
 def seed_cotangent(y, start, k):
@@ -389,11 +387,11 @@ def seed_cotangent(y, start, k):
     channels = y.shape[-1]
     positions = int(np.prod(y.shape[1:-1]))
     if _all_neurons(start, k, channels):
-        seed = tf.eye(channels, dtype=y.dtype) / positions
+        seed = ops.eye(channels, dtype=y.dtype) / positions
     else:
-        seed = tf.one_hot(start + tf.range(k), channels, dtype=y.dtype) / positions
-    seed = tf.reshape(seed, [k, 1] + [1] * (y.shape.rank - 2) + [channels])
-    return tf.broadcast_to(seed, concat_shapes([k], shape_of(y)))
+        seed = ops.one_hot(start + ops.arange(k), channels, dtype=y.dtype) / positions
+    seed = ops.reshape(seed, [k, 1] + [1] * (len(y.shape) - 2) + [channels])
+    return ops.broadcast_to(seed, concat_shapes([k], shape_of(y)))
 
 
 def neuron_columns(x, start, k):
@@ -404,9 +402,9 @@ def neuron_columns(x, start, k):
     channels = x.shape[-1]
     if _all_neurons(start, k, channels):
         return x
-    index = start + tf.range(k)
-    picked = tf.gather(x, tf.minimum(index, channels - 1), axis=-1)
-    return picked * tf.cast(index < channels, x.dtype)
+    index = start + ops.arange(k, dtype="int32")
+    picked = ops.take(x, ops.minimum(index, channels - 1), axis=-1)
+    return picked * ops.cast(index < channels, x.dtype)
 
 
 def _all_neurons(start, k, channels):
@@ -436,33 +434,12 @@ class GenericRule(Rule):
         flat_cots = [merge(cotangents[j]) for j in connected]
         input_cots = None
         if need_inputs:
-            floats = [x for x in tiled if _is_float(x)]
-            with tf.GradientTape() as tape:
-                tape.watch(floats)
-                outs = site.run(tiled)
-            try:
-                grads = tape.gradient(
-                    [outs[j] for j in connected], floats, output_gradients=flat_cots
-                )
-            except LookupError as error:  # "No gradient defined for operation"
-                raise UnsupportedLayerError(
-                    f"Layer {site.key!r} ({type(site.layer).__name__}) uses "
-                    f"an operation TensorFlow cannot differentiate ({error}), so "
-                    "no neuron after it has a derivative through it. Expected a "
-                    "differentiable layer. Select only layers before it "
-                    "(`layers=`), or register a `Rule` for its class that says "
-                    "how cotangents pass through it."
-                ) from error
-            grads = iter(grads)
-            input_cots = [
-                _split_or_none(next(grads), k) if _is_float(x) else None
-                for x in tiled
-            ]
+            grads = iter(input_vjp(site, tiled, connected, flat_cots))
+            input_cots = [split(next(grads), k) if _is_float(x) else None for x in tiled]
         sqnorm = None
         if need_weights:
-            sqnorm = tf.reshape(
-                self.per_row(site, tiled, connected, flat_cots, _row_sqnorm),
-                [k, -1],
+            sqnorm = ops.reshape(
+                self.per_row(site, tiled, connected, flat_cots, _row_sqnorm), [k, -1]
             )
         return input_cots, sqnorm
 
@@ -486,41 +463,99 @@ class GenericRule(Rule):
     @staticmethod
     def per_row(site, tiled, connected, flat_cots, reduce):
         """Maps `reduce(per-row weight gradients)` over the `k * n` rows."""
-        weights = [variable_tensor(v) for v in site.weights]
+        weights = site.weights
+        # Each row keeps its own slice of its inputs' Keras masks.
+        masked = [j for j, x in enumerate(tiled) if get_keras_mask(x) is not None]
+        masks = [get_keras_mask(tiled[j]) for j in masked]
 
         def one_row(row):
-            inputs, cots = row
-            with tf.GradientTape() as tape:
-                outs = site.run([x[None] for x in inputs])
-            grads = tape.gradient(
-                [outs[j] for j in connected],
-                weights,
-                output_gradients=[g[None] for g in cots],
-            )
-            grads = [
-                tf.zeros_like(w) if g is None else tf.convert_to_tensor(g)
-                for w, g in zip(weights, grads)
-            ]
-            return reduce(grads)
+            inputs, row_masks, cots = row
+            single = [x[None] for x in inputs]
+            for j, mask in zip(masked, row_masks):
+                set_keras_mask(single[j], mask[None])
 
-        # A loop, not `vectorized_map`: pfor crashes the process on some
-        # layers (MultiHeadAttention's per-row gradient corrupts the heap in
-        # TF 2.21) and falls back to a slower loop for recurrent layers and
-        # convolution filters anyway, after a long conversion.
-        with tf.name_scope("generic_per_row"):
-            return tf.map_fn(
-                one_row,
-                (tiled, flat_cots),
-                fn_output_signature=weights[0].dtype,
-                parallel_iterations=_PARALLEL_ROWS,
+            def f(values):
+                with weights_as(weights, values):
+                    outs = site.run(single)
+                return [outs[j] for j in connected]
+
+            _, pullback = backend.vjp(f, primal_weights(weights))
+            return reduce(pullback([g[None] for g in cots]))
+
+        with backend.name_scope("generic_per_row"):
+            return backend.map_rows(
+                one_row, (tiled, masks, flat_cots), _PARALLEL_ROWS, dtype=weights[0].dtype
             )
+
+
+def input_vjp(site, inputs, connected, cotangents):
+    """The gradients, at `inputs`' floating-point entries, of the call's
+    `connected` outputs replayed on `inputs` against `cotangents` (one VJP
+    of the layer on all rows)."""
+    positions = [j for j, x in enumerate(inputs) if _is_float(x)]
+
+    def f(floats):
+        replaced = list(inputs)
+        for j, x in zip(positions, floats):
+            replaced[j] = with_mask(x, inputs[j])
+        outs = site.run(replaced)
+        return [outs[j] for j in connected]
+
+    _, pullback = backend.vjp(f, [inputs[j] for j in positions])
+    try:
+        return pullback(cotangents)
+    except LookupError as error:  # "No gradient defined for operation"
+        raise UnsupportedLayerError(
+            f"Layer {site.key!r} ({type(site.layer).__name__}) uses an "
+            f"operation {backend.name()} cannot differentiate ({error}), so no "
+            "neuron after it has a derivative through it. Expected a "
+            "differentiable layer. Select only layers before it (`layers=`), "
+            "or register a `Rule` for its class that says how cotangents "
+            "pass through it."
+        ) from error
+
+
+def with_mask(x, like):
+    """`x` carrying `like`'s Keras mask (a function being differentiated
+    receives new tensor objects, without the masks of the ones passed)."""
+    mask = get_keras_mask(like)
+    if mask is not None and get_keras_mask(x) is None:
+        set_keras_mask(x, mask)
+    return x
+
+
+def primal_weights(variables):
+    """What to differentiate a call with respect to its weights by: their
+    values (Keras 3 variables, read back through `weights_as`), or the
+    variables themselves (`tf_keras`'s, which TensorFlow's tape watches)."""
+    if all(isinstance(v, keras.Variable) for v in variables):
+        return [v.value for v in variables]
+    return list(variables)
+
+
+@contextlib.contextmanager
+def weights_as(variables, values):
+    """Keras 3 `variables` read `values` inside (every other variable reads
+    what the enclosing `keras.StatelessScope` maps it to, if any); nothing
+    for `tf_keras` variables, which are differentiated as they are."""
+    if not all(isinstance(v, keras.Variable) for v in variables):
+        yield
+        return
+    outer = get_stateless_scope()
+    scope = keras.StatelessScope(state_mapping=list(zip(variables, values)))
+    if outer is not None:
+        for key, value in outer.state_mapping.items():
+            scope.state_mapping.setdefault(key, value)
+    with scope:
+        yield
 
 
 def _row_sqnorm(grads):
-    return tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads])
+    return sum(ops.sum(ops.square(g)) for g in grads)
 
 
 def _row_flat(grads):
-    return tf.concat([tf.reshape(g, [-1]) for g in grads], 0)
+    return ops.concatenate([ops.reshape(g, [-1]) for g in grads], 0)
+
 
 GENERIC_RULE = GenericRule()

@@ -22,14 +22,17 @@ Index letters as in `base.py`: `k` neuron (cotangent), `n` sample.
 
 import dataclasses
 
-import tensorflow as tf
+import keras
+from keras import ops
 
+from keras_neuron_sensitivity.engine import backend
 from keras_neuron_sensitivity.engine.base import (
     Rule,
     _is_float,
     merge,
     split,
     tile_rows,
+    with_mask,
 )
 from keras_neuron_sensitivity.engine.site import Site
 from keras_neuron_sensitivity.errors import UnsupportedLayerError
@@ -94,7 +97,7 @@ class BlockRule(Rule):
             rule = self._rule_for(layer)
             owner_site = Site(call, inputs, need_weights=True)
             _, owner_cache = rule.forward(owner_site)
-            flat = tf.nest.flatten(outs)
+            flat = keras.tree.flatten(outs)
             owners.append(_Owner(path, call, rule, len(flat)))
             cache.append((tuple(inputs), tuple(flat), owner_cache))
         return owners, tuple(cache)
@@ -112,7 +115,7 @@ class BlockRule(Rule):
             owner.rule.weight_rows(_owner_site(owner, entry), entry[2], cots)
             for owner, entry, cots in zip(self._owners, cache, owner_cots)
         ]
-        return tf.concat(rows, -1) if len(rows) > 1 else rows[0]
+        return ops.concatenate(rows, -1) if len(rows) > 1 else rows[0]
 
     def _vjp(self, site, cache, cotangents, need_inputs, need_weights):
         """`(input cotangents or None, [per owner: its output cotangents])`."""
@@ -123,23 +126,32 @@ class BlockRule(Rule):
         if need_weights:
             for owner, (_, outs, _) in zip(self._owners, cache):
                 per_output = [
-                    tf.zeros(tf.shape(tile_rows(y, k)), y.dtype) if _is_float(y) else None
+                    ops.zeros([k * y.shape[0], *y.shape[1:]], y.dtype) if _is_float(y) else None
                     for y in outs
                 ]
                 taps.setdefault(owner.path, per_output)
                 flat_taps += [t for t in per_output if t is not None]
         connected = [j for j, g in enumerate(cotangents) if g is not None]
-        with tf.GradientTape() as tape:
-            tape.watch(floats + flat_taps)
-            with exposing(site.layer, site.inside, taps=taps) as exposed:
-                outputs = site.call_layer(tiled)
+        positions = [j for j, x in enumerate(tiled) if _is_float(x)] if need_inputs else []
+
+        def f(primals):
+            float_values, tap_values = primals
+            inputs = list(tiled)
+            for j, x in zip(positions, float_values):
+                inputs[j] = with_mask(x, tiled[j])
+            values = iter(tap_values)
+            replaced = {
+                path: [None if t is None else next(values) for t in per_output]
+                for path, per_output in taps.items()
+            }
+            with exposing(site.layer, site.inside, taps=replaced) as exposed:
+                outputs = site.call_layer(inputs)
             outputs = outputs + exposed.values
-        grads = tape.gradient(
-            [outputs[j] for j in connected],
-            floats + flat_taps,
-            output_gradients=[merge(cotangents[j]) for j in connected],
-        )
-        grads = iter(grads)
+            return [outputs[j] for j in connected]
+
+        _, pullback = backend.vjp(f, (floats, flat_taps))
+        float_grads, tap_grads = pullback([merge(cotangents[j]) for j in connected])
+        grads = iter(list(float_grads) + list(tap_grads))
         input_cots = None
         if need_inputs:
             input_cots = [
@@ -168,17 +180,17 @@ class BlockRule(Rule):
                     owner.rule.weight_rows(_owner_site(owner, entry), entry[2], cots)
                     for owner, entry, cots in group
                 )
-                sq = tf.reduce_sum(tf.square(rows), -1)
+                sq = ops.sum(ops.square(rows), -1)
             if sq is not None:
-                total = sq if total is None else total + tf.cast(sq, total.dtype)
+                total = sq if total is None else total + ops.cast(sq, total.dtype)
         return total
 
 
 def _split(g, k, like=None):
     """A gradient of `k * n` rows as `(k, n, ...)` (zeros where None)."""
     if g is None:
-        g = tf.zeros(tf.shape(like), like.dtype)
-    return split(tf.convert_to_tensor(g), k)
+        g = ops.zeros_like(like)
+    return split(ops.convert_to_tensor(g), k)
 
 
 def _owner_site(owner, entry):
@@ -196,7 +208,7 @@ def _owner_call(site, path, layer, args, kwargs):
     keras_ids, inputs = {}, []
 
     def replace(x):
-        if not tf.is_tensor(x):
+        if not keras.ops.is_tensor(x):
             return x
         placeholder = Placeholder()
         keras_ids[id(placeholder)] = len(inputs)
@@ -204,7 +216,7 @@ def _owner_call(site, path, layer, args, kwargs):
         return placeholder
 
     arguments = RecordedArguments(
-        tf.nest.map_structure(replace, args), tf.nest.map_structure(replace, kwargs)
+        keras.tree.map_structure(replace, args), keras.tree.map_structure(replace, kwargs)
     )
     call = Call(
         layer,

@@ -17,10 +17,10 @@ one channel with that channel's filter, one filter per row, which a
 depthwise convolution's input gradient computes for all rows at once.
 """
 
-import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from keras_neuron_sensitivity.engine import backend
 from keras_neuron_sensitivity.engine.base import (
     Channelwise,
     Rule,
@@ -59,7 +59,7 @@ class ConvRule(Rule):
         patches = None
         if site.need_weights:
             patches = unfold(layer, x)
-            patches = tf.reshape(patches, [shape_of(x)[0], -1, patches.shape[-1]])
+            patches = ops.reshape(patches, [shape_of(x)[0], -1, patches.shape[-1]])
         return [y], (x, act, patches)
 
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
@@ -69,14 +69,14 @@ class ConvRule(Rule):
         k = gz.shape[0]
         sqnorm = None
         if need_weights and layer.trainable:
-            with tf.name_scope("weight_term"):
-                g = tf.reshape(gz, [k, shape_of(x)[0], -1, layer.filters])
+            with backend.name_scope("weight_term"):
+                g = ops.reshape(gz, [k, shape_of(x)[0], -1, layer.filters])
                 sqnorm = _grouped_sqnorm(patches, g, layer)
                 if layer.use_bias:
-                    sqnorm += tf.reduce_sum(tf.square(tf.reduce_sum(g, 2)), -1)
+                    sqnorm += ops.sum(ops.square(ops.sum(g, 2)), -1)
         input_cots = None
         if need_inputs:
-            with tf.name_scope("hop"):
+            with backend.name_scope("hop"):
                 input_cots = [_transpose_conv(layer, x, gz)]
         return input_cots, sqnorm
 
@@ -99,14 +99,14 @@ class ConvRule(Rule):
         n = shape_of(x)[0]
         sqnorm = None
         if need_weights and layer.trainable:
-            with tf.name_scope("weight_term"):
-                flat = tf.reshape(d, [k, n, -1])
+            with backend.name_scope("weight_term"):
+                flat = ops.reshape(d, [k, n, -1])
                 sqnorm = _channel_group_sqnorm(patches, flat, channels, layer)
                 if layer.use_bias:
-                    sqnorm += tf.square(tf.reduce_sum(flat, -1))
+                    sqnorm += ops.square(ops.sum(flat, -1))
         input_cots = None
         if need_inputs:
-            with tf.name_scope("hop"):
+            with backend.name_scope("hop"):
                 input_cots = [_channel_transpose_conv(layer, x, d, channels)]
         return input_cots, sqnorm
 
@@ -122,12 +122,12 @@ class ConvRule(Rule):
         x, act, patches = cache
         gz = activation_backward(layer.activation, act, cotangents[0])
         k, n = gz.shape[0], shape_of(x)[0]
-        g = tf.reshape(gz, [k, n, -1, layer.groups, layer.filters // layer.groups])
+        g = ops.reshape(gz, [k, n, -1, layer.groups, layer.filters // layer.groups])
         u = _split_groups(patches, layer.groups, layer.kernel.shape[-2] * layer.groups)
-        rows = [tf.reshape(tf.einsum("ntgi,kntgo->kngio", u, g), [k, n, -1])]
+        rows = [ops.reshape(ops.einsum("ntgi,kntgo->kngio", u, g), [k, n, -1])]
         if layer.use_bias:
-            rows.append(tf.reshape(tf.reduce_sum(g, 2), [k, n, -1]))
-        return tf.concat(rows, -1) if len(rows) > 1 else rows[0]
+            rows.append(ops.reshape(ops.sum(g, 2), [k, n, -1]))
+        return ops.concatenate(rows, -1) if len(rows) > 1 else rows[0]
 
 
 def unfold(layer, x):
@@ -139,33 +139,25 @@ def unfold(layer, x):
     size = list(layer.kernel_size)
     strides = list(layer.strides)
     rates = list(layer.dilation_rate)
-    padding = layer.padding.upper()
-    if layer.rank == 2:
-        return tf.image.extract_patches(
-            x, [1, *size, 1], [1, *strides, 1], [1, *rates, 1], padding
-        )
-    if layer.rank == 1:
-        patches = tf.image.extract_patches(
-            x[:, None], [1, 1, *size, 1], [1, 1, *strides, 1],
-            [1, 1, *rates, 1], padding,
-        )
-        return patches[:, 0]
-    # Rank 3: a convolution with a one-hot kernel copies each patch out.
+    if all(s == 1 for s in size + strides):
+        return x  # a pointwise convolution sees each position alone
+    patches = backend.extract_patches(x, size, strides, rates, layer.padding)
+    if patches is not None:
+        return patches
+    # A convolution with a one-hot kernel copies each patch out.
     channels = x.shape[-1]
     depth = int(np.prod(size)) * channels
-    eye = tf.reshape(tf.eye(depth, dtype=x.dtype), [*size, channels, depth])
-    return keras.ops.conv(
-        x, eye, strides=strides, padding=layer.padding, dilation_rate=rates
-    )
+    eye = ops.reshape(ops.eye(depth, dtype=x.dtype), [*size, channels, depth])
+    return ops.conv(x, eye, strides=strides, padding=layer.padding, dilation_rate=rates)
 
 
 def _split_groups(patches, groups, in_channels):
     """`(n, t, p * c)` -> `(n, t, groups, p * c / groups)`."""
     n, t = shape_of(patches)[0], patches.shape[1]
     kernel_positions = patches.shape[2] // in_channels
-    u = tf.reshape(patches, [n, t, kernel_positions, groups, in_channels // groups])
-    u = tf.transpose(u, [0, 1, 3, 2, 4])
-    return tf.reshape(u, [n, t, groups, -1])
+    u = ops.reshape(patches, [n, t, kernel_positions, groups, in_channels // groups])
+    u = ops.transpose(u, [0, 1, 3, 2, 4])
+    return ops.reshape(u, [n, t, groups, -1])
 
 
 def _grouped_sqnorm(patches, g, layer):
@@ -175,14 +167,14 @@ def _grouped_sqnorm(patches, g, layer):
         return outer_sqnorm(patches, g)
     k, t, o = g.shape[0], g.shape[2], g.shape[3]
     u = _split_groups(patches, groups, layer.kernel.shape[-2] * groups)
-    gg = tf.reshape(g, concat_shapes([k], shape_of(g)[1:3], [groups, o // groups]))
+    gg = ops.reshape(g, concat_shapes([k], shape_of(g)[1:3], [groups, o // groups]))
     i = u.shape[-1]
     if ghost_is_cheaper(k, t, i, o // groups):
-        uu = tf.einsum("ntgi,nsgi->ngts", u, u)
-        grams = tf.einsum("kntgo,knsgo->kngts", gg, gg)
-        return tf.einsum("ngts,kngts->kn", uu, grams)
-    return tf.reduce_sum(
-        tf.square(tf.einsum("ntgi,kntgo->kngio", u, gg)), [2, 3, 4]
+        uu = ops.einsum("ntgi,nsgi->ngts", u, u)
+        grams = ops.einsum("kntgo,knsgo->kngts", gg, gg)
+        return ops.einsum("ngts,kngts->kn", uu, grams)
+    return ops.sum(
+        ops.square(ops.einsum("ntgi,kntgo->kngio", u, gg)), [2, 3, 4]
     )
 
 
@@ -198,20 +190,16 @@ def _channel_group_sqnorm(patches, d, channels, layer):
     u = _split_groups(patches, layer.groups, in_channels)  # (n, t, G, i)
     per_group = layer.filters // layer.groups
     row_groups = channels // per_group
-    u = tf.gather(u, row_groups, axis=2)  # (n, t, k, i)
-    return tf.reduce_sum(tf.square(tf.einsum("ntki,knt->kni", u, d)), -1)
+    u = ops.take(u, row_groups, axis=2)  # (n, t, k, i)
+    return ops.sum(ops.square(ops.einsum("ntki,knt->kni", u, d)), -1)
 
 
 def _transpose_conv(layer, x, gz):
     """Cotangents at the input of the (linear) convolution, `(k, n, ...)`."""
     k = gz.shape[0]
-    zeros = tf.zeros(concat_shapes([k * shape_of(x)[0]], shape_of(x)[1:]), x.dtype)
-    with tf.GradientTape() as tape:
-        tape.watch(zeros)
-        z = layer.convolution_op(zeros, layer.kernel)
-    flat = merge(gz)
-    g = tape.gradient(z, zeros, output_gradients=flat)
-    return tf.reshape(g, concat_shapes([k], shape_of(x)))
+    zeros = ops.zeros(concat_shapes([k * shape_of(x)[0]], shape_of(x)[1:]), x.dtype)
+    _, pullback = backend.vjp(lambda z: layer.convolution_op(z, layer.kernel), zeros)
+    return ops.reshape(pullback(merge(gz)), concat_shapes([k], shape_of(x)))
 
 
 def per_channel_hop_fits(layer):
@@ -242,13 +230,13 @@ def _channel_transpose_conv(layer, x, d, channels):
     kernel = layer.kernel  # (*size, c / groups, filters)
     k = d.shape[0]
     per_group_in = kernel.shape[-2]
-    filters = tf.gather(kernel, channels, axis=-1)  # (*size, c_g, k[, n])
+    filters = ops.take(kernel, channels, axis=-1)  # (*size, c_g, k[, n])
     if _is_pointwise(layer):
-        if channels.shape.rank == 2:  # a filter per row and sample
-            rows = tf.reshape(filters, [per_group_in, k, -1])
-            return tf.einsum("kn...,ikn->kn...i", d, rows)
-        rows = tf.reshape(filters, [per_group_in, k])
-        g = tf.einsum("kn...,ik->kn...i", d, rows)
+        if len(channels.shape) == 2:  # a filter per row and sample
+            rows = ops.reshape(filters, [per_group_in, k, -1])
+            return ops.einsum("kn...,ikn->kn...i", d, rows)
+        rows = ops.reshape(filters, [per_group_in, k])
+        g = ops.einsum("kn...,ik->kn...i", d, rows)
     else:
         g = per_row_transpose_conv(layer, x, d, filters)
     if layer.groups == 1:
@@ -257,10 +245,10 @@ def _channel_transpose_conv(layer, x, d, channels):
     if per_group_in == 1:
         return Channelwise(g[..., 0], row_groups)
     # Place each row's group of input channels among all input channels.
-    onehot = tf.one_hot(row_groups, layer.groups, dtype=g.dtype)
-    onehot = tf.reshape(onehot, [k] + [1] * (g.shape.rank - 2) + [layer.groups, 1])
+    onehot = ops.one_hot(row_groups, layer.groups, dtype=g.dtype)
+    onehot = ops.reshape(onehot, [k] + [1] * (len(g.shape) - 2) + [layer.groups, 1])
     full = g[..., None, :] * onehot
-    return tf.reshape(full, concat_shapes(shape_of(g)[:-1], [-1]))
+    return ops.reshape(full, concat_shapes(shape_of(g)[:-1], [-1]))
 
 
 def per_row_transpose_conv(layer, x, d, filters):
@@ -283,22 +271,24 @@ def per_row_transpose_conv(layer, x, d, filters):
     else:
         strides = [1] + list(layer.strides) + [1]
         rates = list(layer.dilation_rate)
-    size = filters.shape[:2]
+    size = shape_of(filters)[:2]
     # (k, n, h, w) -> (n, h, w, k, c_g): each row's map, once per input channel.
-    maps = tf.transpose(d, [1, 2, 3, 0])[..., None]
-    maps = tf.broadcast_to(maps, concat_shapes([n], d.shape[2:4].as_list(), [k, c_g]))
-    maps = tf.reshape(maps, concat_shapes([n], d.shape[2:4].as_list(), [k * c_g]))
-    depthwise = tf.reshape(tf.transpose(filters, [0, 1, 3, 2]), [*size, k * c_g, 1])
-    zeros = tf.zeros(concat_shapes([n], list(in_positions), [k * c_g]), d.dtype)
-    with tf.GradientTape() as tape:
-        tape.watch(zeros)
-        out = tf.nn.depthwise_conv2d(
-            zeros, depthwise, strides, layer.padding.upper(), dilations=rates
+    maps = ops.transpose(d, [1, 2, 3, 0])[..., None]
+    maps = ops.broadcast_to(maps, concat_shapes([n], shape_of(d)[2:4], [k, c_g]))
+    maps = ops.reshape(maps, concat_shapes([n], shape_of(d)[2:4], [k * c_g]))
+    depthwise = ops.reshape(ops.transpose(filters, [0, 1, 3, 2]), [*size, k * c_g, 1])
+    zeros = ops.zeros(concat_shapes([n], list(in_positions), [k * c_g]), d.dtype)
+
+    def conv(z):
+        return ops.depthwise_conv(
+            z, depthwise, strides=tuple(strides[1:3]), padding=layer.padding, dilation_rate=tuple(rates)
         )
-    g = tape.gradient(out, zeros, output_gradients=maps)  # (n, *in, k * c_g)
-    g = tf.reshape(g, concat_shapes([n], list(in_positions), [k, c_g]))
-    rank = g.shape.rank
-    g = tf.transpose(g, [rank - 2, 0] + list(range(1, rank - 2)) + [rank - 1])
+
+    _, pullback = backend.vjp(conv, zeros)
+    g = pullback(maps)  # (n, *in, k * c_g)
+    g = ops.reshape(g, concat_shapes([n], list(in_positions), [k, c_g]))
+    rank = len(g.shape)
+    g = ops.transpose(g, [rank - 2, 0] + list(range(1, rank - 2)) + [rank - 1])
     if layer.rank == 1:
         g = g[:, :, 0]
     return g

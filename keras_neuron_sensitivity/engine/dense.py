@@ -1,6 +1,8 @@
 """Rules for `Dense` layers."""
 
-import tensorflow as tf
+from keras import ops
+
+from keras_neuron_sensitivity.engine import backend
 
 from keras_neuron_sensitivity.engine.base import (
     Rule,
@@ -26,7 +28,7 @@ class DenseRule(Rule):
     def forward(self, site):
         layer = site.layer
         (h,) = site.inputs
-        z = tf.matmul(h, layer.kernel) if h.shape.rank == 2 else tf.tensordot(
+        z = ops.matmul(h, layer.kernel) if len(h.shape) == 2 else ops.tensordot(
             h, layer.kernel, axes=1
         )
         if layer.bias is not None:
@@ -40,12 +42,12 @@ class DenseRule(Rule):
         gz = activation_backward(layer.activation, act, cotangents[0])
         sqnorm = None
         if need_weights:
-            with tf.name_scope("weight_term"):
+            with backend.name_scope("weight_term"):
                 sqnorm = _weight_sqnorm(site, h, gz)
         input_cots = None
         if need_inputs:
-            with tf.name_scope("hop"):
-                input_cots = [tf.einsum("kn...o,io->kn...i", gz, layer.kernel)]
+            with backend.name_scope("hop"):
+                input_cots = [ops.einsum("kn...o,io->kn...i", gz, layer.kernel)]
         return input_cots, sqnorm
 
     def channel_backward(self, site, cache, cotangent, need_inputs, need_weights):
@@ -66,26 +68,26 @@ class DenseRule(Rule):
         n = shape_of(h)[0]
         sqnorm = None
         if need_weights:
-            with tf.name_scope("weight_term"):
+            with backend.name_scope("weight_term"):
                 trainable = {id(v) for v in site.weights}
-                u = tf.reshape(h, [n, -1, h.shape[-1]])
-                flat = tf.reshape(d, [k, n, -1])
-                sqnorm = tf.zeros([k, n], d.dtype)
+                u = ops.reshape(h, [n, -1, h.shape[-1]])
+                flat = ops.reshape(d, [k, n, -1])
+                sqnorm = ops.zeros([k, n], d.dtype)
                 if id(layer._kernel) in trainable:
                     sqnorm += channel_sqnorm(u, flat)
                 if layer.bias is not None and id(layer.bias) in trainable:
-                    sqnorm += tf.square(tf.reduce_sum(flat, -1))
+                    sqnorm += ops.square(ops.sum(flat, -1))
         input_cots = None
         if need_inputs:
-            with tf.name_scope("hop"):
+            with backend.name_scope("hop"):
                 # Rows of W^T, one per neuron (and sample, when packed).
-                rows = tf.gather(tf.transpose(layer.kernel), cotangent.channels)
+                rows = ops.take(ops.transpose(layer.kernel), cotangent.channels, axis=0)
                 if cotangent.per_sample:  # rows (k, n, i)
-                    hop = d[..., None] * tf.reshape(
-                        rows, rows.shape[:2].as_list() + [1] * (d.shape.rank - 2) + [-1]
+                    hop = d[..., None] * ops.reshape(
+                        rows, list(rows.shape[:2]) + [1] * (len(d.shape) - 2) + [-1]
                     )
                 else:
-                    hop = tf.einsum("kn...,ki->kn...i", d, rows)
+                    hop = ops.einsum("kn...,ki->kn...i", d, rows)
                 input_cots = [hop]
         return input_cots, sqnorm
 
@@ -104,14 +106,14 @@ class DenseRule(Rule):
         gz = activation_backward(layer.activation, act, cotangents[0])
         k = gz.shape[0]
         n = shape_of(h)[0]
-        u = tf.reshape(h, [n, -1, h.shape[-1]])
-        g = tf.reshape(gz, [k, n, -1, gz.shape[-1]])
+        u = ops.reshape(h, [n, -1, h.shape[-1]])
+        g = ops.reshape(gz, [k, n, -1, gz.shape[-1]])
         rows = []
         if id(layer._kernel) in trainable:
-            rows.append(tf.reshape(tf.einsum("nti,knto->knio", u, g), [k, n, -1]))
+            rows.append(ops.reshape(ops.einsum("nti,knto->knio", u, g), [k, n, -1]))
         if layer.bias is not None and id(layer.bias) in trainable:
-            rows.append(tf.reduce_sum(g, 2))
-        return tf.concat(rows, -1) if len(rows) > 1 else rows[0]
+            rows.append(ops.sum(g, 2))
+        return ops.concatenate(rows, -1) if len(rows) > 1 else rows[0]
 
 
 def _weight_sqnorm(site, h, gz):
@@ -121,18 +123,18 @@ def _weight_sqnorm(site, h, gz):
     trainable = {id(v) for v in site.weights}
     k = gz.shape[0]
     n = shape_of(h)[0]
-    u = tf.reshape(h, [n, -1, h.shape[-1]])
-    g = tf.reshape(gz, [k, n, -1, gz.shape[-1]])
-    total = tf.zeros([k, n], gz.dtype)
+    u = ops.reshape(h, [n, -1, h.shape[-1]])
+    g = ops.reshape(gz, [k, n, -1, gz.shape[-1]])
+    total = ops.zeros([k, n], gz.dtype)
     if id(layer._kernel) in trainable:
         total += outer_sqnorm(u, g)
     if getattr(layer, "lora_enabled", False):
         s2 = lora_scale(layer) ** 2
         a, b = layer.lora_kernel_a, layer.lora_kernel_b  # (i, r), (r, o)
         if id(a) in trainable:
-            total += s2 * outer_sqnorm(u, tf.einsum("knto,ro->kntr", g, b))
+            total += s2 * outer_sqnorm(u, ops.einsum("knto,ro->kntr", g, b))
         if id(b) in trainable:
-            total += s2 * outer_sqnorm(tf.einsum("nti,ir->ntr", u, a), g)
+            total += s2 * outer_sqnorm(ops.einsum("nti,ir->ntr", u, a), g)
     if layer.bias is not None and id(layer.bias) in trainable:
-        total += tf.reduce_sum(tf.square(tf.reduce_sum(g, 2)), -1)
+        total += ops.sum(ops.square(ops.sum(g, 2)), -1)
     return total

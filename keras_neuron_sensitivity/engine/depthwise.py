@@ -17,9 +17,9 @@ both terms, read off the same pass.
 """
 
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
+from keras_neuron_sensitivity.engine import backend
 from keras_neuron_sensitivity.engine.base import (
     Channelwise,
     Rule,
@@ -66,51 +66,33 @@ def _patches(layer, x):
     """`(n, t, p, c)`: each output position's window, per input channel."""
     patches = unfold(layer, x)
     size = int(np.prod(layer.kernel_size))
-    return tf.reshape(patches, concat_shapes([shape_of(x)[0], -1, size, x.shape[-1]]))
+    return ops.reshape(patches, concat_shapes([shape_of(x)[0], -1, size, x.shape[-1]]))
 
 
 def _kernel_sqnorm(patches, g):
     """`sum_{c, j} ||U_c^T g_cj||^2` per `(k, n)`; `g` is `(k, n, t, c, m)`."""
     t, p = patches.shape[1], patches.shape[2]
     if t < p:
-        uu = tf.einsum("ntpc,nspc->ntsc", patches, patches)
-        gg = tf.einsum("kntcj,knscj->kntsc", g, g)
-        return tf.einsum("ntsc,kntsc->kn", uu, gg)
-    return tf.reduce_sum(
-        tf.square(tf.einsum("ntpc,kntcj->knpcj", patches, g)), [2, 3, 4]
+        uu = ops.einsum("ntpc,nspc->ntsc", patches, patches)
+        gg = ops.einsum("kntcj,knscj->kntsc", g, g)
+        return ops.einsum("ntsc,kntsc->kn", uu, gg)
+    return ops.sum(
+        ops.square(ops.einsum("ntpc,kntcj->knpcj", patches, g)), [2, 3, 4]
     )
 
 
 def _depthwise_hop(layer, x, kernel, g):
-    """Cotangents at the input of the depthwise convolution, `(k, n, ...)`."""
+    """Cotangents at the input of the depthwise convolution, `(k, n, ...)`:
+    its input gradient on all `k * n` rows at once."""
     k = g.shape[0]
-    rows = concat_shapes([k * shape_of(x)[0]], shape_of(x)[1:])
-    if all(rate == 1 for rate in layer.dilation_rate) and isinstance(rows, list):
-        # The input-gradient op itself: a smaller graph than a tape.
-        one_d = layer.rank == 1
-        # 1-D as 2-D with a unit height, as Keras does: TensorFlow's CPU
-        # kernel without oneDNN (AMD CPUs) takes only equal strides, and the
-        # stride along the unit axis changes nothing.
-        strides = [1, *layer.strides * 2, 1] if one_d else [1, *layer.strides, 1]
-        hop = tf.nn.depthwise_conv2d_backprop_input(
-            [rows[0], 1, *rows[1:]] if one_d else rows,
-            kernel[None] if one_d else kernel,
-            merge(g)[:, None] if one_d else merge(g),
-            strides,
-            layer.padding.upper(),
-        )
-        return tf.reshape(hop, concat_shapes([k], shape_of(x)))
-    zeros = tf.zeros(rows, x.dtype)
-    with tf.GradientTape() as tape:
-        tape.watch(zeros)
-        z = _depthwise(layer, zeros, kernel)
-    hop = tape.gradient(z, zeros, output_gradients=merge(g))
-    return tf.reshape(hop, concat_shapes([k], shape_of(x)))
+    zeros = ops.zeros(concat_shapes([k * shape_of(x)[0]], shape_of(x)[1:]), x.dtype)
+    _, pullback = backend.vjp(lambda z: _depthwise(layer, z, kernel), zeros)
+    return ops.reshape(pullback(merge(g)), concat_shapes([k], shape_of(x)))
 
 
 def _by_channel(x, g, multiplier):
     """`(k, n, ..., c * m)` -> `(k, n, t, c, m)`."""
-    return tf.reshape(
+    return ops.reshape(
         g, concat_shapes([g.shape[0], shape_of(x)[0], -1, x.shape[-1], multiplier])
     )
 
@@ -119,8 +101,8 @@ def _bias_sqnorm(layer, gz):
     if not layer.use_bias:
         return 0.0
     k = gz.shape[0]
-    g = tf.reshape(gz, [k, shape_of(gz)[1], -1, gz.shape[-1]])
-    return tf.reduce_sum(tf.square(tf.reduce_sum(g, 2)), -1)
+    g = ops.reshape(gz, [k, shape_of(gz)[1], -1, gz.shape[-1]])
+    return ops.sum(ops.square(ops.sum(g, 2)), -1)
 
 
 class DepthwiseConvRule(Rule):
@@ -169,14 +151,14 @@ class DepthwiseConvRule(Rule):
         n, m = shape_of(x)[0], layer.depth_multiplier
         positions = int(np.prod(y.shape[1:-1]))
         d = activation_derivative(y, act) / positions
-        d = tf.reshape(d, concat_shapes([n, -1, x.shape[-1], m]))
-        per_filter = tf.reduce_sum(
-            tf.square(tf.einsum("ntpc,ntcj->ncjp", patches, d)), -1
+        d = ops.reshape(d, concat_shapes([n, -1, x.shape[-1], m]))
+        per_filter = ops.sum(
+            ops.square(ops.einsum("ntpc,ntcj->ncjp", patches, d)), -1
         )
-        sq = tf.reshape(per_filter, concat_shapes([n, -1]))
+        sq = ops.reshape(per_filter, concat_shapes([n, -1]))
         if layer.use_bias:
-            sq += tf.square(tf.reshape(tf.reduce_sum(d, 1), concat_shapes([n, -1])))
-        return input_cots, tf.transpose(neuron_columns(sq, start, k))
+            sq += ops.square(ops.reshape(ops.sum(d, 1), concat_shapes([n, -1])))
+        return input_cots, ops.transpose(neuron_columns(sq, start, k))
 
     def channel_backward(self, site, cache, cotangent, need_inputs, need_weights):
         # Output channel c * m + j reads input channel c alone: a cotangent in
@@ -201,17 +183,17 @@ class DepthwiseConvRule(Rule):
         inputs = channels // layer.depth_multiplier
         sqnorm = None
         if need_weights and layer.trainable:
-            flat = tf.reshape(d, [k, n, -1])
-            windows = tf.gather(patches, inputs, axis=-1)  # (n, t, p, k)
-            sqnorm = tf.reduce_sum(
-                tf.square(tf.einsum("ntpk,knt->knp", windows, flat)), -1
+            flat = ops.reshape(d, [k, n, -1])
+            windows = ops.take(patches, inputs, axis=-1)  # (n, t, p, k)
+            sqnorm = ops.sum(
+                ops.square(ops.einsum("ntpk,knt->knp", windows, flat)), -1
             )
             if layer.use_bias:
-                sqnorm += tf.square(tf.reduce_sum(flat, -1))
+                sqnorm += ops.square(ops.sum(flat, -1))
         input_cots = None
         if need_inputs:
-            kernel = tf.reshape(layer.kernel, [*layer.kernel_size, -1])
-            filters = tf.gather(kernel, channels, axis=-1)[..., None, :]
+            kernel = ops.reshape(layer.kernel, [*layer.kernel_size, -1])
+            filters = ops.take(kernel, channels, axis=-1)[..., None, :]
             g = per_row_transpose_conv(layer, x, d, filters)[..., 0]
             input_cots = [Channelwise(g, inputs)]
         return input_cots, sqnorm
@@ -223,11 +205,11 @@ class DepthwiseConvRule(Rule):
         k, n = gz.shape[0], shape_of(x)[0]
         g = _by_channel(x, gz, layer.depth_multiplier)
         rows = [
-            tf.reshape(tf.einsum("ntpc,kntcj->knpcj", patches, g), [k, n, -1])
+            ops.reshape(ops.einsum("ntpc,kntcj->knpcj", patches, g), [k, n, -1])
         ]
         if layer.use_bias:
-            rows.append(tf.reshape(tf.reduce_sum(g, 2), [k, n, -1]))
-        return tf.concat(rows, -1) if len(rows) > 1 else rows[0]
+            rows.append(ops.reshape(ops.sum(g, 2), [k, n, -1]))
+        return ops.concatenate(rows, -1) if len(rows) > 1 else rows[0]
 
 
 class SeparableConvRule(Rule):
@@ -241,14 +223,14 @@ class SeparableConvRule(Rule):
         (x,) = site.inputs
         d = _depthwise(layer, x, layer.depthwise_kernel)
         pointwise = _pointwise(layer)
-        z = tf.tensordot(d, pointwise, axes=1)
+        z = ops.tensordot(d, pointwise, axes=1)
         if layer.use_bias:
             z = z + layer.bias
         y, act = activation_forward(layer.activation, z)
         patches = flat_d = None
         if site.need_weights:
             patches = _patches(layer, x)
-            flat_d = tf.reshape(d, concat_shapes([shape_of(d)[0], -1, d.shape[-1]]))
+            flat_d = ops.reshape(d, concat_shapes([shape_of(d)[0], -1, d.shape[-1]]))
         return [y], (x, act, patches, flat_d)
 
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
@@ -256,11 +238,11 @@ class SeparableConvRule(Rule):
         x, act, patches, flat_d = cache
         gz = activation_backward(layer.activation, act, cotangents[0])
         pointwise = _pointwise(layer)
-        gd = tf.einsum("kn...o,io->kn...i", gz, pointwise)
+        gd = ops.einsum("kn...o,io->kn...i", gz, pointwise)
         sqnorm = None
         if need_weights and layer.trainable:
             k = gz.shape[0]
-            g = tf.reshape(gz, concat_shapes([k, shape_of(x)[0], -1, gz.shape[-1]]))
+            g = ops.reshape(gz, concat_shapes([k, shape_of(x)[0], -1, gz.shape[-1]]))
             sqnorm = outer_sqnorm(flat_d, g) + _bias_sqnorm(layer, gz)
             sqnorm += _kernel_sqnorm(patches, _by_channel(x, gd, layer.depth_multiplier))
         input_cots = None
@@ -275,18 +257,18 @@ class SeparableConvRule(Rule):
         x, act, patches, flat_d = cache
         gz = activation_backward(layer.activation, act, cotangents[0])
         k, n = gz.shape[0], shape_of(x)[0]
-        g = tf.reshape(gz, concat_shapes([k, n, -1, gz.shape[-1]]))
-        gd = _by_channel(x, tf.einsum("kn...o,io->kn...i", gz, _pointwise(layer)), layer.depth_multiplier)
+        g = ops.reshape(gz, concat_shapes([k, n, -1, gz.shape[-1]]))
+        gd = _by_channel(x, ops.einsum("kn...o,io->kn...i", gz, _pointwise(layer)), layer.depth_multiplier)
         rows = [
-            tf.reshape(tf.einsum("ntpc,kntcj->knpcj", patches, gd), [k, n, -1]),
-            tf.reshape(tf.einsum("nti,knto->knio", flat_d, g), [k, n, -1]),
+            ops.reshape(ops.einsum("ntpc,kntcj->knpcj", patches, gd), [k, n, -1]),
+            ops.reshape(ops.einsum("nti,knto->knio", flat_d, g), [k, n, -1]),
         ]
         if layer.use_bias:
-            rows.append(tf.reduce_sum(g, 2))
-        return tf.concat(rows, -1)
+            rows.append(ops.sum(g, 2))
+        return ops.concatenate(rows, -1)
 
 
 def _pointwise(layer):
     """The 1x1 kernel as a matrix, `(c * m, filters)`."""
     kernel = layer.pointwise_kernel
-    return tf.reshape(kernel, kernel.shape[-2:])
+    return ops.reshape(kernel, kernel.shape[-2:])

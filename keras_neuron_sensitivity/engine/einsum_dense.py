@@ -20,7 +20,9 @@ again outer products over positions, never formed. Each term is added only
 for the weights the call trains (`Site.weights`).
 """
 
-import tensorflow as tf
+from keras import ops
+
+from keras_neuron_sensitivity.engine import backend
 
 from keras_neuron_sensitivity.engine.base import (
     Rule,
@@ -84,7 +86,7 @@ class _Equation:
 
     def rows_in(self, x):
         """`(n, P, I)`: the input per position and feature in."""
-        u = tf.einsum(f"{self.input}->{self.batch}{self.positions}{self.features_in}", x)
+        u = ops.einsum(f"{self.input}->{self.batch}{self.positions}{self.features_in}", x)
         return _flatten(u, 1, len(self.features_in))
 
     def rows_out(self, g, out_letters=None):
@@ -93,7 +95,7 @@ class _Equation:
         feature out stands for the LoRA rank)."""
         output = out_letters or self.output
         features = "".join(c for c in (self.features_out if out_letters is None else self._rank_features()) if c in output)
-        g = tf.einsum(f"{self.row}{output}->{self.row}{self.batch}{self.positions}{features}", g)
+        g = ops.einsum(f"{self.row}{output}->{self.row}{self.batch}{self.positions}{features}", g)
         return _flatten(g, 2, len(features))
 
     def _rank_features(self):
@@ -114,7 +116,7 @@ def _flatten(x, lead, trailing):
     last = 1
     for d in shape[rank - trailing :]:
         last *= d
-    return tf.reshape(x, list(shape[:lead]) + [middle, last])
+    return ops.reshape(x, list(shape[:lead]) + [middle, last])
 
 
 class EinsumDenseRule(Rule):
@@ -133,7 +135,7 @@ class EinsumDenseRule(Rule):
     def forward(self, site):
         layer = site.layer
         (x,) = site.inputs
-        z = tf.einsum(layer.equation, x, layer.kernel)
+        z = ops.einsum(layer.equation, x, layer.kernel)
         if layer.bias is not None:
             z = z + layer.bias
         y, act = activation_forward(layer.activation, z)
@@ -146,14 +148,14 @@ class EinsumDenseRule(Rule):
         eq = _Equation.of(layer)
         sqnorm = None
         if need_weights:
-            with tf.name_scope("weight_term"):
+            with backend.name_scope("weight_term"):
                 sqnorm = self._weight_sqnorm(site, eq, x, gz)
         input_cots = None
         if need_inputs:
-            with tf.name_scope("hop"):
+            with backend.name_scope("hop"):
                 r = eq.row
                 input_cots = [
-                    tf.einsum(f"{r}{eq.output},{eq.kernel}->{r}{eq.input}", gz, layer.kernel)
+                    ops.einsum(f"{r}{eq.output},{eq.kernel}->{r}{eq.input}", gz, layer.kernel)
                 ]
         return input_cots, sqnorm
 
@@ -161,7 +163,7 @@ class EinsumDenseRule(Rule):
         layer = site.layer
         trainable = {id(v) for v in site.weights}
         k, n = gz.shape[0], shape_of(x)[0]
-        total = tf.zeros([k, n], gz.dtype)
+        total = ops.zeros([k, n], gz.dtype)
         u = None
         if id(layer._kernel) in trainable:
             u = eq.rows_in(x)
@@ -172,7 +174,7 @@ class EinsumDenseRule(Rule):
             if id(a) in trainable:
                 # g B^T: the kernel's last letter becomes the rank.
                 out_rank = eq.with_rank(eq.output)
-                gb = tf.einsum(
+                gb = ops.einsum(
                     f"{eq.row}{eq.output},{eq.rank}{eq.kernel[-1]}->{eq.row}{out_rank}", gz, b
                 )
                 u = eq.rows_in(x) if u is None else u
@@ -180,11 +182,11 @@ class EinsumDenseRule(Rule):
             if id(b) in trainable:
                 kernel_rank = eq.with_rank(eq.kernel)
                 keep = eq.positions + eq.features_out[:-1]
-                xa = tf.einsum(
+                xa = ops.einsum(
                     f"{eq.input},{kernel_rank}->{eq.batch}{keep}{eq.rank}", x, a
                 )
                 ua = _flatten(xa, 1, 1)
-                g = tf.einsum(
+                g = ops.einsum(
                     f"{eq.row}{eq.output}->{eq.row}{eq.batch}{keep}{eq.kernel[-1]}", gz
                 )
                 total += s * s * outer_sqnorm(ua, _flatten(g, 2, 1))
@@ -199,8 +201,8 @@ def bias_sqnorm(bias, gz):
     along (it is aligned with the output's trailing axes)."""
     rank = len(bias.shape)
     lead = len(gz.shape) - rank
-    g = tf.reduce_sum(gz, axis=list(range(2, lead))) if lead > 2 else gz
+    g = ops.sum(gz, axis=list(range(2, lead))) if lead > 2 else gz
     broadcast = [2 + d for d, size in enumerate(bias.shape) if size == 1]
     if broadcast:
-        g = tf.reduce_sum(g, axis=broadcast)
-    return tf.reduce_sum(tf.square(g), axis=list(range(2, len(g.shape))))
+        g = ops.sum(g, axis=broadcast)
+    return ops.sum(ops.square(g), axis=list(range(2, len(g.shape))))

@@ -8,9 +8,10 @@ gradient `sum_t g x` (per channel) needs no weight gradient.
 """
 
 import keras
-import tensorflow as tf
+import numpy as np
+from keras import ops
 
-from keras_neuron_sensitivity.engine import base
+from keras_neuron_sensitivity.engine import backend, base
 from keras_neuron_sensitivity.engine.base import (
     ELEMENTWISE_ACTIVATIONS,
     Channelwise,
@@ -21,6 +22,7 @@ from keras_neuron_sensitivity.engine.base import (
     plain_weights,
     seed_cotangent,
     shape_of,
+    with_mask,
 )
 
 
@@ -37,10 +39,8 @@ class ElementwiseRule(Rule):
 
     def forward(self, site):
         (x,) = site.inputs
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            (y,) = site.run([x])
-        return [y], tape.gradient(y, x)
+        y, derivative = base.elementwise_derivative(lambda z: site.run([with_mask(z, x)])[0], x)
+        return [y], derivative
 
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
         return [cotangents[0] * cache], None
@@ -79,7 +79,7 @@ class ReshapeRule(Rule):
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
         (x,) = site.inputs
         g = cotangents[0]
-        return [tf.reshape(g, concat_shapes([g.shape[0]], shape_of(x)))], None
+        return [ops.reshape(g, concat_shapes([g.shape[0]], shape_of(x)))], None
 
 
 class AddRule(Rule):
@@ -116,21 +116,21 @@ class ConcatenateRule(Rule):
         # Cotangents carry a leading neuron axis: shift non-negative axes.
         axis = axis + 1 if axis >= 0 else axis
         sizes = [x.shape[site.layer.axis] for x in site.inputs]
-        return tf.split(g, sizes, axis=axis), None
+        return ops.split(g, [int(i) for i in np.cumsum(sizes)[:-1]], axis=axis), None
 
 
 def unbroadcast(g, x):
     """`(k, n, *out)` -> `(k, n, *x.shape[1:])`: sums the axes `x` was
     broadcast along (its size-1 axes, and leading axes it lacks)."""
-    lost = g.shape.rank - 1 - x.shape.rank
+    lost = len(g.shape) - 1 - len(x.shape)
     if lost:
-        g = tf.reduce_sum(g, axis=list(range(2, 2 + lost)))
+        g = ops.sum(g, axis=list(range(2, 2 + lost)))
     axes = [
         a + 1
-        for a in range(1, x.shape.rank)
+        for a in range(1, len(x.shape))
         if x.shape[a] == 1 and g.shape[a + 1] != 1
     ]
-    return tf.reduce_sum(g, axis=axes, keepdims=True) if axes else g
+    return ops.sum(g, axis=axes, keepdims=True) if axes else g
 
 
 class ActivationRule(Rule):
@@ -185,7 +185,7 @@ class SoftmaxRule(Rule):
 
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
         s, g = cache, cotangents[0]
-        hop = s * (g - tf.reduce_sum(g * s, axis=-1, keepdims=True))
+        hop = s * (g - ops.sum(g * s, axis=-1, keepdims=True))
         return [hop] + [None] * (len(site.inputs) - 1), None
 
 
@@ -209,15 +209,20 @@ class BroadcastRule(Rule):
         # One fresh copy per entry: a tensor passed twice (`x * x`) is replayed
         # from one of its copies, which receives its whole derivative.
         spread = [
-            tf.broadcast_to(x, shape_of(y)) if x.dtype.is_floating else x
+            ops.broadcast_to(x, shape_of(y)) if backend.is_float(x) else x
             for x in site.inputs
         ]
-        floats = [x for x in spread if x.dtype.is_floating]
-        with tf.GradientTape() as tape:
-            tape.watch(floats)
-            (z,) = site.run(spread)
-        partials = iter(tape.gradient(z, floats))
-        cache = tuple(next(partials) if x.dtype.is_floating else None for x in spread)
+        positions = [j for j, x in enumerate(spread) if backend.is_float(x)]
+
+        def f(floats):
+            replaced = list(spread)
+            for j, x in zip(positions, floats):
+                replaced[j] = x
+            return site.run(replaced)[0]
+
+        z, pullback = backend.vjp(f, [spread[j] for j in positions])
+        partials = iter(pullback(ops.ones_like(z)))
+        cache = tuple(next(partials) if backend.is_float(x) else None for x in spread)
         return [y], cache
 
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
@@ -242,13 +247,11 @@ class AffineRule(Rule):
     def forward(self, site):
         (x,) = site.inputs
         (y,) = site.run([x])
-        if not x.dtype.is_floating:  # pixels as integers: nothing flows back
+        if not backend.is_float(x):  # pixels as integers: nothing flows back
             return [y], None
-        sample = tf.zeros(concat_shapes([1], shape_of(x)[1:]), x.dtype)
-        with tf.GradientTape() as tape:
-            tape.watch(sample)
-            (z,) = site.run([sample])
-        return [y], tape.gradient(z, sample)
+        sample = ops.zeros(concat_shapes([1], shape_of(x)[1:]), x.dtype)
+        _, slope = base.elementwise_derivative(lambda z: site.run([z])[0], sample)
+        return [y], slope
 
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
         return [cotangents[0] * cache], None
@@ -274,25 +277,25 @@ class LayerScaleRule(Rule):
         sqnorm = None
         if need_weights and site.layer.trainable:
             k = g.shape[0]
-            gt = tf.reshape(g, concat_shapes([k], shape_of(cache)))
-            sqnorm = tf.reduce_sum(
-                tf.square(tf.einsum("kntc,ntc->knc", gt, cache)), -1
+            gt = ops.reshape(g, concat_shapes([k], shape_of(cache)))
+            sqnorm = ops.sum(
+                ops.square(ops.einsum("kntc,ntc->knc", gt, cache)), -1
             )
         return ([g * site.layer.gamma] if need_inputs else None), sqnorm
 
     def weight_rows(self, site, cache, cotangents):
         """`(k, n, c)`: each row's gradient of `gamma`, `sum_t g x`."""
         g = cotangents[0]
-        gt = tf.reshape(g, concat_shapes([g.shape[0]], shape_of(cache)))
-        return tf.einsum("kntc,ntc->knc", gt, cache)
+        gt = ops.reshape(g, concat_shapes([g.shape[0]], shape_of(cache)))
+        return ops.einsum("kntc,ntc->knc", gt, cache)
 
     def seed_backward(self, site, cache, start, k, need_inputs, need_weights):
         # Neuron k's gradient is gamma_k's alone: the mean of x_k over positions.
         y = site.outputs[0]
         sqnorm = None
         if need_weights and site.layer.trainable:
-            mean = tf.reduce_mean(cache, 1)
-            sqnorm = tf.transpose(tf.square(base.neuron_columns(mean, start, k)))
+            mean = ops.mean(cache, 1)
+            sqnorm = ops.transpose(ops.square(base.neuron_columns(mean, start, k)))
         input_cots = None
         if need_inputs:
             input_cots = [seed_cotangent(y, start, k) * site.layer.gamma]
@@ -301,4 +304,4 @@ class LayerScaleRule(Rule):
 
 def _positions(x):
     """`(n, ..., c)` -> `(n, t, c)`."""
-    return tf.reshape(x, [shape_of(x)[0], -1, x.shape[-1]])
+    return ops.reshape(x, [shape_of(x)[0], -1, x.shape[-1]])

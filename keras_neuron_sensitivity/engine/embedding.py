@@ -4,7 +4,7 @@ Positions holding the same token add into the same row, so the squared norm
 is `sum_{t, s: id_t = id_s} <g_t, g_s>`, a Gram form over positions.
 """
 
-import tensorflow as tf
+from keras import ops
 
 from keras_neuron_sensitivity.engine.base import Rule, plain_weights, shape_of
 
@@ -36,9 +36,9 @@ def table_sqnorm(ids, g):
         ids: `(n, ...)` integer ids, one per position.
         g: `(k, n, ..., o)` cotangents at the looked-up vectors.
     """
-    ids = tf.reshape(ids, [shape_of(ids)[0], -1])
+    ids = ops.reshape(ids, [shape_of(ids)[0], -1])
     k = g.shape[0]
-    g = tf.reshape(g, [k, shape_of(ids)[0], -1, g.shape[-1]])
-    same = tf.cast(tf.equal(ids[:, :, None], ids[:, None, :]), g.dtype)
-    gram = tf.einsum("knto,knso->knts", g, g)
-    return tf.einsum("nts,knts->kn", same, gram)
+    g = ops.reshape(g, [k, shape_of(ids)[0], -1, g.shape[-1]])
+    same = ops.cast(ops.equal(ids[:, :, None], ids[:, None, :]), g.dtype)
+    gram = ops.einsum("knto,knso->knts", g, g)
+    return ops.einsum("nts,knts->kn", same, gram)

@@ -6,9 +6,10 @@ input, so the hop is one batched VJP of the layer replayed on zeros, for all
 `k * n` cotangent rows at once; nothing needs caching.
 """
 
-import tensorflow as tf
+from keras import ops
 
-from keras_neuron_sensitivity.engine.base import Rule, merge, split, tile_rows
+from keras_neuron_sensitivity.engine import backend
+from keras_neuron_sensitivity.engine.base import Rule, input_vjp, merge, split, tile_rows, with_mask
 
 
 class LinearRule(Rule):
@@ -28,23 +29,11 @@ class LinearRule(Rule):
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
         k = next(g for g in cotangents if g is not None).shape[0]
         rows = [
-            tf.zeros_like(tile_rows(x, k)) if x.dtype.is_floating else tile_rows(x, k)
+            with_mask(ops.zeros_like(tile_rows(x, k)), tile_rows(x, k))
+            if backend.is_float(x) else tile_rows(x, k)
             for x in site.inputs
         ]
-        floats = [x for x in rows if x.dtype.is_floating]
         connected = [j for j, g in enumerate(cotangents) if g is not None]
-        with tf.GradientTape() as tape:
-            tape.watch(floats)
-            outs = site.run(rows)
-        grads = iter(
-            tape.gradient(
-                [outs[j] for j in connected],
-                floats,
-                output_gradients=[merge(cotangents[j]) for j in connected],
-            )
-        )
-        input_cots = []
-        for x in rows:
-            d = next(grads) if x.dtype.is_floating else None
-            input_cots.append(None if d is None else split(tf.convert_to_tensor(d), k))
+        grads = iter(input_vjp(site, rows, connected, [merge(cotangents[j]) for j in connected]))
+        input_cots = [split(next(grads), k) if backend.is_float(x) else None for x in rows]
         return input_cots, None

@@ -5,7 +5,7 @@ gradients are `d gamma = sum_t g xhat` and `d beta = sum_t g` (sums over
 positions `t`), so their squared norms need no weight gradient at all.
 """
 
-import tensorflow as tf
+from keras import ops
 
 from keras_neuron_sensitivity.engine.base import (
     Channelwise,
@@ -20,13 +20,13 @@ def _affine_sqnorm(layer, xhat, g):
     k = g.shape[0]
     n = shape_of(xhat)[0]
     channels = xhat.shape[-1]
-    g = tf.reshape(g, [k, n, -1, channels])
-    xhat = tf.reshape(xhat, [n, -1, channels])
-    total = tf.zeros([k, n], g.dtype)
+    g = ops.reshape(g, [k, n, -1, channels])
+    xhat = ops.reshape(xhat, [n, -1, channels])
+    total = ops.zeros([k, n], g.dtype)
     if layer.scale and layer.gamma.trainable:
-        total += tf.reduce_sum(tf.square(tf.einsum("ntc,kntc->knc", xhat, g)), -1)
+        total += ops.sum(ops.square(ops.einsum("ntc,kntc->knc", xhat, g)), -1)
     if layer.center and layer.beta.trainable:
-        total += tf.reduce_sum(tf.square(tf.reduce_sum(g, 2)), -1)
+        total += ops.sum(ops.square(ops.sum(g, 2)), -1)
     return total
 
 
@@ -35,14 +35,14 @@ def _affine_rows(layer, xhat, g):
     k = g.shape[0]
     n = shape_of(xhat)[0]
     channels = xhat.shape[-1]
-    g = tf.reshape(g, [k, n, -1, channels])
-    xhat = tf.reshape(xhat, [n, -1, channels])
+    g = ops.reshape(g, [k, n, -1, channels])
+    xhat = ops.reshape(xhat, [n, -1, channels])
     rows = []
     if layer.scale and layer.gamma.trainable:
-        rows.append(tf.einsum("ntc,kntc->knc", xhat, g))
+        rows.append(ops.einsum("ntc,kntc->knc", xhat, g))
     if layer.center and layer.beta.trainable:
-        rows.append(tf.reduce_sum(g, 2))
-    return tf.concat(rows, -1) if len(rows) > 1 else rows[0]
+        rows.append(ops.sum(g, 2))
+    return ops.concatenate(rows, -1) if len(rows) > 1 else rows[0]
 
 
 class BatchNormalizationRule(Rule):
@@ -59,7 +59,7 @@ class BatchNormalizationRule(Rule):
         layer = site.layer
         (x,) = site.inputs
         (y,) = site.run([x])
-        inv = tf.math.rsqrt(layer.moving_variance + layer.epsilon)
+        inv = ops.rsqrt(layer.moving_variance + layer.epsilon)
         xhat = (x - layer.moving_mean) * inv
         slope = inv * layer.gamma if layer.scale else inv
         return [y], (xhat, slope)
@@ -78,19 +78,19 @@ class BatchNormalizationRule(Rule):
         k = d.shape[0]
         sqnorm = None
         if need_weights:
-            flat = tf.reshape(d, [k, shape_of(d)[1], -1])
-            sqnorm = tf.zeros(shape_of(flat)[:2], d.dtype)
+            flat = ops.reshape(d, [k, shape_of(d)[1], -1])
+            sqnorm = ops.zeros(shape_of(flat)[:2], d.dtype)
             if layer.scale and layer.gamma.trainable:
-                xh = tf.reshape(gather_channels(xhat, channels), shape_of(flat))
-                sqnorm += tf.square(tf.reduce_sum(flat * xh, -1))
+                xh = ops.reshape(gather_channels(xhat, channels), shape_of(flat))
+                sqnorm += ops.square(ops.sum(flat * xh, -1))
             if layer.center and layer.beta.trainable:
-                sqnorm += tf.square(tf.reduce_sum(flat, -1))
+                sqnorm += ops.square(ops.sum(flat, -1))
         input_cots = None
         if need_inputs:
-            lead = channels.shape.rank  # (k,) or (k, n) channels
-            scale = tf.reshape(
-                tf.gather(slope, channels),
-                d.shape.as_list()[:lead] + [1] * (d.shape.rank - lead),
+            lead = len(channels.shape)  # (k,) or (k, n) channels
+            scale = ops.reshape(
+                ops.take(slope, channels, axis=0),
+                list(d.shape)[:lead] + [1] * (len(d.shape) - lead),
             )
             input_cots = [Channelwise(d * scale, channels)]
         return input_cots, sqnorm
@@ -114,8 +114,8 @@ class LayerNormalizationRule(Rule):
         layer = site.layer
         (x,) = site.inputs
         (y,) = site.run([x])
-        mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
-        inv = tf.math.rsqrt(variance + layer.epsilon)
+        mean, variance = ops.moments(x, axes=[-1], keepdims=True)
+        inv = ops.rsqrt(variance + layer.epsilon)
         return [y], ((x - mean) * inv, inv)
 
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
@@ -127,8 +127,8 @@ class LayerNormalizationRule(Rule):
         if need_inputs:
             gh = g * layer.gamma if layer.scale else g
             # d xhat / d x, applied to gh: center, then remove the xhat part.
-            mean_g = tf.reduce_mean(gh, -1, keepdims=True)
-            mean_gx = tf.reduce_mean(gh * xhat, -1, keepdims=True)
+            mean_g = ops.mean(gh, -1, keepdims=True)
+            mean_gx = ops.mean(gh * xhat, -1, keepdims=True)
             input_cots = [inv * (gh - mean_g - xhat * mean_gx)]
         return input_cots, sqnorm
 
@@ -166,33 +166,33 @@ class RMSScaleRule(Rule):
     def forward(self, site):
         layer = site.layer
         (x,) = site.inputs
-        x = tf.cast(x, tf.float32)
-        inv = tf.math.rsqrt(tf.reduce_mean(tf.square(x), -1, keepdims=True) + layer.epsilon)
+        x = ops.cast(x, "float32")
+        inv = ops.rsqrt(ops.mean(ops.square(x), -1, keepdims=True) + layer.epsilon)
         xhat = x * inv
-        y = tf.cast(xhat * self._weight(layer), layer.compute_dtype)
+        y = ops.cast(xhat * self._weight(layer), layer.compute_dtype)
         return [y], (xhat, inv)
 
     def _weight(self, layer):
-        return self.offset + tf.cast(layer.scale, tf.float32)
+        return self.offset + ops.cast(layer.scale, "float32")
 
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
         layer = site.layer
         xhat, inv = cache
-        g = tf.cast(cotangents[0], tf.float32)
+        g = ops.cast(cotangents[0], "float32")
         sqnorm = None
         if need_weights and any(v is layer.scale for v in site.weights):
             k = g.shape[0]
             n = shape_of(xhat)[0]
             channels = xhat.shape[-1]
-            rows = tf.einsum(
+            rows = ops.einsum(
                 "ntc,kntc->knc",
-                tf.reshape(xhat, [n, -1, channels]),
-                tf.reshape(g, [k, n, -1, channels]),
+                ops.reshape(xhat, [n, -1, channels]),
+                ops.reshape(g, [k, n, -1, channels]),
             )
-            sqnorm = tf.reduce_sum(tf.square(rows), -1)
+            sqnorm = ops.sum(ops.square(rows), -1)
         input_cots = None
         if need_inputs:
             wg = g * self._weight(layer)
-            inner = tf.reduce_mean(wg * xhat, -1, keepdims=True)
+            inner = ops.mean(wg * xhat, -1, keepdims=True)
             input_cots = [inv * (wg - xhat * inner)]
         return input_cots, sqnorm

@@ -1,7 +1,6 @@
 """`Site`: one call of one layer in a computation, as a `Rule` sees it."""
 
 import keras
-import tensorflow as tf
 from keras.src.backend import get_keras_mask, set_keras_mask
 
 from keras_neuron_sensitivity.probe.inside import exposing
@@ -88,7 +87,7 @@ class Site:
             kwargs = {**kwargs, "training": False}
         masks = [(x, get_keras_mask(x)) for x in inputs if keras.ops.is_tensor(x)]
         try:
-            return tf.nest.flatten(self.layer(*args, **kwargs))
+            return keras.tree.flatten(self.layer(*args, **kwargs))
         finally:
             for x, mask in masks:
                 if mask is not None and get_keras_mask(x) is None:

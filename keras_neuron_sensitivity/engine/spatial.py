@@ -3,7 +3,7 @@
 Padding's hop crops the cotangent; cropping's hop pads it with zeros.
 """
 
-import tensorflow as tf
+from keras import ops
 
 from keras_neuron_sensitivity.engine.base import Rule
 
@@ -47,4 +47,4 @@ class CroppingRule(Rule):
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
         g = cotangents[0]
         widths = [[0, 0], [0, 0]] + [list(p) for p in _pairs(site.layer.cropping)] + [[0, 0]]
-        return [tf.pad(g, widths)], None
+        return [ops.pad(g, widths)], None

@@ -8,7 +8,7 @@ per-sample table gradient whose squared norm is `embedding.table_sqnorm`;
 the reverse call is a `Dense` without bias at every position.
 """
 
-import tensorflow as tf
+from keras import ops
 
 from keras_neuron_sensitivity.engine.attention import bound_arguments
 from keras_neuron_sensitivity.engine.base import Rule, outer_sqnorm, plain_weights, shape_of
@@ -47,7 +47,7 @@ class ReversibleEmbeddingRule(Rule):
         if need_inputs:
             # logits = h E^T (tied: E is (vocabulary, features)) or h R.
             pattern = "kn...v,vi->kn...i" if layer.tie_weights else "kn...v,iv->kn...i"
-            input_cots = [tf.einsum(pattern, g, table)] + [None] * (len(site.inputs) - 1)
+            input_cots = [ops.einsum(pattern, g, table)] + [None] * (len(site.inputs) - 1)
         return input_cots, sqnorm
 
 
@@ -55,17 +55,17 @@ def _positions_first(x, cotangent=False):
     """`(n, ..., c)` -> `(n, t, c)`, or `(k, n, ..., c)` -> `(k, n, t, c)`."""
     lead = 2 if cotangent else 1
     shape = shape_of(x)
-    return tf.reshape(x, list(shape[:lead]) + [-1, x.shape[-1]])
+    return ops.reshape(x, list(shape[:lead]) + [-1, x.shape[-1]])
 
 
 def _positions(length, arguments):
     """`(n or 1, t)`: the table row each of `length` positions reads (from
     `start_index` on, or as the `positions` argument says)."""
     if arguments.get("positions") is not None:
-        positions = tf.convert_to_tensor(arguments["positions"])
-        return positions if positions.shape.rank == 2 else positions[None]
-    start = tf.cast(arguments.get("start_index") or 0, tf.int32)
-    return (start + tf.range(length, dtype=tf.int32))[None]
+        positions = ops.convert_to_tensor(arguments["positions"])
+        return positions if len(positions.shape) == 2 else positions[None]
+    start = ops.cast(arguments.get("start_index") or 0, "int32")
+    return (start + ops.arange(length, dtype="int32"))[None]
 
 
 class PositionEmbeddingRule(Rule):
@@ -81,7 +81,7 @@ class PositionEmbeddingRule(Rule):
         g = cotangents[0]
         if not _counted(site, need_weights, site.layer.position_embeddings):
             return None, None
-        positions = tf.broadcast_to(cache, shape_of(g)[1:3])
+        positions = ops.broadcast_to(cache, shape_of(g)[1:3])
         return None, table_sqnorm(positions, g)
 
 
@@ -103,6 +103,6 @@ class TokenAndPositionEmbeddingRule(Rule):
         if _counted(site, need_weights, layer.token_embedding.embeddings):
             terms.append(table_sqnorm(ids, g))
         if _counted(site, need_weights, layer.position_embedding.position_embeddings):
-            positions = tf.broadcast_to(positions, shape_of(g)[1:3])
+            positions = ops.broadcast_to(positions, shape_of(g)[1:3])
             terms.append(table_sqnorm(positions, g))
-        return None, (tf.add_n(terms) if terms else None)
+        return None, (sum(terms) if terms else None)

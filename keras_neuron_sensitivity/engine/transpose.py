@@ -11,9 +11,9 @@ the input (`t` by its channels). Its squared norm is taken directly or as
 transposed convolution's own input gradient on all `k * n` rows at once.
 """
 
-import tensorflow as tf
 from keras import ops
 
+from keras_neuron_sensitivity.engine import backend
 from keras_neuron_sensitivity.engine.base import (
     Rule,
     activation_backward,
@@ -58,7 +58,7 @@ class ConvTransposeRule(Rule):
         y, act = activation_forward(layer.activation, z)
         flat_x = None
         if site.need_weights:
-            flat_x = tf.reshape(x, concat_shapes([shape_of(x)[0], -1, x.shape[-1]]))
+            flat_x = ops.reshape(x, concat_shapes([shape_of(x)[0], -1, x.shape[-1]]))
         return [y], (x, act, flat_x)
 
     def backward(self, site, cache, cotangents, need_inputs, need_weights):
@@ -70,16 +70,13 @@ class ConvTransposeRule(Rule):
         if need_weights and layer.trainable:
             sqnorm = outer_sqnorm(flat_x, _unfolded_cotangent(site, x, gz))
             if layer.use_bias:
-                g = tf.reshape(gz, concat_shapes([k, shape_of(x)[0], -1, gz.shape[-1]]))
-                sqnorm += tf.reduce_sum(tf.square(tf.reduce_sum(g, 2)), -1)
+                g = ops.reshape(gz, concat_shapes([k, shape_of(x)[0], -1, gz.shape[-1]]))
+                sqnorm += ops.sum(ops.square(ops.sum(g, 2)), -1)
         input_cots = None
         if need_inputs:
-            zeros = tf.zeros(concat_shapes([k * shape_of(x)[0]], shape_of(x)[1:]), x.dtype)
-            with tf.GradientTape() as tape:
-                tape.watch(zeros)
-                z = _transpose_conv(layer, zeros)
-            hop = tape.gradient(z, zeros, output_gradients=merge(gz))
-            input_cots = [tf.reshape(hop, concat_shapes([k], shape_of(x)))]
+            zeros = ops.zeros(concat_shapes([k * shape_of(x)[0]], shape_of(x)[1:]), x.dtype)
+            _, pullback = backend.vjp(lambda z: _transpose_conv(layer, z), zeros)
+            input_cots = [ops.reshape(pullback(merge(gz)), concat_shapes([k], shape_of(x)))]
         return input_cots, sqnorm
 
     def weight_rows(self, site, cache, cotangents):
@@ -89,11 +86,11 @@ class ConvTransposeRule(Rule):
         gz = activation_backward(layer.activation, act, cotangents[0])
         k, n = gz.shape[0], shape_of(x)[0]
         u = _unfolded_cotangent(site, x, gz)
-        rows = [tf.reshape(tf.einsum("nti,kntj->knij", flat_x, u), [k, n, -1])]
+        rows = [ops.reshape(ops.einsum("nti,kntj->knij", flat_x, u), [k, n, -1])]
         if layer.use_bias:
-            g = tf.reshape(gz, concat_shapes([k, n, -1, gz.shape[-1]]))
-            rows.append(tf.reduce_sum(g, 2))
-        return tf.concat(rows, -1) if len(rows) > 1 else rows[0]
+            g = ops.reshape(gz, concat_shapes([k, n, -1, gz.shape[-1]]))
+            rows.append(ops.sum(g, 2))
+        return ops.concatenate(rows, -1) if len(rows) > 1 else rows[0]
 
 
 def _unfolded_cotangent(site, x, gz):
@@ -107,4 +104,4 @@ def _unfolded_cotangent(site, x, gz):
             f"{unfolded.shape[1:-1]}, the input {x.shape[1:-1]}. "
             "Expected them to match for a transposed convolution."
         )
-    return tf.reshape(unfolded, concat_shapes([k, shape_of(x)[0], -1, unfolded.shape[-1]]))
+    return ops.reshape(unfolded, concat_shapes([k, shape_of(x)[0], -1, unfolded.shape[-1]]))
