@@ -12,7 +12,7 @@ import secrets
 import weakref
 
 from keras_neuron_sensitivity import _batch, probe
-from keras_neuron_sensitivity.engine import backend, methods, native, upstream
+from keras_neuron_sensitivity.engine import backend, methods, upstream
 from keras_neuron_sensitivity.errors import UnsupportedModelError
 
 
@@ -75,7 +75,7 @@ def model_graph(model, x=None):
     return probe.build_graph(model, x)
 
 
-def compute(problem, *, method, num_probes, seed, memory_budget_mb):
+def compute(problem, *, method, num_probes, seed, memory_budget_mb, snapshot=None):
     """`{wrt: result}`; `result.reduce(reduction)` gives `Sensitivities`.
 
     Args:
@@ -85,6 +85,9 @@ def compute(problem, *, method, num_probes, seed, memory_budget_mb):
         seed: the estimate's seed; None draws a fresh one (from the
             operating system, never from a global random state).
         memory_budget_mb: working memory one chunk may take.
+        snapshot: `{id(variable): value}` to compute on
+            (`replay.snapshot_values`: the weights an epoch ended with, for
+            the background), or None for the variables' values now.
     """
     num_probes = num_probes or methods.DEFAULT_NUM_PROBES
     chosen = {w: choose(problem, w, method, num_probes) for w in problem.wrt}
@@ -93,7 +96,8 @@ def compute(problem, *, method, num_probes, seed, memory_budget_mb):
     for name in dict.fromkeys(chosen.values()):
         wrt = tuple(w for w in problem.wrt if chosen[w] == name)
         runner = _cached(problem, name, wrt, num_probes, memory_budget_mb)
-        results.update(runner(problem.inputs, seed))
+        with backend.exact_kernels():
+            results.update(runner(problem.inputs, seed, snapshot))
     if "weights" in results:
         results["weights"].frozen = _frozen(problem)
     return {w: results[w] for w in problem.wrt}
@@ -116,8 +120,7 @@ def choose(problem, wrt, method, num_probes):
     key = ("auto", wrt, num_probes, _shapes(problem))
     per_config = _per_config(problem)
     if key not in per_config:
-        predict = native.predict_costs if is_native(problem) else methods.predict_costs
-        costs = predict(problem.graph, problem.keys, wrt, problem.inputs, num_probes)
+        costs = methods.predict_costs(problem.graph, problem.keys, wrt, problem.inputs, num_probes)
         per_config[key] = methods.choose(costs)
     return per_config[key]
 
@@ -143,7 +146,7 @@ def _per_config(problem):
 def _cached(problem, name, wrt, num_probes, memory_budget_mb):
     per_config = _per_config(problem)
     budget = int(memory_budget_mb * 2**20)
-    module = native if is_native(problem) else methods
+    module = methods
     if name == "exact":
         key = (name, wrt, budget)
         make = lambda: module.ExactMethod(problem.graph, problem.keys, wrt, budget)  # noqa: E731
@@ -155,12 +158,6 @@ def _cached(problem, name, wrt, num_probes, memory_budget_mb):
     if key not in per_config:
         per_config[key] = make()
     return per_config[key]
-
-
-def is_native(problem):
-    """JAX and PyTorch compute with `engine/native.py`; TensorFlow (and
-    `tf_keras`) with the rule table's sweep."""
-    return backend.is_native() and not probe.is_tf_keras(problem.model)
 
 
 def _shapes(problem):

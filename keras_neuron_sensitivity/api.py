@@ -1,7 +1,6 @@
 """`neuron_sensitivity` and `neuron_jacobian`: argument checks, then one engine call."""
 
 from keras_neuron_sensitivity import _arguments, _computation
-from keras_neuron_sensitivity.engine import native
 from keras_neuron_sensitivity.engine.jacobian import layer_jacobian
 
 DEFAULT_MEMORY_BUDGET_MB = 1024
@@ -133,8 +132,7 @@ def neuron_jacobian(model, x, layer, *, wrt="weights"):
             "once per layer."
         )
     problem = _computation.prepare(model, x, wrt=wrt_tuple, layers=[layer])
-    jacobian = native.layer_jacobian if _computation.is_native(problem) else layer_jacobian
-    result = jacobian(problem.graph, problem.inputs, problem.keys[0], wrt)
+    result = layer_jacobian(problem.graph, problem.inputs, problem.keys[0], wrt)
     if wrt == "inputs" and len(result) == 1:
         return result[0]
     return result

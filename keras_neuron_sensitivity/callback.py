@@ -534,7 +534,7 @@ def _can_copy(model):
     `tf_keras` models (Keras 2 layers) nor under a `tf.distribute` strategy
     (the copy's variables would be mirrored, the background thread outside
     the strategy)."""
-    if probe.is_tf_keras(model) or backend.is_native():
+    if probe.is_tf_keras(model) or backend.name() != "tensorflow":
         # On JAX and PyTorch the epoch's weights are read at its end.
         return False
     strategy = getattr(model, "distribute_strategy", None)
@@ -546,7 +546,7 @@ def _can_copy(model):
 def _is_chief(model):
     """Whether this process computes and writes: under `tf.distribute`, the
     chief only (every worker holds the same weights); otherwise always."""
-    if backend.is_native():
+    if backend.name() != "tensorflow":
         return backend.process_index() == 0  # keras.distribution on JAX
     strategy = getattr(model, "distribute_strategy", None)
     extended = getattr(strategy, "extended", None)

@@ -6,14 +6,17 @@ over all trainable weights (or over the float inputs), gives `J_k v` for
 `E[(J_k v)^2] = ||J_k||^2`, so the mean of `(J_k v_i)^2` over `m` tangents is
 an unbiased estimate of the squared norm, whatever the number of neurons.
 
-- Tangents are standard Gaussian, drawn inside the compiled function from
-  stateless random ops keyed by `(seed, wrt, probe index)`: no global random
-  state is read or advanced, and consecutive seeds give independent streams
-  (a `tf.random.Generator.from_seed(s + 1)` would replay `s`'s numbers
-  shifted, DESIGN.md §6b).
+- Tangents are standard Gaussian, drawn with NumPy from `(seed, wrt, probe
+  index)`: the same numbers on every backend, no global random state read or
+  advanced, and consecutive seeds give independent streams (NumPy's
+  `SeedSequence`; a `tf.random.Generator.from_seed(s + 1)` would replay
+  `s`'s numbers shifted, docs/estimator.md). A probe's weight tangent is one
+  flat vector, drawn at once and split inside the compiled function: drawn
+  variable by variable, eagerly, they cost more than the JVP itself.
 - To inputs, every sample gets its own tangent (they are free: the input
-  tangent has a batch axis anyway). To weights, one tangent is shared by the
-  whole batch: per-sample weight tangents would need one JVP per sample
+  tangent has a batch axis anyway), and the probes run side by side, the
+  batch tiled. To weights, one tangent is shared by the whole batch:
+  per-sample weight tangents would need one JVP per sample
   (`benchmarks/estimator_tangents.py` measures both at equal cost).
 - An exact zero stays exact: `J_k = 0` gives `J_k v = 0` for every `v`, so a
   dead neuron is exactly 0 here too, and a Gaussian `v` makes a non-zero
@@ -22,14 +25,16 @@ an unbiased estimate of the squared norm, whatever the number of neurons.
 Index letters: `m` probe (tangent), `n` sample, `k` neuron.
 """
 
-import contextlib
+import math
 
-import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from keras_neuron_sensitivity.engine import backend
+from keras_neuron_sensitivity.engine.base import primal_weights, weights_as
 from keras_neuron_sensitivity.engine.replay import (
     Replay,
+    Variables,
     float32_compute,
     neuron_values,
     primary_variables,
@@ -59,32 +64,29 @@ class Estimator:
         self.wrt = tuple(wrt)
         self.num_probes = int(num_probes)
         self.memory_budget = int(memory_budget)
-        self._variables = self.replay.weights()
-        # Keras 3 variables are replaced by explicit values (a pure function
-        # of them); tf_keras's are tf.Variables, which the accumulator watches.
-        self._stateless = all(isinstance(v, keras.Variable) for v in self._variables)
+        self.variables = Variables(self.replay.calls)
         # To inputs: tangents at the float inputs and the embedded inputs
         # (the outputs of the calls that turn token ids into floats).
         self._sensitivity_inputs = list(graph.sensitivity_inputs)
         self._plan = None  # (samples per chunk, probes per call for inputs)
         self._fns = {}
 
-    def __call__(self, inputs, seed):
+    def __call__(self, inputs, seed, snapshot=None):
         """Returns `{wrt: {key: np.ndarray (m, B, C)}}`: `(J_k v_i)^2`.
 
         Args:
             inputs: list of tensors, one per model input, batch first.
             seed: a non-negative int; the same seed gives the same tangents.
+            snapshot: `{id(variable): value}` to compute on, or None for
+                the variables' values now.
         """
         with float32_compute(self.replay.layers()), primary_variables():
+            values = self.variables.values(snapshot)
             if self._plan is None:
-                self._plan = self._make_plan(inputs)
-                for w in self.wrt:
-                    fn = self._weights_probe if w == "weights" else self._inputs_probe
-                    self._fns[w] = tf.function(fn, autograph=False)
-            values = self._variables
-            if self._stateless:
-                values = [tf.convert_to_tensor(v) for v in values]
+                with self.variables.scope(values):
+                    self._plan = self._make_plan(inputs)
+                self._fns["weights"] = backend.compile(self._weights_probe)
+                self._fns["inputs"] = backend.compile(self._inputs_probe)
             return {w: self._run(w, inputs, values, seed) for w in self.wrt}
 
     # --- planning -----------------------------------------------------------
@@ -93,9 +95,9 @@ class Estimator:
         """Sample chunks and (to inputs) probes per call under the budget."""
         values = self.replay.run([x[:1] for x in inputs])
         per_sample = sum(
-            int(np.prod(v.shape[1:])) * v.dtype.size
+            math.prod(backend.shape(v)[1:]) * 4
             for v in values.values()
-            if hasattr(v, "shape")
+            if hasattr(v, "shape") and len(v.shape)
         )
         rows = max(1, self.memory_budget // (_ROW_OVERHEAD * max(per_sample, 1)))
         batch = int(inputs[0].shape[0])
@@ -110,81 +112,112 @@ class Estimator:
         if wrt == "weights":
             probes = 1
         fn = self._fns[wrt]
-        seed = tf.constant([seed >> 31, seed & 0x7FFFFFFF], tf.int64)
-        stream = tf.constant(_WRT_STREAM[wrt], tf.int64)
+        at = self._input_shapes(inputs) if wrt == "inputs" else None
         per_probe = []
         for first in range(0, self.num_probes, probes):
             count = min(probes, self.num_probes - first)
+            if wrt == "weights":
+                tangent = backend.as_tensor(self._weight_tangent(seed, first))
+            else:
+                full = [self._input_tangents(seed, first + i, at) for i in range(count)]
             chunks = []
             for begin in range(0, batch, samples):
                 rows = [x[begin : begin + samples] for x in inputs]
-                out = fn(
-                    rows, values, seed, stream,
-                    tf.constant(first, tf.int64), count, tf.constant(begin),
-                )
-                chunks.append([o.numpy() for o in out])  # (count, n, C) each
+                if wrt == "inputs":
+                    n = int(rows[0].shape[0])
+                    # Probe i's tangent for these samples: the batch's, sliced,
+                    # so that it does not depend on how the batch is chunked.
+                    tangent = [
+                        backend.as_tensor(
+                            np.concatenate([t[j][begin : begin + n] for t in full])
+                        )
+                        for j in range(len(at))
+                    ]
+                out = fn(values, rows, tangent)
+                chunks.append([backend.to_host(o) for o in out])  # (count, n, C)
             per_probe.append([np.concatenate(c, axis=1) for c in zip(*chunks)])
         per_key = [np.concatenate(p, axis=0) for p in zip(*per_probe)]
         return {key: np.square(j) for key, j in zip(self.keys, per_key)}
 
+    # --- tangents -----------------------------------------------------------
+
+    def _weight_tangent(self, seed, probe):
+        """One probe's tangent over every trainable weight, as one flat
+        float32 vector (split inside the compiled function)."""
+        size = sum(math.prod(v.shape) for v in self.variables.trainable)
+        rng = np.random.default_rng([seed, _WRT_STREAM["weights"], probe])
+        return rng.standard_normal(size, dtype=np.float32)
+
+    def _input_tangents(self, seed, probe, shapes):
+        """One probe's tangents at the sensitivity inputs, for the whole
+        batch: one float32 array per entry of `shapes`."""
+        rng = np.random.default_rng([seed, _WRT_STREAM["inputs"], probe])
+        return [rng.standard_normal(shape, dtype=np.float32) for shape in shapes]
+
+    def _input_shapes(self, inputs):
+        """The shapes of the sensitivity inputs the targets read, for the
+        whole batch."""
+        with self.variables.scope(self.variables.values()):
+            computed = self.replay.run(
+                [x[:1] for x in inputs], calls=self.replay.embedding_calls()
+            )
+        batch = int(inputs[0].shape[0])
+        return [
+            (batch, *backend.shape(computed[t])[1:])
+            for t in self._sensitivity_inputs
+            if t in computed
+        ]
+
     # --- the compiled probes --------------------------------------------------
 
-    def _weights_probe(self, inputs, values, seed, stream, first, count, begin):
-        """`[(1, n, C)]` per target: `J v` for the weight tangent `first`."""
-        key = _key(seed, stream, first)
-        tangents = [
-            tf.random.stateless_normal(tf.shape(v), _fold(key, j), dtype=v.dtype)
-            for j, v in enumerate(values)
-        ]
-        scope = contextlib.nullcontext()
-        if self._stateless:
-            scope = keras.StatelessScope(state_mapping=list(zip(self._variables, values)))
-        with tf.autodiff.ForwardAccumulator(values, tangents) as acc, scope:
-            targets = self.replay.target_outputs(self.replay.run(inputs))
-        return [_jvp(acc, y)[None] for y in targets]
+    def _weights_probe(self, values, inputs, flat_tangent):
+        """`[(1, n, C)]` per target: `J v` for one weight tangent."""
+        trainable = self.variables.trainable
+        tangents, at = [], 0
+        for v in trainable:
+            size = math.prod(v.shape)
+            tangents.append(
+                ops.cast(ops.reshape(flat_tangent[at : at + size], tuple(v.shape)), v.dtype)
+            )
+            at += size
+        with self.variables.scope(values):
+            primals = primal_weights(trainable)
 
-    def _inputs_probe(self, inputs, values, seed, stream, first, count, begin):
-        """`[(count, n, C)]` per target: `J v` for input tangents `first ...`.
+            def f(weights):
+                with weights_as(trainable, weights):
+                    targets = self.replay.target_outputs(self.replay.run(inputs))
+                return [neuron_values(y) for y in targets]
 
-        `count` probes run side by side: the `n` samples tiled `count` times.
-        Each sample's tangent is drawn for the whole probe batch and sliced,
-        so it does not depend on how the batch was chunked.
-        """
+            _, jvps = backend.jvp(f, primals, tangents)
+        return [_as_float(j)[None] for j in jvps]
+
+    def _inputs_probe(self, values, inputs, tangents):
+        """`[(count, n, C)]` per target: `J v` for `count` input tangents
+        side by side (the `n` samples tiled `count` times)."""
         n = int(inputs[0].shape[0])
-        tiled = [tf.tile(x, [count] + [1] * (x.shape.rank - 1)) for x in inputs]
-        # Embedded inputs first, outside the accumulator: they become primals.
-        computed = self.replay.run(tiled, calls=self.replay.embedding_calls())
-        primals, tangents = [], []
-        for j, t in enumerate(self._sensitivity_inputs):
-            if t not in computed:
-                continue  # an embedded input after the last target
-            x = computed[t]
-            per_probe = []
-            for i in range(count):
-                key = _fold(_key(seed, stream, first + i), j)
-                full = tf.random.stateless_normal(
-                    tf.concat([[begin + n], tf.shape(x)[1:]], 0), key, dtype=x.dtype
-                )
-                per_probe.append(full[begin:])
-            primals.append(x)
-            tangents.append(tf.concat(per_probe, 0))
-        with tf.autodiff.ForwardAccumulator(primals, tangents) as acc:
-            targets = self.replay.target_outputs(self.replay.run(tiled, values=computed))
-        return [tf.reshape(_jvp(acc, y), [count, n, -1]) for y in targets]
+        count = int(tangents[0].shape[0]) // n if tangents else 1
+        tiled = [ops.tile(x, [count] + [1] * (len(x.shape) - 1)) for x in inputs]
+        with self.variables.scope(values):
+            # Embedded inputs first: they become primals.
+            computed = self.replay.run(tiled, calls=self.replay.embedding_calls())
+            ids = [t for t in self._sensitivity_inputs if t in computed]
+            primals = [computed[t] for t in ids]
+
+            def f(at):
+                known = {**computed, **dict(zip(ids, at))}
+                targets = self.replay.target_outputs(self.replay.run(tiled, values=known))
+                return [neuron_values(y) for y in targets]
+
+            _, jvps = backend.jvp(
+                f, primals, [ops.cast(t, x.dtype) for t, x in zip(tangents, primals)]
+            )
+        return [ops.reshape(_as_float(j), (count, n, -1)) for j in jvps]
 
 
-def _key(seed, stream, probe):
-    """The stateless seed of one probe of one `wrt`: independent streams."""
-    return _fold(_fold(seed, stream), probe)
+def _as_float(x):
+    """The JVP as float32 (float64 for a float64 model), even under float16."""
+    import keras
 
-
-def _fold(key, data):
-    return tf.random.experimental.stateless_fold_in(key, tf.cast(data, tf.int64))
-
-
-def _jvp(acc, y):
-    """`(n, C)`: the JVP of the neuron values; zero where `y` ignores `v`."""
-    values = neuron_values(y)
-    tangent = acc.jvp(y, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return neuron_values(tf.cast(tangent, values.dtype))
-
+    if keras.backend.standardize_dtype(x.dtype) in ("float32", "float64"):
+        return x
+    return ops.cast(x, "float32")

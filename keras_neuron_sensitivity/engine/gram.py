@@ -26,9 +26,9 @@ Exact zeros stay exact: a zero row gives a zero quadratic form.
 import dataclasses
 import math
 
-import tensorflow as tf
+from keras import ops
 
-from keras_neuron_sensitivity.engine import base
+from keras_neuron_sensitivity.engine import backend, base
 
 # Relative cost of one multiply-add in a matrix product against one float
 # read or written by an elementwise op (what most hops are), on CPU.
@@ -91,7 +91,7 @@ def candidates(calls, graph, wrt, values, live, batch, max_bytes):
     out = []
     for i, t in separators(calls, graph.inputs):
         y = values.get(t)
-        if y is None or not y.dtype.is_floating or not live.get(t, False):
+        if y is None or not backend.is_float(y) or not live.get(t, False):
             continue
         size = int(math.prod(y.shape[1:]))
         if size == 0 or batch * len(wrt) * 4 * size * size > max_bytes:
@@ -182,26 +182,26 @@ def plan(candidates, targets, call_cost, basis_cost, quad_cost, input_quad):
 def quadratic(g, m):
     """`g^T M g` per row: `g` `(r, n, ...)`, `m` `(n, D, D)` -> `(r, n)`."""
     r = g.shape[0]
-    flat = tf.reshape(g, base.concat_shapes([r], base.shape_of(m)[:1], [-1]))
-    return tf.reduce_sum(tf.einsum("rnd,nde->rne", flat, m) * flat, -1)
+    flat = ops.reshape(g, base.concat_shapes([r], base.shape_of(m)[:1], [-1]))
+    return ops.sum(ops.einsum("rnd,nde->rne", flat, m) * flat, -1)
 
 
 def sandwich(g, m):
     """`G M G^T` per sample: `g` `(D, n, ...)`, `m` `(n, E, E)` -> `(n, D, D)`."""
     d = g.shape[0]
-    flat = tf.reshape(g, base.concat_shapes([d], base.shape_of(m)[:1], [-1]))
-    left = tf.einsum("dne,nef->ndf", flat, m)
-    return tf.einsum("ndf,enf->nde", left, flat)
+    flat = ops.reshape(g, base.concat_shapes([d], base.shape_of(m)[:1], [-1]))
+    left = ops.einsum("dne,nef->ndf", flat, m)
+    return ops.einsum("ndf,enf->nde", left, flat)
 
 
 def outer(rows):
     """`V V^T` per sample: `(D, n, P)` -> `(n, D, D)`."""
-    return tf.einsum("dnp,enp->nde", rows, rows)
+    return ops.einsum("dnp,enp->nde", rows, rows)
 
 
 def identity_rows(y):
     """`(D, n, ...)`: one row per entry of `y` `(n, ...)`, a one-hot there."""
     shape = base.shape_of(y)
     size = int(math.prod(shape[1:]))
-    eye = tf.reshape(tf.eye(size, dtype=y.dtype), [size, 1] + list(shape[1:]))
-    return tf.broadcast_to(eye, [size] + list(shape))
+    eye = ops.reshape(ops.eye(size, dtype=y.dtype), [size, 1] + list(shape[1:]))
+    return ops.broadcast_to(eye, [size] + list(shape))

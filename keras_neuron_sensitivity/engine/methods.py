@@ -26,9 +26,8 @@ overestimates exact: auto errs towards the estimator there.
 """
 
 import numpy as np
-import tensorflow as tf
 
-from keras_neuron_sensitivity.engine import gram, registry, summary
+from keras_neuron_sensitivity.engine import backend, gram, registry, summary
 from keras_neuron_sensitivity.engine.base import Rule
 from keras_neuron_sensitivity.engine.conv import ConvRule
 from keras_neuron_sensitivity.engine.dense import DenseRule
@@ -62,8 +61,8 @@ class ExactMethod:
     def __init__(self, graph, keys, wrt, memory_budget):
         self._sweep = Sweep(graph, keys, wrt, memory_budget)
 
-    def __call__(self, inputs, seed=None):
-        per_sample = self._sweep(inputs)
+    def __call__(self, inputs, seed=None, snapshot=None):
+        per_sample = self._sweep(inputs, snapshot)
         return {w: Result(self, per_sample[w], exact=True) for w in per_sample}
 
 
@@ -76,8 +75,8 @@ class EstimateMethod:
         self.num_probes = num_probes
         self._estimator = Estimator(graph, keys, wrt, num_probes, memory_budget)
 
-    def __call__(self, inputs, seed):
-        squares = self._estimator(inputs, seed)
+    def __call__(self, inputs, seed, snapshot=None):
+        squares = self._estimator(inputs, seed, snapshot)
         return {w: Result(self, squares[w], exact=False) for w in squares}
 
 
@@ -134,7 +133,7 @@ def predict_costs(graph, keys, wrt, inputs, num_probes):
         out_size = sum(_size(y) for y in outs)
         in_size = sum(_size(x) for x in ins if _is_float(x))
         params = sum(int(np.prod(v.shape)) for v in call.weights)
-        channels = int(outs[0].shape[-1]) if outs and outs[0].shape.rank else 1
+        channels = int(outs[0].shape[-1]) if outs and len(outs[0].shape) else 1
         # A layer with weights does (weights per output channel) multiply-adds
         # per output entry: Dense in*out, Conv T*D*p, Depthwise T*C*kh*kw.
         per_entry = max(1.0, params / max(channels, 1)) if in_size else 1.0
@@ -249,8 +248,8 @@ def choose(costs):
 
 
 def _size(x):
-    return int(np.prod(x.shape[1:])) if hasattr(x, "shape") and x.shape.rank else 1
+    return int(np.prod(x.shape[1:])) if hasattr(x, "shape") and len(x.shape) else 1
 
 
 def _is_float(x):
-    return hasattr(x, "dtype") and tf.as_dtype(x.dtype).is_floating
+    return hasattr(x, "dtype") and backend.is_float(x)

@@ -7,10 +7,12 @@ precision, and the primary copy of mirrored variables under `tf.distribute`.
 """
 
 import contextlib
+import math
 
 import keras
-import tensorflow as tf
+from keras import ops
 
+from keras_neuron_sensitivity.engine import backend
 from keras_neuron_sensitivity.engine.site import Site
 
 
@@ -44,14 +46,11 @@ class Replay:
                     variables.append(v)
         return variables
 
-    def run(self, inputs, tape=None, values=None, calls=None, replace=None):
+    def run(self, inputs, values=None, calls=None, replace=None):
         """`{tensor id: value}` for every tensor of the replayed calls.
 
         Args:
             inputs: one tensor per `graph.inputs` entry, batch first.
-            tape: a `tf.GradientTape` that watches every tensor of
-                `graph.sensitivity_inputs` as it is computed (embedded inputs
-                are outputs of calls), or None.
             values: tensors already computed, `{tensor id: value}`: the calls
                 that produced them are not replayed again.
             calls: replay only these calls (in graph order). Defaults to all.
@@ -59,7 +58,6 @@ class Replay:
                 outputs (a list) instead of the layer, or None.
         """
         values = {**dict(zip(self.graph.inputs, inputs)), **(values or {})}
-        watched = self.graph.sensitivity_inputs if tape is not None else {}
         for call in self.calls if calls is None else calls:
             if all(t in values for t in call.outputs):
                 continue
@@ -69,9 +67,6 @@ class Replay:
             else:
                 outs = Site(call, ins).run(ins)
             values.update(zip(call.outputs, outs))
-            for t in watched:
-                if t in call.outputs:
-                    tape.watch(values[t])
         return values
 
     def embedding_calls(self):
@@ -96,9 +91,77 @@ class Replay:
         return [values[t] for t in self.target_tensors]
 
 
+class Variables:
+    """The variables a computation's calls read, passed to its compiled
+    functions as values.
+
+    Weights enter every compiled function as arguments, read inside through
+    a `keras.StatelessScope` (as Keras's own `stateless_call` does): a
+    function is traced once per probe shape and computes on whatever values
+    it is given (the model's now, or a snapshot taken at an epoch's end for
+    the background), and JAX's compiler never bakes a weight in.
+
+    Args:
+        calls: the replayed calls.
+
+    Attributes:
+        trainable: the trainable weights (`Call.weights`), each once.
+        state: every other variable of the calls' layers (moving
+            statistics, frozen weights, random seeds' states).
+        stateless: False for `tf_keras` layers, whose variables no scope can
+            replace: they are read as they are.
+    """
+
+    def __init__(self, calls):
+        seen, trainable, state = set(), [], []
+        for call in calls:
+            for v in call.weights:
+                if id(v) not in seen:
+                    seen.add(id(v))
+                    trainable.append(v)
+        for call in calls:
+            for v in getattr(call.layer, "variables", ()):
+                if id(v) not in seen:
+                    seen.add(id(v))
+                    state.append(v)
+        self.trainable, self.state = trainable, state
+        self.stateless = all(isinstance(v, keras.Variable) for v in trainable + state)
+
+    @property
+    def all(self):
+        return self.trainable + self.state
+
+    def values(self, snapshot=None):
+        """The values to pass: from `snapshot` (`{id(variable): value}`,
+        `snapshot_values`), else read now; `[]` for `tf_keras` layers."""
+        if not self.stateless:
+            return []
+        if snapshot is not None:
+            return [snapshot[id(v)] for v in self.all]
+        return [backend.snapshot(v) for v in self.all]
+
+    @contextlib.contextmanager
+    def scope(self, values):
+        """Inside, the variables read `values` (a list from `values`)."""
+        if not values:
+            yield
+            return
+        with keras.StatelessScope(state_mapping=list(zip(self.all, values))):
+            yield
+
+
+def snapshot_values(calls):
+    """`{id(variable): value}` of every variable `calls` read, copied now:
+    what a computation in the background reads while training goes on."""
+    variables = Variables(calls)
+    return {id(v): value for v, value in zip(variables.all, variables.values())}
+
+
 def neuron_values(y):
     """`(n, ..., C)` -> `(n, C)`: each channel averaged over positions."""
-    return tf.reduce_mean(tf.reshape(y, [tf.shape(y)[0], -1, y.shape[-1]]), axis=1)
+    if len(y.shape) == 2:
+        return y
+    return ops.mean(ops.reshape(y, (-1, math.prod(backend.shape(y)[1:-1]), y.shape[-1])), axis=1)
 
 
 @contextlib.contextmanager
@@ -135,6 +198,10 @@ def primary_variables():
     `VariablePolicy.NONE`; every replica holds the same values, so the sweep
     does the same.
     """
+    if backend.name() != "tensorflow":
+        yield
+        return
+    import tensorflow as tf
     from tensorflow.python.saved_model import save_context, save_options
 
     if not tf.distribute.has_strategy() or save_context.in_save_context():

@@ -37,12 +37,12 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 from keras.src.backend import get_keras_mask
 
-from keras_neuron_sensitivity.engine import base, gram, registry
+from keras_neuron_sensitivity.engine import backend, base, gram, registry
 from keras_neuron_sensitivity.engine.base import Channelwise
-from keras_neuron_sensitivity.engine.replay import float32_compute, primary_variables
+from keras_neuron_sensitivity.engine.replay import Variables, float32_compute, primary_variables
 from keras_neuron_sensitivity.engine.site import Site
 
 WRT_CHOICES = ("weights", "inputs")
@@ -103,27 +103,34 @@ class Sweep:
         self._cuts = []  # gram.Cut, in call order
         self._cut_of = {}  # tensor id -> index into self._cuts
         self._forward_fn = self._reverse_fn = self._whole_fn = None
+        self.variables = Variables(self._calls)
+        self._called = set()  # compiled functions called once (traced)
         self.timings = {}
 
     # --- public -----------------------------------------------------------
 
-    def __call__(self, inputs):
+    def __call__(self, inputs, snapshot=None):
         """Returns `{wrt: {key: np.ndarray (B, C)}}`: per-sample norms.
 
         Args:
             inputs: list of tensors, one per model input, batch first.
+            snapshot: `{id(variable): value}` to compute on
+                (`replay.snapshot_values`), or None for the variables' values
+                now.
         """
         with float32_compute([call.layer for call in self._calls]), primary_variables():
-            return self._compute(inputs)
+            values = self.variables.values(snapshot)
+            return self._compute(values, inputs)
 
-    def _compute(self, inputs):
+    def _compute(self, values, inputs):
         if self._plan is None:
             start = time.perf_counter()
-            self._plan = self._make_plan(inputs)
+            with self.variables.scope(values):
+                self._plan = self._make_plan(inputs)
             self.timings["planning"] = time.perf_counter() - start
-            self._forward_fn = tf.function(self._forward_tensors, autograph=False)
-            self._reverse_fn = tf.function(self._reverse_round, autograph=False)
-            self._whole_fn = tf.function(self._whole, autograph=False)
+            self._forward_fn = backend.compile(self._forward_tensors)
+            self._reverse_fn = backend.compile(self._reverse_round)
+            self._whole_fn = backend.compile(self._whole)
         samples, neurons = self._plan
         rounds = max(
             math.ceil(c / k) for c, k in zip(self._widths, neurons, strict=True)
@@ -131,11 +138,10 @@ class Sweep:
         if rounds == 1 and samples >= int(inputs[0].shape[0]):
             # Everything fits at once: one compiled call, no caches passed
             # between functions.
-            self._trace(self._whole_fn, inputs)
-            out = self._whole_fn(inputs)
-            squares = {w: [v.numpy().T for v in out[w]] for w in self.wrt}
+            out = self._timed(self._whole_fn, values, inputs)
+            squares = {w: [backend.to_host(v).T for v in out[w]] for w in self.wrt}
         else:
-            squares = self._chunked(inputs, samples)
+            squares = self._chunked(values, inputs, samples)
         return {
             w: {
                 key: np.sqrt(np.maximum(squares[w][j], 0.0))
@@ -144,41 +150,42 @@ class Sweep:
             for w in self.wrt
         }
 
-    def _trace(self, fn, *args):
-        """Traces `fn` for these arguments ahead of its first call, timed."""
-        if "tracing" in self.timings and fn.experimental_get_tracing_count():
-            return
+    def _timed(self, fn, *args):
+        """`fn(*args)`; the first call of each function (which traces and
+        compiles it) is timed into `timings["tracing"]`."""
+        if id(fn) in self._called:
+            return fn(*args)
+        self._called.add(id(fn))
         start = time.perf_counter()
-        fn.get_concrete_function(*args)
+        out = fn(*args)
         self.timings["tracing"] = self.timings.get("tracing", 0.0) + (
             time.perf_counter() - start
         )
+        return out
 
-    def _chunked(self, inputs, samples):
+    def _chunked(self, values, inputs, samples):
         """Squared norms `(B, C)` per wrt and target, chunk by chunk."""
         batch = int(inputs[0].shape[0])
         blocks = {w: [[] for _ in self.keys] for w in self.wrt}
         for begin in range(0, batch, samples):
             chunk = [_take_rows(x, begin, samples) for x in inputs]
             # One forward pass per sample chunk, shared by every round.
-            self._trace(self._forward_fn, chunk)
-            outputs, caches, grams, live = self._forward_fn(chunk)
-            live = [None if v is None else v.numpy().T for v in live]  # (C, n)
+            outputs, caches, grams, live = self._timed(self._forward_fn, values, chunk)
+            live = [None if v is None else backend.to_host(v).T for v in live]  # (C, n)
             if self._packed is None:
                 self._pack(live, samples)
             rows = self._rows(live, samples)
             sums = {w: [np.zeros((c, samples)) for c in self._widths] for w in self.wrt}
             for r in range(max(len(ids) for ids in rows)):
                 ids = [
-                    tf.constant(per_round[r] if r < len(per_round) else self._idle(j, samples))
+                    per_round[r] if r < len(per_round) else self._idle(j, samples)
                     for j, per_round in enumerate(rows)
                 ]
-                args = (chunk, outputs, caches, grams, ids)
-                self._trace(self._reverse_fn, *args)
-                out = self._reverse_fn(*args)
+                args = (values, chunk, outputs, caches, grams, [backend.as_tensor(i) for i in ids])
+                out = self._timed(self._reverse_fn, *args)
                 for w in self.wrt:
                     for j, value in enumerate(out[w]):
-                        _scatter(sums[w][j], ids[j].numpy(), value.numpy())
+                        _scatter(sums[w][j], ids[j], backend.to_host(value))
             for w in self.wrt:
                 for j in range(len(self.keys)):
                     blocks[w][j].append(sums[w][j].T[: min(samples, batch - begin)])
@@ -278,7 +285,7 @@ class Sweep:
         self._widths = []
         for j, i in enumerate(self._targets):
             y = values[self._calls[i].outputs[self._target_outputs[j]]]
-            if y.shape.rank < 2 or not y.dtype.is_floating:
+            if len(y.shape) < 2 or not backend.is_float(y):
                 raise ValueError(
                     f"Layer {self._calls[i].key!r} has an output of shape "
                     f"{tuple(y.shape)} and dtype {y.dtype.name}. Expected a "
@@ -301,7 +308,7 @@ class Sweep:
                 extra = 2 * params + sum(size(t) for t in call.inputs)
             elif call.weights:
                 y = values[call.outputs[0]]
-                channels = int(y.shape[-1]) if y.shape.rank else 1
+                channels = int(y.shape[-1]) if len(y.shape) else 1
                 positions = size(call.outputs[0]) // 4 // max(1, channels)
                 extra = min(params, positions * positions * 4)
             per_row.append(_ROW_OVERHEAD * io + extra)
@@ -370,7 +377,7 @@ class Sweep:
             params = sum(int(np.prod(v.shape)) for v in call.weights) if want_weights else 0
             y = values.get(call.outputs[0])
             positions = floats(call.outputs[0]) // max(
-                1, int(y.shape[-1]) if y is not None and y.shape.rank else 1
+                1, int(y.shape[-1]) if y is not None and len(y.shape) else 1
             )
             macs = positions * params * 2
             if params and (rule is base.GENERIC_RULE or not _overrides(rule, "weight_rows")):
@@ -424,7 +431,7 @@ class Sweep:
         sites = []
         for call, rule in zip(self._calls, self._rules):
             site = self._site(call, values)
-            with tf.name_scope(_scope("kns_forward", call)):
+            with backend.name_scope(_scope("kns_forward", call)):
                 outputs, cache = rule.forward(site)
             _carry_masks(site, outputs)
             site.outputs = outputs
@@ -432,9 +439,13 @@ class Sweep:
             sites.append((site, cache))
         return values, sites
 
-    def _forward_tensors(self, inputs):
+    def _forward_tensors(self, variables, inputs):
         """The forward pass as tensors only: outputs and caches per call, and
         the Gram matrices at the cuts."""
+        with self.variables.scope(variables):
+            return self._forward_parts(inputs)
+
+    def _forward_parts(self, inputs):
         values, sites = self._forward(inputs)
         grams = _Grams(self, values, sites).run()
         live = []
@@ -451,11 +462,16 @@ class Sweep:
             live,
         )
 
-    def _whole(self, inputs):
-        outputs, caches, grams, _ = self._forward_tensors(inputs)
-        return self._reverse_round(inputs, outputs, caches, grams, None)
+    def _whole(self, variables, inputs):
+        with self.variables.scope(variables):
+            outputs, caches, grams, _ = self._forward_parts(inputs)
+            return self._reverse_parts(inputs, outputs, caches, grams, None)
 
-    def _reverse_round(self, inputs, outputs, caches, grams, ids):
+    def _reverse_round(self, variables, inputs, outputs, caches, grams, ids):
+        with self.variables.scope(variables):
+            return self._reverse_parts(inputs, outputs, caches, grams, ids)
+
+    def _reverse_parts(self, inputs, outputs, caches, grams, ids):
         """Squared norms `(k_j, n)` per wrt and target for one round.
 
         `ids[j]` are target `j`'s neurons in this round: `(k_j,)`, or `(k_j,
@@ -507,7 +523,7 @@ class _Grams:
                 continue
             site, cache = self.sites[i]
             outs = [
-                g if g is not None else tf.zeros(
+                g if g is not None else ops.zeros(
                     base.concat_shapes([cut.size], base.shape_of(v)), v.dtype
                 )
                 for g, v in zip(outs, site.outputs)
@@ -515,7 +531,7 @@ class _Grams:
             rule = sweep._rules[i]
             need_inputs = any(sweep._live.get(t, False) for t in call.inputs)
             need_weights = want_weights and bool(call.weights)
-            with tf.name_scope(_scope("kns_gram", call)):
+            with backend.name_scope(_scope("kns_gram", call)):
                 if need_weights:
                     rows = rule.weight_rows(site, cache, outs)
                     weight_gram = _add(weight_gram, gram.outer(_cast(rows)))
@@ -528,17 +544,17 @@ class _Grams:
                 if isinstance(g, Channelwise):
                     g = g.dense(self.values[t].shape[-1])
                 pending[t] = g if t not in pending else pending[t] + g
-        with tf.name_scope("kns_gram/products/"):
-            zeros = tf.zeros([n, cut.size, cut.size], _float_dtype(self.values))
+        with backend.name_scope("kns_gram/products/"):
+            zeros = ops.zeros([n, cut.size, cut.size], _float_dtype(self.values))
             grams = {}
             if below is None:
                 if "inputs" in sweep.wrt:
                     terms = [
-                        gram.outer(tf.reshape(_cast(pending[t]), [cut.size, n, -1]))
+                        gram.outer(ops.reshape(_cast(pending[t]), [cut.size, n, -1]))
                         for t in sweep._float_inputs
                         if t in pending
                     ]
-                    grams["inputs"] = tf.add_n(terms) if terms else zeros
+                    grams["inputs"] = sum(terms) if terms else zeros
             else:
                 g = pending.get(below.tensor)
                 for w in sweep.wrt:
@@ -635,7 +651,7 @@ class _Reverse:
                 pieces.append(part_a if part_a is not None else part_b)
             else:
                 pieces.append(n_rows_fill(size))
-        return pieces[0] if len(pieces) == 1 else tf.concat(pieces, 0)
+        return pieces[0] if len(pieces) == 1 else ops.concatenate(pieces, 0)
 
     def _merge(self, a, b, width):
         """One block for the rows of two blocks at the same tensor."""
@@ -652,7 +668,7 @@ class _Reverse:
         if a.sq is not None or b.sq is not None:
             dtype = (a.sq if a.sq is not None else b.sq).dtype
             sq = self._combine(
-                a.sq, b.sq, runs, lambda size: tf.zeros([size, self.n], dtype)
+                a.sq, b.sq, runs, lambda size: ops.zeros([size, self.n], dtype)
             )
         if a.channelwise:
             if a.value.per_sample != b.value.per_sample:
@@ -668,7 +684,7 @@ class _Reverse:
         if value.per_sample:
             return block
         k = value.channels.shape[0]
-        channels = tf.broadcast_to(value.channels[:, None], [k, self.n])
+        channels = ops.broadcast_to(value.channels[:, None], [k, self.n])
         return _Block(Channelwise(value.values, channels), block.segments, block.sq)
 
     def _merge_all(self, blocks, width):
@@ -692,7 +708,7 @@ class _Reverse:
         shape = base.shape_of(like)
 
         def zeros(size):
-            return tf.zeros(base.concat_shapes([size], shape), like.dtype)
+            return ops.zeros(base.concat_shapes([size], shape), like.dtype)
 
         return self._combine(None, block.value, runs, zeros)
 
@@ -702,15 +718,15 @@ class _Reverse:
         channels = y.shape[-1]
         positions = int(np.prod(y.shape[1:-1]))
         shape = base.concat_shapes([k], base.shape_of(y)[:-1])
-        values = tf.fill(shape, tf.constant(1.0 / positions, y.dtype))
+        values = ops.full(shape, 1.0 / positions, dtype=y.dtype)
         if self.ids is None:
-            index = tf.range(channels)
+            index = ops.arange(channels)
         else:
             raw = self.ids[j]
-            keep = tf.cast((raw >= 0) & (raw < channels), y.dtype)
-            lead = raw.shape.rank
-            values *= tf.reshape(keep, raw.shape.as_list() + [1] * (len(y.shape) - lead))
-            index = tf.clip_by_value(raw, 0, channels - 1)
+            keep = ops.cast((raw >= 0) & (raw < channels), y.dtype)
+            lead = len(raw.shape)
+            values *= ops.reshape(keep, list(raw.shape) + [1] * (len(y.shape) - lead))
+            index = ops.clip(raw, 0, channels - 1)
         return _Block(Channelwise(values, index), [j], None)
 
     def _seed_start(self, j):
@@ -726,12 +742,12 @@ class _Reverse:
             arriving = [pending.pop(t, []) for t in call.outputs]
             for t, blocks in zip(call.outputs, arriving):
                 if t in sweep._cut_of and blocks:
-                    with tf.name_scope(f"kns_reverse/cut_{sweep._cut_of[t]}/"):
+                    with backend.name_scope(f"kns_reverse/cut_{sweep._cut_of[t]}/"):
                         self._stop_at_cut(t, blocks)
                     blocks.clear()
             seeds = sweep._seeds.get(i, [])
             if "inputs" in sweep.wrt and sweep._embedded.intersection(call.outputs):
-                with tf.name_scope("kns_reverse/embedded/"):
+                with backend.name_scope("kns_reverse/embedded/"):
                     self._read_embedded(call, arriving, seeds)
             if not seeds and not any(arriving):
                 continue
@@ -742,7 +758,7 @@ class _Reverse:
                     for block in blocks:
                         self._harvest_sq(block.segments, block.sq)
                 continue
-            with tf.name_scope(_scope("kns_reverse", call)):
+            with backend.name_scope(_scope("kns_reverse", call)):
                 results = self._cross(i, arriving, seeds, need_inputs, need_weights)
             for input_cots, sq, segments in results:
                 attached = False
@@ -755,7 +771,7 @@ class _Reverse:
                     attached = True
                 if not attached:
                     self._harvest_sq(segments, sq)
-        with tf.name_scope("kns_reverse/inputs/"):
+        with backend.name_scope("kns_reverse/inputs/"):
             for t in sweep._float_inputs:
                 blocks = pending.pop(t, [])
                 if not blocks:
@@ -769,7 +785,7 @@ class _Reverse:
                 for block in blocks:
                     self._harvest_sq(block.segments, block.sq)
             for segments, flat in self.shared.values():
-                self._harvest_sq(segments, tf.reduce_sum(tf.square(flat), -1))
+                self._harvest_sq(segments, ops.sum(ops.square(flat), -1))
         return self._assemble()
 
     def _read_embedded(self, call, arriving, seeds):
@@ -812,7 +828,7 @@ class _Reverse:
         site, cache = self.sites[i]
         outputs = site.outputs
         is_shared = id(call.layer) in sweep._shared
-        widths = [y.shape[-1] if y.shape.rank else None for y in outputs]
+        widths = [y.shape[-1] if len(y.shape) else None for y in outputs]
         if len(outputs) > 1 or is_shared:
             return self._cross_merged(
                 i, arriving, seeds, need_inputs, need_weights, widths
@@ -909,7 +925,7 @@ class _Reverse:
                 _, runs = self._runs(union, b.segments)
                 piece = self._combine(
                     None, b.sq, runs,
-                    lambda size, d=b.sq.dtype: tf.zeros([size, self.n], d),
+                    lambda size, d=b.sq.dtype: ops.zeros([size, self.n], d),
                 )
                 sq = _add(sq, piece)
         cotangents = [self._expand(b, union, y) for b, y in zip(merged, outputs)]
@@ -925,7 +941,7 @@ class _Reverse:
         """A layer called more than once: its per-sample gradient is the sum
         over calls, so per-call norms cannot be added; the vectors can."""
         flat = base.GenericRule.flat_grads(site, cotangents)
-        flat = tf.reshape(flat, [-1, self.n, flat.shape[-1]])
+        flat = ops.reshape(flat, [-1, self.n, flat.shape[-1]])
         previous = self.shared.get(id(call.layer))
         if previous is None:
             self.shared[id(call.layer)] = (tuple(segments), flat)
@@ -950,7 +966,7 @@ class _Reverse:
             out[w] = [
                 per_target[j]
                 if j in per_target
-                else tf.zeros([self.rows[j], self.n], _float_dtype(self.values))
+                else ops.zeros([self.rows[j], self.n], _float_dtype(self.values))
                 for j in range(len(self.sweep._targets))
             ]
         return out
@@ -992,16 +1008,16 @@ def _add(a, b):
 
 def _cast(sq):
     """Norms are float32 (float64 for a float64 model), even under float16."""
-    if sq is None or sq.dtype in (tf.float32, tf.float64):
+    if sq is None or keras.backend.standardize_dtype(sq.dtype) in ("float32", "float64"):
         return sq
-    return tf.cast(sq, tf.float32)
+    return ops.cast(sq, "float32")
 
 
 def _float_dtype(values):
     for v in values.values():
-        if v.dtype == tf.float64:
-            return tf.float64
-    return tf.float32
+        if keras.backend.standardize_dtype(v.dtype) == "float64":
+            return "float64"
+    return "float32"
 
 
 def _carry_masks(site, outputs):
@@ -1031,5 +1047,5 @@ def _take_rows(x, begin, size):
     rows = x[begin : begin + size]
     missing = size - int(rows.shape[0])
     if missing:
-        rows = tf.concat([rows, tf.repeat(rows[:1], missing, axis=0)], 0)
+        rows = ops.concatenate([rows, ops.repeat(rows[:1], missing, axis=0)], 0)
     return rows

@@ -46,12 +46,6 @@ def name():
     return keras.backend.backend()
 
 
-def is_native():
-    """Whether the engine runs on `native.py` (JAX, PyTorch) rather than on
-    TensorFlow ops (`sweep.py`, `estimate.py`)."""
-    return name() in ("jax", "torch")
-
-
 def as_tensor(array):
     return keras.ops.convert_to_tensor(np.asarray(array))
 

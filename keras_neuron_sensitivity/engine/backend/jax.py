@@ -7,7 +7,7 @@ import keras
 
 __all__ = [
     "compile", "exact_kernels", "extract_patches", "jvp", "map_rows", "name_scope",
-    "max_pool_argmax", "max_pool_argmax_hop", "process_index", "to_host",
+    "max_pool_argmax", "max_pool_argmax_hop", "process_index", "snapshot", "to_host",
     "vjp", "vmap",
 ]
 
@@ -74,3 +74,8 @@ def max_pool_argmax(layer, x):
 
 def max_pool_argmax_hop(layer, g, argmax, x):
     raise NotImplementedError
+
+
+def snapshot(variable):
+    """The variable's value now (JAX arrays are immutable)."""
+    return variable.value

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 __all__ = [
     "compile", "exact_kernels", "extract_patches", "jvp", "map_rows",
-    "max_pool_argmax", "max_pool_argmax_hop", "name_scope", "process_index",
+    "max_pool_argmax", "max_pool_argmax_hop", "name_scope", "process_index", "snapshot",
     "to_host", "vjp",
 ]
 
@@ -121,3 +121,8 @@ def max_pool_argmax_hop(layer, g, argmax, x):
         include_batch_in_index=False,
     )
     return tf.reshape(hop, [k, *x.shape])
+
+
+def snapshot(variable):
+    """The variable's value now, as a tensor that later updates leave alone."""
+    return tf.identity(variable.value)

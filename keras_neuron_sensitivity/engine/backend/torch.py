@@ -8,7 +8,7 @@ from torch import func
 
 __all__ = [
     "compile", "exact_kernels", "extract_patches", "jvp", "map_rows", "name_scope",
-    "max_pool_argmax", "max_pool_argmax_hop", "process_index", "to_host",
+    "max_pool_argmax", "max_pool_argmax_hop", "process_index", "snapshot", "to_host",
     "vjp", "vmap",
 ]
 
@@ -67,3 +67,8 @@ def max_pool_argmax(layer, x):
 
 def max_pool_argmax_hop(layer, g, argmax, x):
     raise NotImplementedError
+
+
+def snapshot(variable):
+    """The variable's value now, copied (the optimizer updates in place)."""
+    return variable.value.detach().clone()
