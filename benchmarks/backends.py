@@ -1,7 +1,7 @@
 """The engine's time on each Keras backend, in training steps of that backend.
 
 `neuron_sensitivity` runs on TensorFlow (the rule table's sweep), and on JAX
-and PyTorch (engine/native.py: exact = one VJP per neuron and sample,
+and PyTorch (before the one engine, engine/native.py: exact = one VJP per neuron and sample,
 vectorized over neurons; estimate = one JVP per probe). This script times it
 on each backend for four models:
 
@@ -213,7 +213,7 @@ def warm_up_engine():
 def auto_picks(name):
     """`{wrt: {probe B: {"pick", "ratio"}}}` on a second instance of the model."""
     from keras_neuron_sensitivity import _computation
-    from keras_neuron_sensitivity.engine import methods, native
+    from keras_neuron_sensitivity.engine import methods
 
     model, x, _ = build(name)
     sizes = sorted({PROBE[name][0], PROBE[name][1][os.environ["KERAS_BACKEND"]]})
@@ -222,8 +222,7 @@ def auto_picks(name):
         out[wrt] = {}
         for b in sizes:
             problem = _computation.prepare(model, x[:b], wrt=(wrt,), layers=None)
-            predict = native.predict_costs if _computation.is_native(problem) else methods.predict_costs
-            costs = predict(problem.graph, problem.keys, wrt, problem.inputs, NUM_PROBES)
+            costs = methods.predict_costs(problem.graph, problem.keys, wrt, problem.inputs, NUM_PROBES)
             pick = _computation.choose(problem, wrt, "auto", NUM_PROBES)
             out[wrt][str(b)] = {"pick": pick, "ratio": costs["exact"] / costs["estimate"]}
     neurons = None
