@@ -12,6 +12,7 @@ import numpy as np
 import oracle
 import pytest
 import tensorflow as tf
+from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from keras_neuron_sensitivity import NeuronSensitivityCallback, load_sensitivity, neuron_sensitivity
@@ -56,6 +57,20 @@ def _raw_steps(log_dir, tag="per_neuron_to_weights/hidden"):
     if tag not in acc.Tags()["tensors"]:
         return []
     return [event.step for event in acc.Tensors(tag)]
+
+
+def _served(log_dir, tag="per_neuron_to_weights/hidden"):
+    """`{step: value}` of `tag` as TensorBoard's Python loader serves it (the
+    accumulator of its `--load_fast=false` multiplexer, which forgets a
+    restarted job's orphaned steps), with every step asserted once."""
+    acc = plugin_event_accumulator.EventAccumulator(
+        os.path.join(log_dir, "sensitivity"), size_guidance={"tensors": 0}
+    )
+    acc.Reload()
+    events = acc.Tensors(tag)
+    steps = [event.step for event in events]
+    assert steps == sorted(set(steps)), steps
+    return {event.step: tf.make_ndarray(event.tensor_proto) for event in events}
 
 
 def _whole_records(run_dir):
@@ -271,6 +286,39 @@ def test_a_partial_write_is_cut_back_and_the_next_write_succeeds(tmp_path):
     writer.close()
     assert _whole_records(run_dir) == 3
     assert sorted(load_sensitivity(tmp_path)["weights"]["dense"]) == [0, 2]
+
+
+def test_a_restart_reaches_the_disk_with_the_next_event_written(tmp_path):
+    def epoch(value):
+        vector = np.full(3, value, np.float32)
+        return {"weights": {"dense": vector}}, {"weights": {"dense": vector == 0}}
+
+    writer = kns_tensorboard.SensitivityWriter(tmp_path, num_bins=5)
+    for step in range(4):
+        writer.write(step, *epoch(step + 1))
+    writer.restart(2)  # steps 2 and 3 are trained again
+    assert sorted(writer.history()["weights"]["dense"]) == [0, 1]
+    assert sorted(writer.steps()) == [0, 1]
+    writer._file._file = _DiskFullAfter(writer._file._file, room=0)
+    with pytest.raises(OSError, match="No space left"):
+        writer.write(2, *epoch(20))
+    # Not on disk yet: the run still holds the abandoned steps there.
+    assert sorted(load_sensitivity(tmp_path)["weights"]["dense"]) == [0, 1, 2, 3]
+    writer._file._file.room = 10**6
+    writer.write(3, *epoch(30))
+    writer.close()
+    logged = load_sensitivity(tmp_path)["weights"]["dense"]
+    assert sorted(logged) == [0, 1, 3]  # step 2 was lost to the full disk
+    np.testing.assert_array_equal(logged[3], np.full(3, 30, np.float32))
+    assert sorted(writer.history()["weights"]["dense"]) == [0, 1, 2, 3]  # memory kept it
+
+    # A restart and no epoch written after it: `finish` writes it alone.
+    writer = kns_tensorboard.SensitivityWriter(tmp_path, num_bins=5)
+    writer.restart(1)
+    writer.finish()
+    writer.close()
+    assert sorted(load_sensitivity(tmp_path)["weights"]["dense"]) == [0]
+    assert sorted(_served(tmp_path, "per_neuron_to_weights/dense")) == [0]  # TensorBoard agrees
 
 
 @pytest.mark.parametrize("on_error", ["warn", "raise"])
