@@ -16,6 +16,7 @@ _EXPORTS = {
     "Site": "keras_neuron_sensitivity.engine",
     "UnsupportedLayerError": "keras_neuron_sensitivity.errors",
     "UnsupportedModelError": "keras_neuron_sensitivity.errors",
+    "clear_cache": "keras_neuron_sensitivity.api",
     "load_sensitivity": "keras_neuron_sensitivity.report",
     "neuron_jacobian": "keras_neuron_sensitivity.api",
     "neuron_sensitivity": "keras_neuron_sensitivity.api",

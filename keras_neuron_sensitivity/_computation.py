@@ -4,11 +4,14 @@
 (model graph -> probe batch -> layer keys -> integer-input warning) and then
 `compute`, which picks the method per `wrt` (`"auto"`: the cheaper by the
 prediction of `methods.predict_costs`) and runs one method object per method,
-made once per model and configuration and reused at every call.
+made once per model and configuration and reused at every call (the cache
+at the end of this module; `clear_cache` empties it).
 """
 
+import collections
 import dataclasses
 import secrets
+import threading
 import weakref
 
 from keras_neuron_sensitivity import _batch, probe
@@ -105,46 +108,26 @@ def compute(problem, *, method, num_probes, seed, memory_budget_mb, snapshot=Non
 
 def _frozen(problem):
     """The neurons with nothing trainable upstream (`upstream.py`), once per
-    configuration and probe shape."""
-    per_config = _per_config(problem)
-    key = ("frozen", _shapes(problem))
-    if key not in per_config:
-        per_config[key] = upstream.frozen_neurons(problem.graph, problem.keys, problem.inputs)
-    return per_config[key]
+    configuration (which includes the probe's shape)."""
+    return _entry(
+        problem, ("frozen",),
+        lambda: upstream.frozen_neurons(problem.graph, problem.keys, problem.inputs),
+    )
 
 
 def choose(problem, wrt, method, num_probes):
     """The method that runs for this `wrt`: `method` itself, or auto's pick."""
     if method != "auto":
         return method
-    key = ("auto", wrt, num_probes, _shapes(problem))
-    per_config = _per_config(problem)
-    if key not in per_config:
+
+    def pick():
         costs = methods.predict_costs(problem.graph, problem.keys, wrt, problem.inputs, num_probes)
-        per_config[key] = methods.choose(costs)
-    return per_config[key]
+        return methods.choose(costs)
 
-
-# One cache per model (freed with it): method objects keep their traced
-# functions, so calls at later epochs reuse them instead of tracing again.
-_CACHE = weakref.WeakKeyDictionary()
-
-
-def _per_config(problem):
-    """The model's cache entries for this graph, selection and trainability.
-
-    Which weights are trainable is part of the configuration: freezing or
-    unfreezing layers (as fine-tuning does between `fit` calls) changes what
-    the sensitivity to weights sums over, and so needs new method objects.
-    """
-    graph = problem.graph
-    trainable = tuple(tuple(id(v) for v in call.weights) for call in graph.calls)
-    config = (tuple(graph.keys), tuple(problem.keys), trainable)
-    return _CACHE.setdefault(problem.model, {}).setdefault(config, {})
+    return _entry(problem, ("auto", wrt, num_probes), pick)
 
 
 def _cached(problem, name, wrt, num_probes, memory_budget_mb):
-    per_config = _per_config(problem)
     budget = int(memory_budget_mb * 2**20)
     module = methods
     if name == "exact":
@@ -155,10 +138,92 @@ def _cached(problem, name, wrt, num_probes, memory_budget_mb):
         make = lambda: module.EstimateMethod(  # noqa: E731
             problem.graph, problem.keys, wrt, budget, num_probes
         )
-    if key not in per_config:
-        per_config[key] = make()
-    return per_config[key]
+    return _entry(problem, key, make)
 
 
 def _shapes(problem):
     return tuple(tuple(x.shape) for x in problem.inputs)
+
+
+# --- The cache -------------------------------------------------------------
+#
+# Method objects keep their traced functions, so that calls at later epochs
+# reuse them instead of tracing again. Each model's entries hang on the model
+# itself, so that they are freed with it: they refer to the model (its
+# graph's calls, the traced functions' closures), and a WeakKeyDictionary
+# keyed by the model would hold them, and through them the model, for ever.
+# `clear_cache` finds them through `_CACHES`, which holds them weakly.
+
+MAX_CACHE_ENTRIES = 16
+_ATTRIBUTE = "_keras_neuron_sensitivity_cache"
+_CACHES = weakref.WeakSet()
+_LOCK = threading.Lock()
+_MISSING = object()
+
+
+class _ModelCache:
+    """One model's entries, `{(configuration, key): value}`, least recently
+    used first. Not a dict itself: Keras's saving walks a model's dict and
+    list attributes."""
+
+    def __init__(self, model):
+        self.owner = weakref.ref(model)
+        self.entries = collections.OrderedDict()
+
+
+def _entry(problem, key, make):
+    """The model's cached value of `key` in this problem's configuration;
+    `make()` on first use. At most `MAX_CACHE_ENTRIES` entries per model are
+    kept (a method object with its traced functions, auto's choice, the
+    frozen neurons; about 8 configurations of calls): the least recently used
+    is dropped."""
+    model = problem.model
+    key = (_configuration(problem), key)
+    with _LOCK:
+        cache = vars(model).get(_ATTRIBUTE)
+        # A shallow copy of a model would share its cache, of another graph.
+        if cache is None or cache.owner() is not model:
+            cache = _ModelCache(model)
+            object.__setattr__(model, _ATTRIBUTE, cache)  # untracked by Keras
+            _CACHES.add(cache)
+        value = cache.entries.get(key, _MISSING)
+        if value is not _MISSING:
+            cache.entries.move_to_end(key)
+            return value
+    value = make()  # outside the lock: tracing takes a while
+    with _LOCK:
+        cache.entries[key] = value
+        while len(cache.entries) > MAX_CACHE_ENTRIES:
+            cache.entries.popitem(last=False)
+    return value
+
+
+def _configuration(problem):
+    """The problem's graph, selection, trainability and probe shapes.
+
+    Which weights are trainable is part of the configuration: freezing or
+    unfreezing layers (as fine-tuning does between `fit` calls) changes what
+    the sensitivity to weights sums over, and so needs new method objects.
+    The probe shapes are too: a method object's functions are traced once
+    per shape, so that an entry per shape keeps the bound a bound.
+    """
+    graph = problem.graph
+    trainable = tuple(tuple(id(v) for v in call.weights) for call in graph.calls)
+    return (tuple(graph.keys), tuple(problem.keys), trainable, _shapes(problem))
+
+
+def cache_entries(model):
+    """`{(configuration, key): value}`: what is cached for `model`, least
+    recently used first (a copy, for tests)."""
+    cache = vars(model).get(_ATTRIBUTE)
+    if cache is None or cache.owner() is not model:
+        return {}
+    with _LOCK:
+        return dict(cache.entries)
+
+
+def clear_cache():
+    """Empties every model's cache (see `keras_neuron_sensitivity.clear_cache`)."""
+    with _LOCK:
+        for cache in list(_CACHES):
+            cache.entries.clear()

@@ -88,6 +88,12 @@ def reclaim(copy):
     return copy.key is None
 
 
+def clear():
+    """Drops the copy kept for a later `fit` (`release`), and its functions."""
+    with _SPARE_LOCK:
+        _SPARE.clear()
+
+
 _SPARE = {}  # signature -> the LayerCopy kept
 _SPARE_LOCK = threading.Lock()
 

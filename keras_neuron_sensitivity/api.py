@@ -1,6 +1,7 @@
-"""`neuron_sensitivity` and `neuron_jacobian`: argument checks, then one engine call."""
+"""`neuron_sensitivity`, `neuron_jacobian` and `clear_cache`: argument
+checks, then one engine call."""
 
-from keras_neuron_sensitivity import _arguments, _computation
+from keras_neuron_sensitivity import _arguments, _computation, _snapshot
 from keras_neuron_sensitivity.engine.jacobian import layer_jacobian
 
 DEFAULT_MEMORY_BUDGET_MB = 1024
@@ -136,3 +137,27 @@ def neuron_jacobian(model, x, layer, *, wrt="weights"):
     if wrt == "inputs" and len(result) == 1:
         return result[0]
     return result
+
+
+def clear_cache():
+    """Frees the functions this package traced, and what it keeps with them.
+
+    `neuron_sensitivity` and the callback keep, per model, the method objects
+    of its most recent configurations with their traced functions (at most
+    16 entries, about 8 configurations; the least recently used is dropped),
+    so that a repeated call does not trace again; they are freed with the
+    model. The callback also keeps the copy of the layers that its last
+    `fit` computed on, with its functions, for the next `fit` of the same
+    architecture. Use this to free that memory now, as
+    `keras.backend.clear_session()` frees Keras's global state: for
+    example between the models of a sweep that keeps them. The next call
+    traces again.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> s = neuron_sensitivity(model, np.ones((2, 4), "float32"))
+    >>> clear_cache()
+    """
+    _computation.clear_cache()
+    _snapshot.clear()

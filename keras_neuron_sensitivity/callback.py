@@ -246,15 +246,6 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         self._start_pending()
         self._finish_job()
         step = self._step(epoch)
-        if step in self._writer.steps():
-            # BackupAndRestore resumed at an epoch logged before the
-            # interruption: each step is written once.
-            if self.verbose:
-                io_utils.print_msg(
-                    f"Epoch {step}: neuron sensitivity already logged before "
-                    "the interruption; not logged again"
-                )
-            return
         try:
             self._start_job(step, epoch)
         except Exception as error:  # noqa: BLE001 - reported, see on_error
@@ -483,10 +474,29 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
     def _step(self, epoch):
         """The TensorBoard step of this epoch: the epoch index, shifted only
         by `continue_steps` (a second `fit`, or one that BackupAndRestore
-        resumed after a second `fit`)."""
+        resumed after a second `fit`).
+
+        Decided at this `fit`'s first logged epoch, when no computation is in
+        flight. A `fit` that starts at a step the run holds (BackupAndRestore
+        resumed it from a backup older than the last logged epoch) trains
+        those epochs again: the run forgets its steps from there on, and
+        this `fit` logs them anew.
+        """
         if self._step_offset is None:
             first = epoch if self._first_epoch is None else self._first_epoch
-            self._step_offset = continue_steps(self._writer.steps(), first)
+            steps = self._writer.steps()
+            self._step_offset = continue_steps(steps, first)
+            first_step = first + self._step_offset
+            if any(step >= first_step for step in steps):
+                self._writer.restart(first_step)
+                for step in [s for s in self.sensitivities if s >= first_step]:
+                    del self.sensitivities[step]
+                if self.verbose:
+                    io_utils.print_msg(
+                        f"Epoch {first_step}: trained again after an "
+                        "interruption; the neuron sensitivities logged from "
+                        "this step on before it are replaced"
+                    )
         return epoch + self._step_offset
 
     def _prepare(self):
@@ -513,8 +523,10 @@ def continue_steps(steps, first_epoch):
     - A `fit` from a later epoch that continues the `fit` which logged the
       run's last step (it starts at most one epoch after that step's epoch:
       `BackupAndRestore` resuming an interrupted `fit`, or `initial_epoch`):
-      that `fit`'s offset, so each epoch keeps its step. Epochs logged before
-      the interruption keep their step and are not logged again.
+      that `fit`'s offset, so each epoch keeps its step. When it starts at
+      or before the last logged epoch (a backup older than that epoch), the
+      epochs from its first on are trained again and replace the logged
+      ones at the same steps (`SensitivityWriter.restart`).
     - Any other later start: the epoch index if it is beyond the run's last
       step, else the steps continue after the last.
     """

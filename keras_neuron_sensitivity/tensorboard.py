@@ -27,6 +27,12 @@ text summaries `dead_neurons` (a table of layers with their dead neurons'
 indices) and `method` (which method produced each `wrt`), and `fit_epoch`
 (data): the epoch index within its `fit` call. Step is the 0-based epoch
 index, as `keras.callbacks.TensorBoard` uses, continued across `fit` calls.
+
+A `fit` resumed from a backup older than its last logged epoch trains
+logged epochs again (`SensitivityWriter.restart`): its first event is
+preceded by a `SessionLog.START` at the first step trained again, the mark
+TensorBoard's readers take for a restarted job, and `read_run` forgets the
+run's steps from there on as they do.
 """
 
 import itertools
@@ -378,6 +384,7 @@ class SensitivityWriter:
         self._frozen = None  # {key: {step: mask}} of layers with frozen neurons
         self._logged = 0  # epochs logged by this writer
         self._last_written = self._heatmap_step = None
+        self._restart = None  # a restart's step, until it is on disk
 
     def history(self):
         """What the run holds: `{wrt: {key: {step: vector}}}`, disk included.
@@ -402,6 +409,26 @@ class SensitivityWriter:
     def _load(self):
         if self._history is None:
             self._history, self._steps, self._frozen = _read(self.run_dir)
+
+    def restart(self, step):
+        """Forgets the run's steps from `step` on: they are trained again.
+
+        For a `fit` that `BackupAndRestore` resumed from a backup older than
+        the last logged epoch. The steps are dropped from `history()`,
+        `steps()` and the heat maps now, and for every reader with the next
+        event written (`write`, or `finish`): it is preceded by a
+        `SessionLog.START` at `step`, after which TensorBoard and `read_run`
+        forget them too. That event also draws the heat maps, so that none
+        drawn from the abandoned steps is left at a later step.
+
+        Args:
+            step: the first step trained again.
+        """
+        self._load()
+        _forget_from(step, self._history, self._steps, self._frozen)
+        if self._last_written is not None and self._last_written >= step:
+            self._last_written = self._heatmap_step = None
+        self._restart = step if self._restart is None else min(self._restart, step)
 
     def write(self, step, reduced, dead, errors=None, methods=None, epoch=None, heads=None):
         """Writes one epoch and flushes it.
@@ -460,10 +487,13 @@ class SensitivityWriter:
             lines = [f"Epoch {step}:"] + [f"- to {w}: {m}" for w, m in methods.items()]
             entries.append((METHOD_TAG, _TEXT, "\n".join(lines).encode()))
         entries.append((EPOCH_TAG, _EPOCH, self._steps[step]))
-        if self._logged == 0:
+        # After a restart too: TensorBoard's Rust data server forgets a tag's
+        # steps from `step` on only when that tag is written at `step`.
+        restarting = self._restart is not None
+        if self._logged == 0 or restarting:
             entries += [(heads_tag(key), _EPOCH, count) for key, count in (heads or {}).items()]
         self._logged += 1
-        drawn = heatmap_due(self._logged)
+        drawn = heatmap_due(self._logged) or restarting
         if drawn:
             entries += self._heatmap_entries(step)
         self._emit(step, entries)
@@ -471,7 +501,8 @@ class SensitivityWriter:
             self._heatmap_step = step
 
     def finish(self):
-        """Draws the heat maps at the last logged step, if not drawn yet.
+        """Draws the heat maps at the last logged step, if not drawn yet;
+        writes a `restart` that no event has carried yet.
 
         Raises:
             OSError: as `write`.
@@ -479,6 +510,8 @@ class SensitivityWriter:
         if self._last_written is not None and self._heatmap_step != self._last_written:
             self._emit(self._last_written, self._heatmap_entries(self._last_written))
             self._heatmap_step = self._last_written
+        elif self._restart is not None:
+            self._emit(self._restart, [])
 
     def _heatmap_entries(self, step):
         entries = []
@@ -503,21 +536,39 @@ class SensitivityWriter:
         return entries
 
     def _emit(self, step, entries):
+        """Writes one event of `entries` at `step` (none: no event), after
+        the marks of a pending `restart`, all in one write."""
         file = self._event_file()
-        values = []
-        for tag, kind, value in entries:
-            value = summary_pb2.Summary.Value(tag=tag, tensor=_tensor_proto(kind, value))
-            # Readers take a tag's plugin from its first value in a file (as
-            # tf.summary writes it): later values need no metadata.
-            if tag not in file.tags:
-                value.metadata.CopyFrom(_METADATA[kind])
-            values.append(value)
-        event = event_pb2.Event(
-            wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)
-        )
-        file.append(event.SerializeToString())
+        events = []
+        if self._restart is not None:
+            start = event_pb2.Event(
+                wall_time=time.time(), step=int(self._restart),
+                session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
+            ).SerializeToString()
+            # Twice: TensorBoard's Python loader takes a run's first START as
+            # the job's beginning, not a restart (plugin_event_accumulator's
+            # `_CheckForRestartAndMaybePurge`), and a run may have none
+            # before this one. A second START at the same step forgets
+            # nothing more.
+            events += [start, start]
+        if entries:
+            values = []
+            for tag, kind, value in entries:
+                value = summary_pb2.Summary.Value(tag=tag, tensor=_tensor_proto(kind, value))
+                # Readers take a tag's plugin from its first value in a file
+                # (as tf.summary writes it): later values need no metadata.
+                if tag not in file.tags:
+                    value.metadata.CopyFrom(_METADATA[kind])
+                values.append(value)
+            event = event_pb2.Event(
+                wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)
+            )
+            events.append(event.SerializeToString())
+        file.append(*events)
         file.tags.update(tag for tag, _, _ in entries)
-        self._last_written = step
+        self._restart = None
+        if entries:
+            self._last_written = step
 
     def _event_file(self):
         """The open event file; a new one if the run directory was removed."""
@@ -611,8 +662,9 @@ class _EventFile:
         except OSError:
             return True
 
-    def append(self, event):
-        data = _record(event)
+    def append(self, *events):
+        """Writes `events` (serialized) in one write: all of them, or none."""
+        data = b"".join(_record(event) for event in events)
         if self._size == 0:  # every event file starts with its version
             version = event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
             data = _record(version.SerializeToString()) + data
@@ -658,7 +710,16 @@ def read_frozen(run_dir):
 
 
 def _read(run_dir):
-    """`(read_run's result, {step: epoch of its fit or None}, read_frozen's)`."""
+    """`(read_run's result, {step: epoch of its fit or None}, read_frozen's)`.
+
+    Reads as TensorBoard's Python loader does: the event files in the order
+    of their names, and a `SessionLog.START` at step `s` (a restarted job)
+    forgets the steps from `s` on read so far (`_MaybePurgeOrphanedData` of
+    `plugin_event_accumulator`, for files of version 2, which every file
+    here is). That loader takes a run's first START for the job's beginning
+    and forgets nothing then; the writer writes its STARTs in pairs, so the
+    two agree on every run written here.
+    """
     result, steps, frozen = {}, {}, {}
     if not os.path.isdir(run_dir):
         return result, steps, frozen
@@ -666,6 +727,8 @@ def _read(run_dir):
         if ".tfevents." not in name:
             continue
         for event in _read_events(os.path.join(run_dir, name)):
+            if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+                _forget_from(event.step, result, steps, frozen)
             for value in event.summary.value:
                 if value.tag == EPOCH_TAG:
                     steps[event.step] = int(tensor_util.make_ndarray(value.tensor))
@@ -680,6 +743,21 @@ def _read(run_dir):
                 vector = tensor_util.make_ndarray(value.tensor)
                 result.setdefault(wrt, {}).setdefault(key, {})[event.step] = vector
     return result, steps, frozen
+
+
+def _forget_from(step, history, steps, frozen):
+    """Drops the steps from `step` on from what a run holds (`_read`'s
+    three dicts, changed in place), and the layers left without a step."""
+    per_steps = [steps, *frozen.values()]
+    per_steps += [per_step for per_layer in history.values() for per_step in per_layer.values()]
+    for per_step in per_steps:
+        for later in [s for s in per_step if s >= step]:
+            del per_step[later]
+    for per_key in [frozen, *history.values()]:
+        for key in [key for key, per_step in per_key.items() if not per_step]:
+            del per_key[key]
+    for wrt in [wrt for wrt, per_layer in history.items() if not per_layer]:
+        del history[wrt]
 
 
 def _read_events(path):

@@ -10,6 +10,7 @@ written. A headless Chromium then loads the tab and is driven as a person
 would: hover, sort, click.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -106,11 +107,12 @@ def _status(url):
         return error.code
 
 
-@pytest.fixture(scope="module")
-def tensorboard(logged):
-    """`tensorboard(load_fast)`: the base URL of a real TensorBoard on the runs,
+@contextlib.contextmanager
+def _tensorboards(log_dir, loaded):
+    """`start(load_fast)`: the base URL of a real TensorBoard on `log_dir`,
     started once per `--load_fast` value ("auto" is the Rust data server here,
-    "false" the Python multiplexer) and stopped after the module."""
+    "false" the Python multiplexer) and returned once `loaded(base)` is true;
+    all stopped on exit."""
     servers = {}
 
     def start(load_fast):
@@ -119,7 +121,7 @@ def tensorboard(logged):
         port = _free_port()
         command = [
             os.path.join(os.path.dirname(sys.executable), "tensorboard"),
-            "--logdir", str(logged[0]), "--host", "127.0.0.1", "--port", str(port),
+            "--logdir", str(log_dir), "--host", "127.0.0.1", "--port", str(port),
             "--load_fast", load_fast,
         ]
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -128,13 +130,7 @@ def tensorboard(logged):
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
-                runs = _json(base, f"/data/plugin/{PLUGIN}/runs")["runs"]
-                # Loaded when every run's first layer has every step.
-                if len(runs) == len(RUNS) and all(
-                    len(_json(base, f"/data/plugin/{PLUGIN}/layer", run=r["run"], layer="zeta_dense")
-                        ["wrt"]["inputs"]["steps"]) == len(STEPS)
-                    for r in runs
-                ):
+                if loaded(base):
                     return base
             except (OSError, KeyError, ValueError):
                 pass
@@ -142,15 +138,34 @@ def tensorboard(logged):
             time.sleep(0.5)
         raise AssertionError(f"TensorBoard did not serve the runs within 90 s: {command}")
 
-    yield start
-    for process, _ in servers.values():
-        process.terminate()
-    for process, _ in servers.values():
-        try:
-            process.wait(timeout=3)
-        except subprocess.TimeoutExpired:  # it lingers on its reload thread
-            process.kill()
-            process.wait(timeout=30)
+    try:
+        yield start
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+        for process, _ in servers.values():
+            try:
+                process.wait(timeout=3)
+            except subprocess.TimeoutExpired:  # it lingers on its reload thread
+                process.kill()
+                process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def tensorboard(logged):
+    """`tensorboard(load_fast)`: the base URL of a real TensorBoard on the runs."""
+
+    def loaded(base):
+        runs = _json(base, f"/data/plugin/{PLUGIN}/runs")["runs"]
+        # Loaded when every run's first layer has every step.
+        return len(runs) == len(RUNS) and all(
+            len(_json(base, f"/data/plugin/{PLUGIN}/layer", run=r["run"], layer="zeta_dense")
+                ["wrt"]["inputs"]["steps"]) == len(STEPS)
+            for r in runs
+        )
+
+    with _tensorboards(logged[0], loaded) as start:
+        yield start
 
 
 INGESTERS = [pytest.param("auto", id="rust-data-server"), pytest.param("false", id="python-multiplexer")]
@@ -207,6 +222,91 @@ def test_routes_refuse_bad_requests_and_serve_the_front_end(tensorboard):
         assert _status(f"{base}/{path}") == 404, path
     entry = _get(tensorboard("auto") + f"/data/plugin_entry.html?name={PLUGIN}")[2].decode()
     assert "static/index.js" in entry
+
+
+# --- A preempted fit, trained again from an older backup ----------------------
+
+PREEMPTED_AT = 2  # logged, then preempted before BackupAndRestore saved it
+PREEMPTED_EPOCHS = 4
+
+
+@pytest.fixture(scope="module")
+def preempted(tmp_path_factory):
+    """A real `fit` with the callback, preempted at the end of epoch 2 after
+    the callback logged it and before `BackupAndRestore` saved it, then
+    resumed (from epoch 2, with other batches: a new process's seed):
+    `(log_dir, abandoned, rerun)`, each `{step: {wrt: {key: (C,)}}}`."""
+    import keras
+
+    from keras_neuron_sensitivity import NeuronSensitivityCallback
+    from keras_neuron_sensitivity._background import drain
+
+    class Preempt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == PREEMPTED_AT:
+                raise RuntimeError("preempted")
+
+    root = tmp_path_factory.mktemp("preempted")
+    log_dir = root / "logs"
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 5)).astype("float32"), rng.integers(0, 3, 32)
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([
+        keras.Input((5,)),
+        keras.layers.Dense(6, activation="relu", name="hidden"),
+        keras.layers.Dense(3, activation="softmax", name="out"),
+    ])
+    model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy")
+    backup = keras.callbacks.BackupAndRestore(root / "backup")
+    first = NeuronSensitivityCallback(x[:8], log_dir=log_dir, method="exact")
+    with pytest.raises(RuntimeError, match="preempted"):
+        model.fit(x, y, epochs=PREEMPTED_EPOCHS, batch_size=8, verbose=0,
+                  callbacks=[first, Preempt(), backup])
+    drain()
+    keras.utils.set_random_seed(2)
+    resumed = NeuronSensitivityCallback(x[:8], log_dir=log_dir, method="exact")
+    model.fit(x, y, epochs=PREEMPTED_EPOCHS, batch_size=8, verbose=0, callbacks=[backup, resumed])
+    return log_dir, first.sensitivities, resumed.sensitivities
+
+
+@pytest.mark.parametrize("load_fast", INGESTERS)
+def test_tensorboard_serves_the_epoch_trained_again_not_the_abandoned_one(preempted, load_fast):
+    log_dir, abandoned, rerun = preempted
+    steps = list(range(PREEMPTED_EPOCHS))
+    run = "sensitivity"
+
+    def loaded(base):
+        layer = _json(base, f"/data/plugin/{PLUGIN}/layer", run=run, layer="hidden")
+        # The last step is written after the step trained again.
+        return layer["wrt"]["weights"]["steps"][-1] == steps[-1]
+
+    with _tensorboards(log_dir, loaded) as start:
+        base = start(load_fast)
+        for key in ("hidden", "out"):
+            layer = _json(base, f"/data/plugin/{PLUGIN}/layer", run=run, layer=key)
+            for wrt in ("inputs", "weights"):
+                served = layer["wrt"][wrt]
+                assert served["steps"] == steps  # each once
+                values = np.array([[float(v) for v in row] for row in served["values"]], np.float32)
+                if wrt == "inputs":  # (to weights, the first layer's may not change)
+                    assert not np.array_equal(values[PREEMPTED_AT], abandoned[PREEMPTED_AT][wrt][key])
+                for step in steps:
+                    truth = (rerun if step >= PREEMPTED_AT else abandoned)[step][wrt][key]
+                    np.testing.assert_array_equal(values[step], truth)
+        # TensorBoard's own dashboards too: each step once, the rerun's values.
+        tag = "mean_sensitivity_to_weights/hidden"
+        scalars = _json(base, "/data/plugin/scalars/scalars", run=run, tag=tag)
+        assert [step for _, step, _ in scalars] == steps
+        np.testing.assert_allclose(
+            scalars[PREEMPTED_AT][2], rerun[PREEMPTED_AT]["weights"]["hidden"].mean(), rtol=1e-6
+        )
+        histograms = _json(base, "/data/plugin/histograms/histograms", run=run,
+                           tag="sensitivity_to_inputs/out")
+        assert [step for _, step, _ in histograms] == steps
+        buckets = np.array(histograms[PREEMPTED_AT][2])
+        vector = rerun[PREEMPTED_AT]["inputs"]["out"]
+        np.testing.assert_allclose(buckets[0][0], vector.min(), rtol=1e-6)
+        np.testing.assert_allclose(buckets[-1][1], vector.max(), rtol=1e-6)
 
 
 # --- The front-end in headless Chromium --------------------------------------

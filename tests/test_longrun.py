@@ -12,6 +12,7 @@ import numpy as np
 import oracle
 import pytest
 import tensorflow as tf
+from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from keras_neuron_sensitivity import NeuronSensitivityCallback, load_sensitivity, neuron_sensitivity
@@ -56,6 +57,20 @@ def _raw_steps(log_dir, tag="per_neuron_to_weights/hidden"):
     if tag not in acc.Tags()["tensors"]:
         return []
     return [event.step for event in acc.Tensors(tag)]
+
+
+def _served(log_dir, tag="per_neuron_to_weights/hidden"):
+    """`{step: value}` of `tag` as TensorBoard's Python loader serves it (the
+    accumulator of its `--load_fast=false` multiplexer, which forgets a
+    restarted job's orphaned steps), with every step asserted once."""
+    acc = plugin_event_accumulator.EventAccumulator(
+        os.path.join(log_dir, "sensitivity"), size_guidance={"tensors": 0}
+    )
+    acc.Reload()
+    events = acc.Tensors(tag)
+    steps = [event.step for event in events]
+    assert steps == sorted(set(steps)), steps
+    return {event.step: tf.make_ndarray(event.tensor_proto) for event in events}
 
 
 def _whole_records(run_dir):
@@ -273,6 +288,39 @@ def test_a_partial_write_is_cut_back_and_the_next_write_succeeds(tmp_path):
     assert sorted(load_sensitivity(tmp_path)["weights"]["dense"]) == [0, 2]
 
 
+def test_a_restart_reaches_the_disk_with_the_next_event_written(tmp_path):
+    def epoch(value):
+        vector = np.full(3, value, np.float32)
+        return {"weights": {"dense": vector}}, {"weights": {"dense": vector == 0}}
+
+    writer = kns_tensorboard.SensitivityWriter(tmp_path, num_bins=5)
+    for step in range(4):
+        writer.write(step, *epoch(step + 1))
+    writer.restart(2)  # steps 2 and 3 are trained again
+    assert sorted(writer.history()["weights"]["dense"]) == [0, 1]
+    assert sorted(writer.steps()) == [0, 1]
+    writer._file._file = _DiskFullAfter(writer._file._file, room=0)
+    with pytest.raises(OSError, match="No space left"):
+        writer.write(2, *epoch(20))
+    # Not on disk yet: the run still holds the abandoned steps there.
+    assert sorted(load_sensitivity(tmp_path)["weights"]["dense"]) == [0, 1, 2, 3]
+    writer._file._file.room = 10**6
+    writer.write(3, *epoch(30))
+    writer.close()
+    logged = load_sensitivity(tmp_path)["weights"]["dense"]
+    assert sorted(logged) == [0, 1, 3]  # step 2 was lost to the full disk
+    np.testing.assert_array_equal(logged[3], np.full(3, 30, np.float32))
+    assert sorted(writer.history()["weights"]["dense"]) == [0, 1, 2, 3]  # memory kept it
+
+    # A restart and no epoch written after it: `finish` writes it alone.
+    writer = kns_tensorboard.SensitivityWriter(tmp_path, num_bins=5)
+    writer.restart(1)
+    writer.finish()
+    writer.close()
+    assert sorted(load_sensitivity(tmp_path)["weights"]["dense"]) == [0]
+    assert sorted(_served(tmp_path, "per_neuron_to_weights/dense")) == [0]  # TensorBoard agrees
+
+
 @pytest.mark.parametrize("on_error", ["warn", "raise"])
 def test_unwritable_log_dir_follows_on_error(tmp_path, monkeypatch, on_error):
     def full(self, event):
@@ -357,20 +405,113 @@ def _preempted_then_resumed(tmp_path, order, with_callback, epochs=7):
 
 
 @pytest.mark.parametrize(
-    "order, resumed_epochs",
+    "order, resumed_epochs, written",
     [
-        (("backup", "ours", "preempt"), 2),  # epoch 4 saved and logged: resumes at 5
-        (("ours", "preempt", "backup"), 3),  # epoch 4 logged, not saved: resumes at 4
+        # Epoch 4 saved and logged: resumes at 5.
+        (("backup", "ours", "preempt"), 2, [0, 1, 2, 3, 4, 5, 6]),
+        # Epoch 4 logged, not saved: resumes at 4, whose second logging
+        # replaces the first for every reader.
+        (("ours", "preempt", "backup"), 3, [0, 1, 2, 3, 4, 4, 5, 6]),
     ],
 )
-def test_backup_and_restore_preemption_logs_each_epoch_once(tmp_path, order, resumed_epochs):
+def test_backup_and_restore_preemption_logs_each_epoch_once(tmp_path, order, resumed_epochs, written):
     weights, ran = _preempted_then_resumed(tmp_path / "a", order, with_callback=True)
     assert ran == resumed_epochs
+    assert _raw_steps(tmp_path / "a" / "logs") == written
     # Each epoch's step exactly once, step = epoch index.
-    assert _raw_steps(tmp_path / "a" / "logs") == list(range(7))
-    assert _raw_steps(tmp_path / "a" / "logs", "fit_epoch") == list(range(7))
+    assert sorted(_served(tmp_path / "a" / "logs")) == list(range(7))
+    epochs = _served(tmp_path / "a" / "logs", "fit_epoch")
+    assert {step: int(epoch) for step, epoch in epochs.items()} == {s: s for s in range(7)}
+    assert sorted(load_sensitivity(tmp_path / "a" / "logs")["weights"]["hidden"]) == list(range(7))
     without, _ = _preempted_then_resumed(tmp_path / "b", order, with_callback=False)
     _assert_same_weights(weights, without)
+
+
+class _WeightsByEpoch(keras.callbacks.Callback):
+    """The model's weights at each epoch end, by epoch index."""
+
+    def __init__(self):
+        super().__init__()
+        self.saved = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.saved[epoch] = self.model.get_weights()
+
+
+@pytest.mark.parametrize(
+    "save_freq, order, rerun_from, same_callback",
+    [
+        # Epoch 4 logged, then preempted before the backup saved it: the
+        # backup holds epoch 3 and training resumes at 4.
+        ("epoch", ("ours", "preempt", "backup"), 4, False),
+        # A backup every 12 batches (3 epochs of 4): the last one was taken
+        # during epoch 2 (its metadata says epoch 2), so epochs 2, 3 and 4,
+        # all logged, are trained again.
+        (12, ("backup", "ours", "preempt"), 2, False),
+        # The same, resumed in the same process with the same callback (its
+        # event file still open: `fit` left without `on_train_end`).
+        (12, ("backup", "ours", "preempt"), 2, True),
+    ],
+    ids=["backup-of-the-epoch-before", "backup-three-epochs-back", "same-callback"],
+)
+def test_preempted_epochs_trained_again_replace_the_abandoned_ones(
+    tmp_path, save_freq, order, rerun_from, same_callback
+):
+    x, y = _data()
+    log_dir = tmp_path / "logs"
+    keras.utils.set_random_seed(7)
+    model = _model()
+    backup = keras.callbacks.BackupAndRestore(tmp_path / "backup", save_freq=save_freq)
+    first = NeuronSensitivityCallback(x[:8], log_dir=log_dir, method="exact")
+    made = {"backup": backup, "ours": first, "preempt": _Preempted(4)}
+    with pytest.raises(RuntimeError, match="preempted"):
+        model.fit(x, y, epochs=7, batch_size=16, verbose=0, callbacks=[made[n] for n in order])
+    _join_computations()
+    kept = dict(first.sensitivities)
+    abandoned = {step: kept[step] for step in range(rerun_from, 5)}
+    # A restarted process draws other batches: the epochs trained again differ.
+    keras.utils.set_random_seed(8)
+    saver = _WeightsByEpoch()
+    resumed = first if same_callback else NeuronSensitivityCallback(x[:8], log_dir=log_dir, method="exact")
+    model.fit(x, y, epochs=7, batch_size=16, verbose=0, callbacks=[backup, resumed, saver])
+    assert sorted(saver.saved) == list(range(rerun_from, 7))
+
+    logged = load_sensitivity(log_dir)
+    for wrt in ("weights", "inputs"):
+        for key in KEYS:
+            assert sorted(logged[wrt][key]) == list(range(7))  # each step once
+            for step in range(rerun_from, 7):
+                np.testing.assert_array_equal(
+                    logged[wrt][key][step], resumed.sensitivities[step][wrt][key]
+                )
+            for step in range(rerun_from):
+                np.testing.assert_array_equal(
+                    logged[wrt][key][step], kept[step][wrt][key]
+                )
+            if wrt == "inputs":  # (to weights, the first layer's need not change)
+                for step, values in abandoned.items():
+                    assert not np.array_equal(logged[wrt][key][step], values[wrt][key])
+    # The rerun's values are those of the weights it ended that epoch with.
+    model.set_weights(saver.saved[rerun_from])
+    expected = neuron_sensitivity(model, x[:8], method="exact")
+    for key in KEYS:
+        np.testing.assert_array_equal(logged["weights"][key][rerun_from], expected[key])
+    # What the callback keeps in memory, abandoned steps dropped.
+    assert sorted(resumed.sensitivities) == list(range(0 if same_callback else rerun_from, 7))
+    # On disk, the abandoned steps are still there (each write appends)...
+    assert _raw_steps(log_dir) == list(range(5)) + list(range(rerun_from, 7))
+    # ... and TensorBoard's Python loader forgets them, as our reader does.
+    for tag in ("per_neuron_to_inputs/out", "mean_sensitivity_to_weights/hidden", "fit_epoch"):
+        assert sorted(_served(log_dir, tag)) == list(range(7))
+    served = _served(log_dir, "per_neuron_to_inputs/out")
+    for step in range(7):
+        np.testing.assert_array_equal(served[step], logged["inputs"]["out"][step])
+    mean = _served(log_dir, "mean_sensitivity_to_weights/hidden")[rerun_from]
+    np.testing.assert_allclose(mean, logged["weights"]["hidden"][rerun_from].mean(), rtol=1e-6)
+    # The last heat map is drawn from the run as it stands, not the abandoned steps.
+    drawn = _served(log_dir, "heatmap_to_weights/hidden")[6][2]
+    columns = [logged["weights"]["hidden"][step] for step in range(7)]
+    assert drawn == kns_tensorboard.encode_png(kns_tensorboard.heatmap(columns))
 
 
 def test_preemption_after_a_second_fit_keeps_its_continued_steps(tmp_path):

@@ -429,8 +429,7 @@ def _sweeps(model):
 
     return {
         key[2]: runner._sweep
-        for per_config in _computation._CACHE[model].values()
-        for key, runner in per_config.items()
+        for (_, key), runner in _computation.cache_entries(model).items()
         if key[0] == "exact"
     }
 

@@ -7,10 +7,14 @@ routes every `keras.layers.Layer.__call__` made *by this thread* through
 the call itself (whose own sub-layer calls come to the handler in turn).
 
 `Layer.__call__` is replaced on the class while any thread intercepts (the
-first `intercept` installs it, the last one to leave restores the original,
-under a lock), but the replacement looks up the handler in a thread-local
-slot: layer calls of every other thread (a training loop running beside a
-computation in the background) go straight to Keras, recorded by nobody.
+first `intercept` installs it, the last one to leave puts back what it
+replaced, under a lock), but the replacement looks up the handler in a
+thread-local slot: layer calls of every other thread (a training loop
+running beside a computation in the background) go straight to Keras,
+recorded by nobody. "Keras" is `Layer.__call__` as the first `intercept`
+found it, not as it was when this module was imported: another library's
+wrapper installed in between (a profiler, a test harness) keeps seeing every
+call, and stays installed.
 """
 
 import contextlib
@@ -21,14 +25,17 @@ import keras
 _LOCAL = threading.local()
 _LOCK = threading.Lock()
 _ACTIVE = 0  # threads intercepting now
-_ORIGINAL = keras.layers.Layer.__call__
+# What `_intercepting_call` replaced. Never reset: a thread that looked up the
+# class's `__call__` just before the last `intercept` left still calls it.
+_REPLACED = keras.layers.Layer.__call__
 
 
 def _intercepting_call(layer, *args, **kwargs):
     handler = getattr(_LOCAL, "handler", None)
+    call = _REPLACED
     if handler is None:
-        return _ORIGINAL(layer, *args, **kwargs)
-    return handler(layer, args, kwargs, lambda a, k: _ORIGINAL(layer, *a, **k))
+        return call(layer, *args, **kwargs)
+    return handler(layer, args, kwargs, lambda a, k: call(layer, *a, **k))
 
 
 @contextlib.contextmanager
@@ -42,9 +49,12 @@ def intercept(handler):
     Nested use replaces the handler for the inner block and restores the
     outer one after it.
     """
-    global _ACTIVE
+    global _ACTIVE, _REPLACED
     with _LOCK:
         if _ACTIVE == 0:
+            current = keras.layers.Layer.__call__
+            if current is not _intercepting_call:
+                _REPLACED = current
             keras.layers.Layer.__call__ = _intercepting_call
         _ACTIVE += 1
     outer = getattr(_LOCAL, "handler", None)
@@ -55,8 +65,9 @@ def intercept(handler):
         _LOCAL.handler = outer
         with _LOCK:
             _ACTIVE -= 1
-            if _ACTIVE == 0:
-                keras.layers.Layer.__call__ = _ORIGINAL
+            # Unless someone replaced ours meanwhile: theirs stays.
+            if _ACTIVE == 0 and keras.layers.Layer.__call__ is _intercepting_call:
+                keras.layers.Layer.__call__ = _REPLACED
 
 
 @contextlib.contextmanager
