@@ -2,18 +2,23 @@
 
 The runs are written with `SensitivityWriter` itself, from values set here:
 twelve logged epochs (more than the ten TensorBoard keeps of a third-party
-plugin's tensors by default), dead neurons, NaN and Inf, and three epochs
-whose values to weights came from the estimator (with standard errors). A
-real `tensorboard` serves them on loopback, with its Rust data server (the
+plugin's tensors by default), dead neurons, NaN and Inf, values too small for
+float16, and three epochs whose values to weights came from the estimator
+(with standard errors). A second log directory holds a model with nested
+keys (`backbone/block_1/self_attention/heads`, as a keras_hub block's
+sites), neurons with nothing trainable upstream, and attention heads. A real
+`tensorboard` serves them on loopback, with its Rust data server (the
 default) and with the Python one; the routes must give back exactly what was
-written. A headless Chromium then loads the tab and is driven as a person
-would: hover, sort, click.
+written, decoded here from the layout the plugin documents. A headless
+Chromium then loads the tab and is driven as a person would: hover, sort,
+click, open a group, filter.
 """
 
 import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -24,6 +29,7 @@ import urllib.request
 import numpy as np
 import pytest
 
+from keras_neuron_sensitivity.engine.summary import Sensitivities
 from keras_neuron_sensitivity.tensorboard import SensitivityWriter, colour_limits, heatmap
 
 PLUGIN = "keras_neuron_sensitivity"
@@ -50,6 +56,10 @@ def _values(run, seed):
         values[wrt]["zeta_dense"][:, 5] = 0  # dead from the start
         values[wrt]["alpha_conv"][7, 2] = np.nan
         values[wrt]["alpha_conv"][8, 3] = np.inf
+        # Positive, but float16 would make the first 0 (a false "dead") and
+        # the second 6e-8, a subnormal that kept one digit.
+        values[wrt]["zeta_dense"][3, 0] = 1e-30
+        values[wrt]["zeta_dense"][3, 2] = 3e-8
     return values
 
 
@@ -83,6 +93,57 @@ def logged(tmp_path_factory):
     return log_dir, written
 
 
+# A model with nested keys, as the package logs a keras_hub block's sites:
+# the block's output, its attention (query, and the heads: 2 x 4 channels),
+# its feed-forward units. In the model's order, the embedding first.
+NESTED_STEPS = list(range(5))
+NESTED_HEADS = 2
+BLOCK_SITES = ["", "self_attention", "self_attention/query", "self_attention/heads", "ffn"]
+NESTED_KEYS = ["backbone/embedding"] + [
+    "/".join(filter(None, ["backbone", f"block_{b}", site])) for b in range(3) for site in BLOCK_SITES
+] + ["head"]
+NESTED_WIDTH = {key: 12 if key.endswith("/ffn") else 8 for key in NESTED_KEYS}
+# Nothing trainable upstream (sensitivity to weights exactly zero, not dead):
+# block 0's query entirely (before the first trainable layer), neurons 0-3 of
+# block 1's feed-forward units; its neuron 5 is dead from epoch 2.
+FROZEN = {"backbone/block_0/self_attention/query": slice(None), "backbone/block_1/ffn": slice(0, 4)}
+FFN = "backbone/block_1/ffn"
+HEADS_KEY = "backbone/block_1/self_attention/heads"
+
+
+@pytest.fixture(scope="module")
+def nested(tmp_path_factory):
+    """`(log_dir, {"values": {wrt: {key: (S, C)}}, "frozen": {key: (C,) bool}})`."""
+    log_dir = tmp_path_factory.mktemp("nested")
+    rng = np.random.default_rng(7)
+    values, frozen = {}, {}
+    for wrt in ("weights", "inputs"):
+        values[wrt] = {
+            key: (10 ** rng.uniform(-3, 1, (len(NESTED_STEPS), NESTED_WIDTH[key]))).astype(np.float32)
+            for key in NESTED_KEYS
+        }
+    for key, neurons in FROZEN.items():
+        frozen[key] = np.zeros(NESTED_WIDTH[key], bool)
+        frozen[key][neurons] = True
+        values["weights"][key][:, frozen[key]] = 0
+    values["weights"][FFN][2:, 5] = 0
+    masks = {k: frozen.get(k, np.zeros(NESTED_WIDTH[k], bool)) for k in NESTED_KEYS}
+    writer = SensitivityWriter(log_dir / "model", num_bins=5)
+    for step in NESTED_STEPS:
+        reduced = {
+            wrt: Sensitivities(
+                {k: m[step] for k, m in per_key.items()}, "exact", None,
+                frozen=masks if wrt == "weights" else None,
+            )
+            for wrt, per_key in values.items()
+        }
+        dead = {w: s.dead() for w, s in reduced.items()}
+        heads = {k: NESTED_HEADS for k in NESTED_KEYS if k.endswith("/heads")}
+        writer.write(step, reduced, dead, methods={w: "exact" for w in values}, heads=heads)
+    writer.close()
+    return log_dir, {"values": values, "frozen": frozen}
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -107,33 +168,38 @@ def _status(url):
 
 
 @pytest.fixture(scope="module")
-def tensorboard(logged):
-    """`tensorboard(load_fast)`: the base URL of a real TensorBoard on the runs,
-    started once per `--load_fast` value ("auto" is the Rust data server here,
-    "false" the Python multiplexer) and stopped after the module."""
+def tensorboard(logged, nested):
+    """`tensorboard(load_fast, logdir="flat")`: the base URL of a real
+    TensorBoard on the `logged` ("flat") or `nested` runs, started once per
+    `--load_fast` value ("auto" is the Rust data server here, "false" the
+    Python multiplexer) and stopped after the module."""
     servers = {}
+    # Loaded when every run's last layer has every step.
+    wanted = {
+        "flat": (logged[0], [(f"{run}/sensitivity", "zeta_dense", len(STEPS)) for run in RUNS]),
+        "nested": (nested[0], [("model/sensitivity", NESTED_KEYS[-1], len(NESTED_STEPS))]),
+    }
 
-    def start(load_fast):
-        if load_fast in servers:
-            return servers[load_fast][1]
+    def start(load_fast, logdir="flat"):
+        if (load_fast, logdir) in servers:
+            return servers[load_fast, logdir][1]
+        directory, layers = wanted[logdir]
         port = _free_port()
         command = [
             os.path.join(os.path.dirname(sys.executable), "tensorboard"),
-            "--logdir", str(logged[0]), "--host", "127.0.0.1", "--port", str(port),
+            "--logdir", str(directory), "--host", "127.0.0.1", "--port", str(port),
             "--load_fast", load_fast,
         ]
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         base = f"http://127.0.0.1:{port}"
-        servers[load_fast] = (process, base)
+        servers[load_fast, logdir] = (process, base)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
-                runs = _json(base, f"/data/plugin/{PLUGIN}/runs")["runs"]
-                # Loaded when every run's first layer has every step.
-                if len(runs) == len(RUNS) and all(
-                    len(_json(base, f"/data/plugin/{PLUGIN}/layer", run=r["run"], layer="zeta_dense")
-                        ["wrt"]["inputs"]["steps"]) == len(STEPS)
-                    for r in runs
+                if all(
+                    len(_json(base, f"/data/plugin/{PLUGIN}/layer", run=run, layer=key)
+                        ["wrt"]["inputs"]["steps"]) == steps
+                    for run, key, steps in layers
                 ):
                     return base
             except (OSError, KeyError, ValueError):
@@ -198,8 +264,11 @@ def test_plugin_is_listed_enabled_and_routes_give_back_what_was_written(tensorbo
 
 def test_routes_refuse_bad_requests_and_serve_the_front_end(tensorboard):
     base = tensorboard("auto") + f"/data/plugin/{PLUGIN}"
-    assert _status(f"{base}/layer?run=first/sensitivity&layer=nope") == 404
-    assert _status(f"{base}/layer?run=first/sensitivity") == 400
+    for route in ("layer", "matrix"):
+        assert _status(f"{base}/{route}?run=first/sensitivity&layer=nope") == 404
+        assert _status(f"{base}/{route}?run=first/sensitivity") == 400
+        for bad in ("0", "-3", "x", "2.5"):
+            assert _status(f"{base}/{route}?run=first/sensitivity&layer=zeta_dense&max_steps={bad}") == 400, bad
     status, content_type, body = _get(f"{base}/static/index.js")
     assert status == 200 and content_type.startswith("text/javascript")
     assert b"export async function render" in body
@@ -209,22 +278,141 @@ def test_routes_refuse_bad_requests_and_serve_the_front_end(tensorboard):
     assert "static/index.js" in entry
 
 
+def _decode(body):
+    """The `matrix` route's answer, read by the layout plugin.py documents:
+    `(header, {wrt: {"values": {step: (C,)}, "errors": {step: (C,)},
+    "frozen": {step: (C,) uint8}}})`."""
+    (length,) = struct.unpack("<I", body[:4])
+    assert (4 + length) % 4 == 0  # the body starts aligned for a Float32Array
+    header = json.loads(body[4:4 + length])
+    data = body[4 + length:]
+    decoded = {}
+    for wrt, entry in header["wrt"].items():
+        steps, neurons = entry["steps"], entry["neurons"]
+
+        def read(offset, columns, dtype):
+            vectors = {}
+            for col in columns:
+                vectors[steps[col]] = np.frombuffer(data, dtype, neurons[col], offset)
+                offset += neurons[col] * np.dtype(dtype).itemsize
+            return vectors
+
+        decoded[wrt] = {
+            "values": read(entry["values"], range(len(steps)), "<f4"),
+            "errors": read(entry["errors"]["offset"], entry["errors"]["columns"], "<f4") if entry["errors"] else {},
+            "frozen": read(entry["frozen"]["offset"], entry["frozen"]["columns"], "u1") if entry["frozen"] else {},
+        }
+    return header, decoded
+
+
+def _matrix(base, **query):
+    """`(header, decoded, body)` of the `matrix` route."""
+    status, content_type, body = _get(f"{base}/data/plugin/{PLUGIN}/matrix?" + urllib.parse.urlencode(query))
+    assert status == 200 and content_type == "application/octet-stream"
+    return (*_decode(body), body)
+
+
+@pytest.mark.parametrize("load_fast", INGESTERS)
+def test_matrix_route_decodes_to_exactly_the_float32_written(tensorboard, logged, load_fast):
+    base = tensorboard(load_fast)
+    for run, truth in logged[1].items():
+        for key in RUNS[run.split("/")[0]]:
+            header, served, body = _matrix(base, run=run, layer=key)
+            assert (header["run"], header["layer"], header["heads"]) == (run, key, None)
+            floats = 0
+            for wrt in ("weights", "inputs"):
+                entry, got = header["wrt"][wrt], served[wrt]
+                assert entry["steps"] == STEPS and entry["logged_steps"] == len(STEPS)
+                written = truth["values"][wrt][key]
+                # Bit for bit: NaN, Inf, zeros and the tiny values as written.
+                assert np.stack([got["values"][s] for s in STEPS]).tobytes() == written.tobytes()
+                estimated = [s for s in STEPS if wrt == "weights" and s in ESTIMATED]
+                assert sorted(got["errors"]) == estimated
+                for step in estimated:
+                    assert got["errors"][step].tobytes() == truth["errors"][key][step].tobytes()
+                for step, method in zip(STEPS, entry["methods"]):
+                    if step in estimated:  # the logged text where TensorBoard kept it
+                        assert method == ESTIMATE_TEXT if step == STEPS[-1] else method in (ESTIMATE_TEXT, "estimate")
+                    else:
+                        assert method == "exact"
+                assert entry["frozen"] is None and got["frozen"] == {}
+                floats += written.size + len(estimated) * written.shape[1]
+            # Compact: four bytes a value after the header.
+            (length,) = struct.unpack("<I", body[:4])
+            assert len(body) == 4 + length + 4 * floats
+    # Positive stays positive: float16 would have served these as 0 and 6e-8.
+    _, served, _ = _matrix(base, run="first/sensitivity", layer="zeta_dense")
+    assert served["weights"]["values"][3][0] == np.float32(1e-30) and np.float16(1e-30) == 0
+    assert served["weights"]["values"][3][2] == np.float32(3e-8) != np.float16(3e-8)
+
+
+@pytest.mark.parametrize("max_steps", [1, 2, 5, 11, 12, 50])
+def test_max_steps_keeps_the_first_and_last_steps_evenly_spread(tensorboard, logged, max_steps):
+    base = tensorboard("auto")
+    truth = logged[1]["first/sensitivity"]
+    header, served, _ = _matrix(base, run="first/sensitivity", layer="zeta_dense", max_steps=max_steps)
+    as_json = _json(base, f"/data/plugin/{PLUGIN}/layer", run="first/sensitivity", layer="zeta_dense",
+                    max_steps=max_steps)
+    for wrt in ("weights", "inputs"):
+        steps = header["wrt"][wrt]["steps"]
+        assert as_json["wrt"][wrt]["steps"] == steps
+        assert header["wrt"][wrt]["logged_steps"] == as_json["wrt"][wrt]["logged_steps"] == len(STEPS)
+        if max_steps >= len(STEPS):
+            assert steps == STEPS
+        elif max_steps == 1:
+            assert steps == STEPS[-1:]
+        else:
+            assert len(steps) == max_steps and (steps[0], steps[-1]) == (STEPS[0], STEPS[-1])
+            gaps = np.diff(steps)
+            assert gaps.max() - gaps.min() <= 1, steps  # evenly spread
+        for step in steps:
+            assert served[wrt]["values"][step].tobytes() == truth["values"][wrt]["zeta_dense"][step].tobytes()
+        assert sorted(served[wrt]["errors"]) == [s for s in steps if wrt == "weights" and s in ESTIMATED]
+
+
+def test_frozen_neurons_and_heads_are_served(tensorboard, nested):
+    base = tensorboard("auto", "nested")
+    (run,) = _json(base, f"/data/plugin/{PLUGIN}/runs")["runs"]
+    assert [layer["key"] for layer in run["layers"]] == NESTED_KEYS  # the model's order
+    truth = nested[1]
+    for key in NESTED_KEYS:
+        header, served, _ = _matrix(base, run="model/sensitivity", layer=key)
+        as_json = _json(base, f"/data/plugin/{PLUGIN}/layer", run="model/sensitivity", layer=key)
+        assert header["heads"] == as_json["heads"] == (NESTED_HEADS if key.endswith("/heads") else None)
+        for wrt in ("weights", "inputs"):
+            written = truth["values"][wrt][key]
+            assert np.stack([served[wrt]["values"][s] for s in NESTED_STEPS]).tobytes() == written.tobytes()
+            frozen = served[wrt]["frozen"]
+            if wrt == "weights" and key in truth["frozen"]:
+                mask = truth["frozen"][key]
+                assert sorted(frozen) == NESTED_STEPS
+                for step in NESTED_STEPS:
+                    np.testing.assert_array_equal(frozen[step], mask.astype(np.uint8))
+                assert as_json["wrt"][wrt]["frozen"] == [mask.astype(int).tolist()] * len(NESTED_STEPS)
+            else:  # to the inputs, and layers with none: no mask at all
+                assert header["wrt"][wrt]["frozen"] is None
+                assert as_json["wrt"][wrt]["frozen"] == [None] * len(NESTED_STEPS)
+
+
 # --- The front-end in headless Chromium --------------------------------------
 
-def _expected_order(matrix, how):
-    """Rows of the matrix view, computed here independently of the page's JavaScript."""
+def _expected_order(matrix, how, frozen=None):
+    """Rows of the matrix view, computed here independently of the page's
+    JavaScript; `frozen`: (C,) neurons with nothing trainable upstream, which
+    are zero but not dead."""
     first, last = matrix[0].astype(np.float64), matrix[-1].astype(np.float64)
+    dead = (matrix == 0) & ~(np.zeros(matrix.shape[1], bool) if frozen is None else frozen)
     neurons = range(matrix.shape[1])
     if how == "last":  # largest first, non-finite last
         key = [last[n] if np.isfinite(last[n]) else -np.inf for n in neurons]
     elif how == "death":  # dead at the end: earliest final dead streak first
         key = []
         for n in neurons:
-            column = matrix[:, n]
-            if column[-1] != 0:
+            column = dead[:, n]
+            if not column[-1]:
                 key.append(-np.inf)
             else:
-                alive = np.flatnonzero(column != 0)
+                alive = np.flatnonzero(~column)
                 key.append(-(alive[-1] + 1 if alive.size else 0))
     else:  # change: |log10(last / first)|, dying or reviving largest
         key = []
