@@ -430,10 +430,28 @@ def _expected_order(matrix, how, frozen=None):
 
 
 def _cell_centre(canvas, row, col):
-    data = canvas.evaluate("c => ({...c.dataset})")
-    x = float(data["x0"]) + (col + 0.5) * float(data["cellWidth"])
-    y = float(data["top"]) + (row + 0.5) * float(data["cellHeight"])
+    """Where a cell is: rows come in groups (an attention site's heads) with
+    a gap between two groups, as the canvas's data attributes say."""
+    data = {k: float(v) for k, v in canvas.evaluate("c => ({...c.dataset})").items() if k != "order"}
+    x = data["x0"] + (col + 0.5) * data["cellWidth"]
+    y = data["top"] + (row + 0.5) * data["cellHeight"] + (row // data["groupSize"]) * data["gap"]
     return {"x": x, "y": y}
+
+
+def _pixel(canvas, position):
+    """The canvas's `[r, g, b, a]` at a CSS position (device pixel ratio 1)."""
+    return canvas.evaluate(
+        "(c, p) => Array.from(c.getContext('2d').getImageData(Math.floor(p.x), Math.floor(p.y), 1, 1).data)",
+        position,
+    )
+
+
+def _browser(driver):
+    return driver.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    )
 
 
 def _order(canvas):
@@ -446,11 +464,7 @@ def test_the_tab_in_headless_chromium(tensorboard, logged):
     base = tensorboard("auto")
     truth = logged[1]["first/sensitivity"]
     with sync_api.sync_playwright() as driver:
-        browser = driver.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-        )
+        browser = _browser(driver)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             errors = []
@@ -460,7 +474,10 @@ def test_the_tab_in_headless_chromium(tensorboard, logged):
             page.wait_for_selector("body[data-state=ready]", timeout=30_000)
             assert errors == []
 
-            # A matrix per layer, in the model's order; a panel per run that has the layer.
+            # A matrix per layer, in the model's order, as before groups: the
+            # lone nested layer `block/inner` is a layer, not a group of one.
+            assert page.locator("section.group").count() == 0
+            assert page.locator("#filter").is_hidden()
             sections = page.locator("section.layer")
             assert [sections.nth(i).get_attribute("data-layer") for i in range(sections.count())] == list(LAYERS)
             for key in LAYERS:
@@ -518,6 +535,129 @@ def test_the_tab_in_headless_chromium(tensorboard, logged):
                 cells = curve.locator(f'td[data-wrt="{wrt}"]')
                 shown = [float(cells.nth(i).get_attribute("data-value")) for i in range(cells.count())]
                 np.testing.assert_array_equal(np.float32(shown), truth["values"][wrt]["zeta_dense"][:, neuron])
+            assert errors == []
+        finally:
+            browser.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium)")
+def test_nested_keys_in_groups_loaded_when_shown_with_frozen_neurons_and_heads(tensorboard, nested):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+    base = tensorboard("auto", "nested")
+    values, frozen = nested[1]["values"]["weights"], nested[1]["frozen"]
+    block_keys = {b: [k for k in NESTED_KEYS if k.startswith(f"backbone/block_{b}")] for b in range(3)}
+    with sync_api.sync_playwright() as driver:
+        browser = _browser(driver)
+        try:
+            # Short, so that an open block's last layers start out of view.
+            page = browser.new_page(viewport={"width": 1400, "height": 600})
+            errors, requested = [], []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.on("request", lambda r: "/matrix?" in r.url and requested.append(
+                urllib.parse.parse_qs(urllib.parse.urlsplit(r.url).query)["layer"][0]))
+            page.goto(f"{base}/data/plugin_entry.html?name={PLUGIN}")
+            page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+
+            def group(path):
+                return page.locator(f'section.group[data-group="{path}"]')
+
+            def layers():
+                shown = page.locator("section.layer")
+                return [shown.nth(i).get_attribute("data-layer") for i in range(shown.count())]
+
+            # The backbone, the only group at the top, is open; its blocks are
+            # closed, each offering its feed-forward units and heads.
+            assert group("backbone").get_attribute("data-open") == "true"
+            for b in range(3):
+                assert group(f"backbone/block_{b}").get_attribute("data-open") == "false"
+                chips = group(f"backbone/block_{b}").locator(":scope > .group-head button.shortcut")
+                assert [chips.nth(i).inner_text() for i in range(chips.count())] == ["ffn", "heads"]
+                assert [chips.nth(i).get_attribute("data-key") for i in range(chips.count())] == [
+                    f"backbone/block_{b}/ffn", f"backbone/block_{b}/self_attention/heads"]
+            assert layers() == ["backbone/embedding", "head"]
+            # Only the layers shown were fetched.
+            assert sorted(requested) == ["backbone/embedding", "head"]
+
+            # A block's shortcut: its ffn matrix under the closed block's header.
+            block_2 = group("backbone/block_2")
+            block_2.locator(":scope > .group-head button.shortcut", has_text="ffn").click()
+            block_2.locator('section.layer[data-layer="backbone/block_2/ffn"] canvas.matrix').wait_for()
+            assert block_2.get_attribute("data-open") == "false"
+            assert block_2.locator("section.layer").count() == 1
+            assert set(requested) == {"backbone/embedding", "head", "backbone/block_2/ffn"}
+
+            # Open block 1: its layers appear, and are fetched as they come into view.
+            group("backbone/block_1").locator(":scope > .group-head button.toggle").click()
+            assert group("backbone/block_1").get_attribute("data-open") == "true"
+            assert layers()[1:1 + len(block_keys[1])] == block_keys[1]
+            ffn = page.locator(f'section.layer[data-layer="{FFN}"]')
+            page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+            # Out of view (the page loads half a screen ahead): not fetched yet.
+            assert ffn.evaluate("s => s.getBoundingClientRect().top") > 1.5 * 600
+            assert FFN not in requested
+            ffn.scroll_into_view_if_needed()
+            canvas = ffn.locator("canvas.matrix")
+            canvas.wait_for(timeout=30_000)
+            page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+            assert FFN in requested and not set(requested) & set(block_keys[0])
+
+            # Nothing trainable upstream: pale blue, not counted or marked dead.
+            assert _pixel(canvas, _cell_centre(canvas, 0, 0)) == [190, 215, 235, 255]
+            assert _pixel(canvas, _cell_centre(canvas, 5, len(NESTED_STEPS) - 1)) == [255, 0, 255, 255]
+            dead_at_end = (values[FFN][-1] == 0) & ~frozen[FFN]
+            assert ffn.locator(".dead-count").inner_text() == f"{dead_at_end.sum()} dead"
+            assert ffn.locator(".frozen-count").inner_text() == f"{frozen[FFN].sum()} with nothing trainable upstream"
+            canvas.hover(position=_cell_centre(canvas, 1, 2))
+            tooltip = page.locator("#tooltip")
+            tooltip.wait_for(state="visible")
+            assert tooltip.get_attribute("data-frozen") == "true"
+            assert "value 0 (nothing trainable upstream)" in tooltip.inner_text()
+            assert "(dead)" not in tooltip.inner_text()
+            page.select_option("#sort", "death")
+            order = _order(ffn.locator("canvas.matrix"))
+            assert order == _expected_order(values[FFN], "death", frozen[FFN])
+            assert order != _expected_order(values[FFN], "death")  # as if they were dead
+            page.select_option("#sort", "index")
+
+            # Heads: rows in heads of 4, a separator between two, the hover
+            # names head and dim.
+            heads = page.locator(f'section.layer[data-layer="{HEADS_KEY}"]')
+            heads.scroll_into_view_if_needed()
+            canvas = heads.locator("canvas.matrix")
+            canvas.wait_for(timeout=30_000)
+            data = canvas.evaluate("c => ({...c.dataset})")
+            head_dim = NESTED_WIDTH[HEADS_KEY] // NESTED_HEADS
+            assert (int(data["groupSize"]), int(data["gap"])) == (head_dim, 3)
+            between = {"x": float(data["x0"]) + 1,
+                       "y": float(data["top"]) + head_dim * float(data["cellHeight"]) + 1}
+            assert _pixel(canvas, between) == [153, 153, 153, 255]  # the separator's grey line
+            above = _cell_centre(canvas, head_dim - 1, 0)
+            assert _pixel(canvas, above)[:3] not in ([153, 153, 153], [0, 0, 0])
+            canvas.hover(position=_cell_centre(canvas, 6, 1))
+            tooltip.wait_for(state="visible")
+            assert (tooltip.get_attribute("data-head"), tooltip.get_attribute("data-dim")) == ("1", "2")
+            assert "neuron 6 (head 1, dim 2)" in tooltip.inner_text()
+            # Sorted, each head's channels stay in their head, sorted there.
+            page.select_option("#sort", "last")
+            order = _order(heads.locator("canvas.matrix"))
+            matrix = values[HEADS_KEY].reshape(len(NESTED_STEPS), NESTED_HEADS, head_dim)
+            assert order == [h * head_dim + d for h in range(NESTED_HEADS)
+                             for d in _expected_order(matrix[:, h], "last")]
+            assert order != _expected_order(values[HEADS_KEY], "last")
+            page.select_option("#sort", "index")
+
+            # The filter: the matching layers in one list, fetched as shown.
+            page.fill("#filter", "ffn")
+            ffns = [k for k in NESTED_KEYS if k.endswith("/ffn")]
+            assert layers() == ffns
+            page.wait_for_function(
+                f"document.querySelectorAll('section.layer canvas.matrix').length === {len(ffns)}",
+                timeout=30_000,
+            )
+            page.fill("#filter", "block_0 HEADS")
+            assert layers() == ["backbone/block_0/self_attention/heads"]
+            page.fill("#filter", "")
+            assert group("backbone/block_1").get_attribute("data-open") == "true"  # as the user left it
             assert errors == []
         finally:
             browser.close()
