@@ -28,11 +28,13 @@ one warm-up: the `runs` listing; the wide layer through the JSON route
 what the page asks); an FFN site of the LLM run. Bytes are the answer's
 body as sent: the JSON route also as gzip, which a browser asks for. With
 `--browser`, also the page in headless Chromium (Debian's `chromium`, and
-`playwright`): from navigation until the tab says ready, and from
-expanding a block until its matrices are drawn.
+`playwright`): from navigation until the tab says ready, from a closed
+block's `ffn` shortcut until its matrix is drawn, and from opening a block
+until the matrices in view are drawn.
 
     PYTHONPATH=. .venv/bin/python benchmarks/dashboard.py
     PYTHONPATH=. .venv/bin/python benchmarks/dashboard.py --repeats 3 --browser
+    PYTHONPATH=. .venv/bin/python benchmarks/dashboard.py --logdir /tmp/llm_runs  # kept, reused
 """
 
 import argparse
@@ -178,13 +180,14 @@ def measure(label, url, repeats, gzipped=False):
 
 
 def browser_timings(base, repeats):
-    """Seconds from navigation to ready, and from expanding a block to its
-    matrices drawn, in headless Chromium."""
+    """Seconds, in headless Chromium, from navigation until the tab says
+    ready; from a closed block's `ffn` shortcut until its matrix is drawn;
+    from opening another block until the matrices in view are drawn."""
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     root = base.split("/data/plugin/")[0]
-    loads, expands = [], []
+    timings = {"load": [], "ffn": [], "open": []}
     with sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
         try:
@@ -193,47 +196,58 @@ def browser_timings(base, repeats):
                 started = time.perf_counter()
                 page.goto(f"{root}/data/plugin_entry.html?name={PLUGIN}")
                 page.wait_for_selector("body[data-state=ready]", timeout=300_000)
-                loads.append(time.perf_counter() - started)
-                block = f'.group[data-group="{BACKBONE}/transformer_layer_3"]'
-                if page.locator(block).count():
-                    started = time.perf_counter()
-                    page.click(f"{block} > .group-head button.toggle")
-                    page.wait_for_selector(f'section.layer[data-layer="{FFN_KEY}"] canvas.matrix', timeout=300_000)
-                    page.wait_for_selector("body[data-state=ready]", timeout=300_000)
-                    expands.append(time.perf_counter() - started)
+                timings["load"].append(time.perf_counter() - started)
+                block = f'.group[data-group="{BACKBONE}/transformer_layer_3"] > .group-head'
+                started = time.perf_counter()
+                page.click(f"{block} button.shortcut >> text=ffn")
+                page.wait_for_selector(f'section.layer[data-layer="{FFN_KEY}"] canvas.matrix', timeout=300_000)
+                timings["ffn"].append(time.perf_counter() - started)
+                started = time.perf_counter()
+                # The click fetches synchronously what comes into view, so
+                # the page says "loading" until those matrices are drawn.
+                page.click(f'.group[data-group="{BACKBONE}/transformer_layer_5"] > .group-head button.toggle')
+                page.wait_for_selector("body[data-state=ready]", timeout=300_000)
+                timings["open"].append(time.perf_counter() - started)
                 page.close()
         finally:
             browser.close()
-    return float(np.median(loads)), (float(np.median(expands)) if expands else None)
+    return {name: float(np.median(times)) for name, times in timings.items()}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--browser", action="store_true", help="also time the page in headless Chromium")
-    parser.add_argument("--keep", action="store_true", help="keep the log directory and print it")
+    parser.add_argument(
+        "--logdir",
+        help="write the runs there and keep them (reused as they are if it holds them already); "
+        "defaults to a temporary directory, removed at the end",
+    )
     args = parser.parse_args()
     for line in machine_info():
         print(line)
 
-    log_dir = tempfile.mkdtemp(prefix="dashboard_bench_")
+    log_dir = args.logdir or tempfile.mkdtemp(prefix="dashboard_bench_")
     layers = llm_layers()
-    frozen = {FROZEN_KEY: np.ones(layers[FROZEN_KEY], bool)}
-    heads = {k: HEADS for k in layers if k.endswith("/heads")}
-    started = time.perf_counter()
-    write_run(os.path.join(log_dir, "llm"), layers, EPOCHS, frozen=frozen, heads=heads)
-    llm_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    write_run(os.path.join(log_dir, "wide"), {"wide": WIDE}, WIDE_EPOCHS, seed=1)
-    wide_seconds = time.perf_counter() - started
+    if os.path.isdir(os.path.join(log_dir, "wide", "sensitivity")):
+        print(f"\nreusing the runs in {log_dir}")
+    else:
+        frozen = {FROZEN_KEY: np.ones(layers[FROZEN_KEY], bool)}
+        heads = {k: HEADS for k in layers if k.endswith("/heads")}
+        started = time.perf_counter()
+        write_run(os.path.join(log_dir, "llm"), layers, EPOCHS, frozen=frozen, heads=heads)
+        llm_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        write_run(os.path.join(log_dir, "wide"), {"wide": WIDE}, WIDE_EPOCHS, seed=1)
+        wide_seconds = time.perf_counter() - started
+        print(
+            f"\nllm run: {len(layers)} layers ({BLOCKS} blocks x {len(BLOCK_SITES)} sites + 2), "
+            f"{sum(layers.values())} neurons, {EPOCHS} epochs, both wrt: written in {llm_seconds:.1f} s"
+        )
+        print(f"wide run: 1 layer of {WIDE} neurons, {WIDE_EPOCHS} epochs, both wrt: written in {wide_seconds:.1f} s")
     size = sum(
         os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(log_dir) for f in files
     )
-    print(
-        f"\nllm run: {len(layers)} layers ({BLOCKS} blocks x {len(BLOCK_SITES)} sites + 2), "
-        f"{sum(layers.values())} neurons, {EPOCHS} epochs, both wrt: written in {llm_seconds:.1f} s"
-    )
-    print(f"wide run: 1 layer of {WIDE} neurons, {WIDE_EPOCHS} epochs, both wrt: written in {wide_seconds:.1f} s")
     print(f"event files: {size / 1e6:.1f} MB\n")
 
     process, base = start_tensorboard(log_dir)
@@ -250,10 +264,10 @@ def main():
         measure(f"matrix (binary), llm ffn {FFN} x {EPOCHS} x 2", f"{base}/matrix?{ffn}", args.repeats)
         measure(f"layer (JSON), llm ffn {FFN} x {EPOCHS} x 2", f"{base}/layer?{ffn}", args.repeats)
         if args.browser:
-            load, expand = browser_timings(base, max(1, args.repeats // 2))
-            print(f"\n{'page: navigation to ready (headless Chromium)':<52} {load:7.3f} s")
-            if expand is not None:
-                print(f"{'page: expand a block until its matrices are drawn':<52} {expand:7.3f} s")
+            timings = browser_timings(base, max(1, args.repeats // 2))
+            print(f"\n{'page: navigation until ready (headless Chromium)':<52} {timings['load']:7.3f} s")
+            print(f"{'page: ffn shortcut of a closed block until drawn':<52} {timings['ffn']:7.3f} s")
+            print(f"{'page: open a block until the matrices in view are drawn':<52} {timings['open']:7.3f} s")
     finally:
         process.terminate()
         try:
@@ -261,9 +275,7 @@ def main():
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        if args.keep:
-            print(f"\nlog directory kept: {log_dir}")
-        else:
+        if not args.logdir:
             shutil.rmtree(log_dir, ignore_errors=True)
 
 
