@@ -370,8 +370,9 @@ def test_max_steps_keeps_the_first_and_last_steps_evenly_spread(tensorboard, log
         assert sorted(served[wrt]["errors"]) == [s for s in steps if wrt == "weights" and s in ESTIMATED]
 
 
-def test_frozen_neurons_and_heads_are_served(tensorboard, nested):
-    base = tensorboard("auto", "nested")
+@pytest.mark.parametrize("load_fast", INGESTERS)
+def test_frozen_neurons_and_heads_are_served(tensorboard, nested, load_fast):
+    base = tensorboard(load_fast, "nested")
     (run,) = _json(base, f"/data/plugin/{PLUGIN}/runs")["runs"]
     assert [layer["key"] for layer in run["layers"]] == NESTED_KEYS  # the model's order
     truth = nested[1]
