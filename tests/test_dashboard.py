@@ -2,12 +2,16 @@
 
 The runs are written with `SensitivityWriter` itself, from values set here:
 twelve logged epochs (more than the ten TensorBoard keeps of a third-party
-plugin's tensors by default), dead neurons, NaN and Inf, and three epochs
-whose values to weights came from the estimator (with standard errors). A
-real `tensorboard` serves them on loopback, with its Rust data server (the
+plugin's tensors by default), dead neurons, NaN and Inf, values too small for
+float16, and three epochs whose values to weights came from the estimator
+(with standard errors). A second log directory holds a model with nested
+keys (`backbone/block_1/self_attention/heads`, as a keras_hub block's
+sites), neurons with nothing trainable upstream, and attention heads. A real
+`tensorboard` serves them on loopback, with its Rust data server (the
 default) and with the Python one; the routes must give back exactly what was
-written. A headless Chromium then loads the tab and is driven as a person
-would: hover, sort, click.
+written, decoded here from the layout the plugin documents. A headless
+Chromium then loads the tab and is driven as a person would: hover, sort,
+click, open a group, filter.
 """
 
 import contextlib
@@ -15,6 +19,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -25,6 +30,7 @@ import urllib.request
 import numpy as np
 import pytest
 
+from keras_neuron_sensitivity.engine.summary import Sensitivities
 from keras_neuron_sensitivity.tensorboard import SensitivityWriter, colour_limits, heatmap
 
 PLUGIN = "keras_neuron_sensitivity"
@@ -51,6 +57,10 @@ def _values(run, seed):
         values[wrt]["zeta_dense"][:, 5] = 0  # dead from the start
         values[wrt]["alpha_conv"][7, 2] = np.nan
         values[wrt]["alpha_conv"][8, 3] = np.inf
+        # Positive, but float16 would make the first 0 (a false "dead") and
+        # the second 6e-8, a subnormal that kept one digit.
+        values[wrt]["zeta_dense"][3, 0] = 1e-30
+        values[wrt]["zeta_dense"][3, 2] = 3e-8
     return values
 
 
@@ -84,6 +94,57 @@ def logged(tmp_path_factory):
     return log_dir, written
 
 
+# A model with nested keys, as the package logs a keras_hub block's sites:
+# the block's output, its attention (query, and the heads: 2 x 4 channels),
+# its feed-forward units. In the model's order, the embedding first.
+NESTED_STEPS = list(range(5))
+NESTED_HEADS = 2
+BLOCK_SITES = ["", "self_attention", "self_attention/query", "self_attention/heads", "ffn"]
+NESTED_KEYS = ["backbone/embedding"] + [
+    "/".join(filter(None, ["backbone", f"block_{b}", site])) for b in range(3) for site in BLOCK_SITES
+] + ["head"]
+NESTED_WIDTH = {key: 12 if key.endswith("/ffn") else 8 for key in NESTED_KEYS}
+# Nothing trainable upstream (sensitivity to weights exactly zero, not dead):
+# block 0's query entirely (before the first trainable layer), neurons 0-3 of
+# block 1's feed-forward units; its neuron 5 is dead from epoch 2.
+FROZEN = {"backbone/block_0/self_attention/query": slice(None), "backbone/block_1/ffn": slice(0, 4)}
+FFN = "backbone/block_1/ffn"
+HEADS_KEY = "backbone/block_1/self_attention/heads"
+
+
+@pytest.fixture(scope="module")
+def nested(tmp_path_factory):
+    """`(log_dir, {"values": {wrt: {key: (S, C)}}, "frozen": {key: (C,) bool}})`."""
+    log_dir = tmp_path_factory.mktemp("nested")
+    rng = np.random.default_rng(7)
+    values, frozen = {}, {}
+    for wrt in ("weights", "inputs"):
+        values[wrt] = {
+            key: (10 ** rng.uniform(-3, 1, (len(NESTED_STEPS), NESTED_WIDTH[key]))).astype(np.float32)
+            for key in NESTED_KEYS
+        }
+    for key, neurons in FROZEN.items():
+        frozen[key] = np.zeros(NESTED_WIDTH[key], bool)
+        frozen[key][neurons] = True
+        values["weights"][key][:, frozen[key]] = 0
+    values["weights"][FFN][2:, 5] = 0
+    masks = {k: frozen.get(k, np.zeros(NESTED_WIDTH[k], bool)) for k in NESTED_KEYS}
+    writer = SensitivityWriter(log_dir / "model", num_bins=5)
+    for step in NESTED_STEPS:
+        reduced = {
+            wrt: Sensitivities(
+                {k: m[step] for k, m in per_key.items()}, "exact", None,
+                frozen=masks if wrt == "weights" else None,
+            )
+            for wrt, per_key in values.items()
+        }
+        dead = {w: s.dead() for w, s in reduced.items()}
+        heads = {k: NESTED_HEADS for k in NESTED_KEYS if k.endswith("/heads")}
+        writer.write(step, reduced, dead, methods={w: "exact" for w in values}, heads=heads)
+    writer.close()
+    return log_dir, {"values": values, "frozen": frozen}
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -108,29 +169,29 @@ def _status(url):
 
 
 @contextlib.contextmanager
-def _tensorboards(log_dir, loaded):
-    """`start(load_fast)`: the base URL of a real TensorBoard on `log_dir`,
-    started once per `--load_fast` value ("auto" is the Rust data server here,
-    "false" the Python multiplexer) and returned once `loaded(base)` is true;
-    all stopped on exit."""
+def _tensorboards(log_dirs, loaded):
+    """`start(load_fast, logdir=...)`: the base URL of a real TensorBoard on
+    `log_dirs[logdir]`, started once per `--load_fast` value ("auto" is the
+    Rust data server here, "false" the Python multiplexer) and logdir, and
+    returned once `loaded(base, logdir)` is true; all stopped on exit."""
     servers = {}
 
-    def start(load_fast):
-        if load_fast in servers:
-            return servers[load_fast][1]
+    def start(load_fast, logdir="flat"):
+        if (load_fast, logdir) in servers:
+            return servers[load_fast, logdir][1]
         port = _free_port()
         command = [
             os.path.join(os.path.dirname(sys.executable), "tensorboard"),
-            "--logdir", str(log_dir), "--host", "127.0.0.1", "--port", str(port),
+            "--logdir", str(log_dirs[logdir]), "--host", "127.0.0.1", "--port", str(port),
             "--load_fast", load_fast,
         ]
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         base = f"http://127.0.0.1:{port}"
-        servers[load_fast] = (process, base)
+        servers[load_fast, logdir] = (process, base)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
-                if loaded(base):
+                if loaded(base, logdir):
                     return base
             except (OSError, KeyError, ValueError):
                 pass
@@ -151,20 +212,26 @@ def _tensorboards(log_dir, loaded):
                 process.wait(timeout=30)
 
 
+def _all_steps(base, layers):
+    """Whether each `(run, key, steps)` serves that many steps."""
+    return all(
+        len(_json(base, f"/data/plugin/{PLUGIN}/layer", run=run, layer=key)["wrt"]["inputs"]["steps"]) == steps
+        for run, key, steps in layers
+    )
+
+
 @pytest.fixture(scope="module")
-def tensorboard(logged):
-    """`tensorboard(load_fast)`: the base URL of a real TensorBoard on the runs."""
-
-    def loaded(base):
-        runs = _json(base, f"/data/plugin/{PLUGIN}/runs")["runs"]
-        # Loaded when every run's first layer has every step.
-        return len(runs) == len(RUNS) and all(
-            len(_json(base, f"/data/plugin/{PLUGIN}/layer", run=r["run"], layer="zeta_dense")
-                ["wrt"]["inputs"]["steps"]) == len(STEPS)
-            for r in runs
-        )
-
-    with _tensorboards(logged[0], loaded) as start:
+def tensorboard(logged, nested):
+    """`tensorboard(load_fast, logdir="flat")`: the base URL of a real
+    TensorBoard on the `logged` ("flat") or `nested` runs, stopped after the
+    module."""
+    # Loaded when every run's last layer has every step.
+    wanted = {
+        "flat": [(f"{run}/sensitivity", "zeta_dense", len(STEPS)) for run in RUNS],
+        "nested": [("model/sensitivity", NESTED_KEYS[-1], len(NESTED_STEPS))],
+    }
+    with _tensorboards({"flat": logged[0], "nested": nested[0]},
+                       lambda base, logdir: _all_steps(base, wanted[logdir])) as start:
         yield start
 
 
@@ -213,8 +280,11 @@ def test_plugin_is_listed_enabled_and_routes_give_back_what_was_written(tensorbo
 
 def test_routes_refuse_bad_requests_and_serve_the_front_end(tensorboard):
     base = tensorboard("auto") + f"/data/plugin/{PLUGIN}"
-    assert _status(f"{base}/layer?run=first/sensitivity&layer=nope") == 404
-    assert _status(f"{base}/layer?run=first/sensitivity") == 400
+    for route in ("layer", "matrix"):
+        assert _status(f"{base}/{route}?run=first/sensitivity&layer=nope") == 404
+        assert _status(f"{base}/{route}?run=first/sensitivity") == 400
+        for bad in ("0", "-3", "x", "2.5"):
+            assert _status(f"{base}/{route}?run=first/sensitivity&layer=zeta_dense&max_steps={bad}") == 400, bad
     status, content_type, body = _get(f"{base}/static/index.js")
     assert status == 200 and content_type.startswith("text/javascript")
     assert b"export async function render" in body
@@ -275,13 +345,13 @@ def test_tensorboard_serves_the_epoch_trained_again_not_the_abandoned_one(preemp
     steps = list(range(PREEMPTED_EPOCHS))
     run = "sensitivity"
 
-    def loaded(base):
+    def loaded(base, logdir):
         layer = _json(base, f"/data/plugin/{PLUGIN}/layer", run=run, layer="hidden")
         # The last step is written after the step trained again.
         return layer["wrt"]["weights"]["steps"][-1] == steps[-1]
 
-    with _tensorboards(log_dir, loaded) as start:
-        base = start(load_fast)
+    with _tensorboards({"preempted": log_dir}, loaded) as start:
+        base = start(load_fast, "preempted")
         for key in ("hidden", "out"):
             layer = _json(base, f"/data/plugin/{PLUGIN}/layer", run=run, layer=key)
             for wrt in ("inputs", "weights"):
@@ -309,22 +379,142 @@ def test_tensorboard_serves_the_epoch_trained_again_not_the_abandoned_one(preemp
         np.testing.assert_allclose(buckets[-1][1], vector.max(), rtol=1e-6)
 
 
+def _decode(body):
+    """The `matrix` route's answer, read by the layout plugin.py documents:
+    `(header, {wrt: {"values": {step: (C,)}, "errors": {step: (C,)},
+    "frozen": {step: (C,) uint8}}})`."""
+    (length,) = struct.unpack("<I", body[:4])
+    assert (4 + length) % 4 == 0  # the body starts aligned for a Float32Array
+    header = json.loads(body[4:4 + length])
+    data = body[4 + length:]
+    decoded = {}
+    for wrt, entry in header["wrt"].items():
+        steps, neurons = entry["steps"], entry["neurons"]
+
+        def read(offset, columns, dtype):
+            vectors = {}
+            for col in columns:
+                vectors[steps[col]] = np.frombuffer(data, dtype, neurons[col], offset)
+                offset += neurons[col] * np.dtype(dtype).itemsize
+            return vectors
+
+        decoded[wrt] = {
+            "values": read(entry["values"], range(len(steps)), "<f4"),
+            "errors": read(entry["errors"]["offset"], entry["errors"]["columns"], "<f4") if entry["errors"] else {},
+            "frozen": read(entry["frozen"]["offset"], entry["frozen"]["columns"], "u1") if entry["frozen"] else {},
+        }
+    return header, decoded
+
+
+def _matrix(base, **query):
+    """`(header, decoded, body)` of the `matrix` route."""
+    status, content_type, body = _get(f"{base}/data/plugin/{PLUGIN}/matrix?" + urllib.parse.urlencode(query))
+    assert status == 200 and content_type == "application/octet-stream"
+    return (*_decode(body), body)
+
+
+@pytest.mark.parametrize("load_fast", INGESTERS)
+def test_matrix_route_decodes_to_exactly_the_float32_written(tensorboard, logged, load_fast):
+    base = tensorboard(load_fast)
+    for run, truth in logged[1].items():
+        for key in RUNS[run.split("/")[0]]:
+            header, served, body = _matrix(base, run=run, layer=key)
+            assert (header["run"], header["layer"], header["heads"]) == (run, key, None)
+            floats = 0
+            for wrt in ("weights", "inputs"):
+                entry, got = header["wrt"][wrt], served[wrt]
+                assert entry["steps"] == STEPS and entry["logged_steps"] == len(STEPS)
+                written = truth["values"][wrt][key]
+                # Bit for bit: NaN, Inf, zeros and the tiny values as written.
+                assert np.stack([got["values"][s] for s in STEPS]).tobytes() == written.tobytes()
+                estimated = [s for s in STEPS if wrt == "weights" and s in ESTIMATED]
+                assert sorted(got["errors"]) == estimated
+                for step in estimated:
+                    assert got["errors"][step].tobytes() == truth["errors"][key][step].tobytes()
+                for step, method in zip(STEPS, entry["methods"]):
+                    if step in estimated:  # the logged text where TensorBoard kept it
+                        assert method == ESTIMATE_TEXT if step == STEPS[-1] else method in (ESTIMATE_TEXT, "estimate")
+                    else:
+                        assert method == "exact"
+                assert entry["frozen"] is None and got["frozen"] == {}
+                floats += written.size + len(estimated) * written.shape[1]
+            # Compact: four bytes a value after the header.
+            (length,) = struct.unpack("<I", body[:4])
+            assert len(body) == 4 + length + 4 * floats
+    # Positive stays positive: float16 would have served these as 0 and 6e-8.
+    _, served, _ = _matrix(base, run="first/sensitivity", layer="zeta_dense")
+    assert served["weights"]["values"][3][0] == np.float32(1e-30) and np.float16(1e-30) == 0
+    assert served["weights"]["values"][3][2] == np.float32(3e-8) != np.float16(3e-8)
+
+
+@pytest.mark.parametrize("max_steps", [1, 2, 5, 11, 12, 50])
+def test_max_steps_keeps_the_first_and_last_steps_evenly_spread(tensorboard, logged, max_steps):
+    base = tensorboard("auto")
+    truth = logged[1]["first/sensitivity"]
+    header, served, _ = _matrix(base, run="first/sensitivity", layer="zeta_dense", max_steps=max_steps)
+    as_json = _json(base, f"/data/plugin/{PLUGIN}/layer", run="first/sensitivity", layer="zeta_dense",
+                    max_steps=max_steps)
+    for wrt in ("weights", "inputs"):
+        steps = header["wrt"][wrt]["steps"]
+        assert as_json["wrt"][wrt]["steps"] == steps
+        assert header["wrt"][wrt]["logged_steps"] == as_json["wrt"][wrt]["logged_steps"] == len(STEPS)
+        if max_steps >= len(STEPS):
+            assert steps == STEPS
+        elif max_steps == 1:
+            assert steps == STEPS[-1:]
+        else:
+            assert len(steps) == max_steps and (steps[0], steps[-1]) == (STEPS[0], STEPS[-1])
+            gaps = np.diff(steps)
+            assert gaps.max() - gaps.min() <= 1, steps  # evenly spread
+        for step in steps:
+            assert served[wrt]["values"][step].tobytes() == truth["values"][wrt]["zeta_dense"][step].tobytes()
+        assert sorted(served[wrt]["errors"]) == [s for s in steps if wrt == "weights" and s in ESTIMATED]
+
+
+@pytest.mark.parametrize("load_fast", INGESTERS)
+def test_frozen_neurons_and_heads_are_served(tensorboard, nested, load_fast):
+    base = tensorboard(load_fast, "nested")
+    (run,) = _json(base, f"/data/plugin/{PLUGIN}/runs")["runs"]
+    assert [layer["key"] for layer in run["layers"]] == NESTED_KEYS  # the model's order
+    truth = nested[1]
+    for key in NESTED_KEYS:
+        header, served, _ = _matrix(base, run="model/sensitivity", layer=key)
+        as_json = _json(base, f"/data/plugin/{PLUGIN}/layer", run="model/sensitivity", layer=key)
+        assert header["heads"] == as_json["heads"] == (NESTED_HEADS if key.endswith("/heads") else None)
+        for wrt in ("weights", "inputs"):
+            written = truth["values"][wrt][key]
+            assert np.stack([served[wrt]["values"][s] for s in NESTED_STEPS]).tobytes() == written.tobytes()
+            frozen = served[wrt]["frozen"]
+            if wrt == "weights" and key in truth["frozen"]:
+                mask = truth["frozen"][key]
+                assert sorted(frozen) == NESTED_STEPS
+                for step in NESTED_STEPS:
+                    np.testing.assert_array_equal(frozen[step], mask.astype(np.uint8))
+                assert as_json["wrt"][wrt]["frozen"] == [mask.astype(int).tolist()] * len(NESTED_STEPS)
+            else:  # to the inputs, and layers with none: no mask at all
+                assert header["wrt"][wrt]["frozen"] is None
+                assert as_json["wrt"][wrt]["frozen"] == [None] * len(NESTED_STEPS)
+
+
 # --- The front-end in headless Chromium --------------------------------------
 
-def _expected_order(matrix, how):
-    """Rows of the matrix view, computed here independently of the page's JavaScript."""
+def _expected_order(matrix, how, frozen=None):
+    """Rows of the matrix view, computed here independently of the page's
+    JavaScript; `frozen`: (C,) neurons with nothing trainable upstream, which
+    are zero but not dead."""
     first, last = matrix[0].astype(np.float64), matrix[-1].astype(np.float64)
+    dead = (matrix == 0) & ~(np.zeros(matrix.shape[1], bool) if frozen is None else frozen)
     neurons = range(matrix.shape[1])
     if how == "last":  # largest first, non-finite last
         key = [last[n] if np.isfinite(last[n]) else -np.inf for n in neurons]
     elif how == "death":  # dead at the end: earliest final dead streak first
         key = []
         for n in neurons:
-            column = matrix[:, n]
-            if column[-1] != 0:
+            column = dead[:, n]
+            if not column[-1]:
                 key.append(-np.inf)
             else:
-                alive = np.flatnonzero(column != 0)
+                alive = np.flatnonzero(~column)
                 key.append(-(alive[-1] + 1 if alive.size else 0))
     else:  # change: |log10(last / first)|, dying or reviving largest
         key = []
@@ -342,10 +532,28 @@ def _expected_order(matrix, how):
 
 
 def _cell_centre(canvas, row, col):
-    data = canvas.evaluate("c => ({...c.dataset})")
-    x = float(data["x0"]) + (col + 0.5) * float(data["cellWidth"])
-    y = float(data["top"]) + (row + 0.5) * float(data["cellHeight"])
+    """Where a cell is: rows come in groups (an attention site's heads) with
+    a gap between two groups, as the canvas's data attributes say."""
+    data = {k: float(v) for k, v in canvas.evaluate("c => ({...c.dataset})").items() if k != "order"}
+    x = data["x0"] + (col + 0.5) * data["cellWidth"]
+    y = data["top"] + (row + 0.5) * data["cellHeight"] + (row // data["groupSize"]) * data["gap"]
     return {"x": x, "y": y}
+
+
+def _pixel(canvas, position):
+    """The canvas's `[r, g, b, a]` at a CSS position (device pixel ratio 1)."""
+    return canvas.evaluate(
+        "(c, p) => Array.from(c.getContext('2d').getImageData(Math.floor(p.x), Math.floor(p.y), 1, 1).data)",
+        position,
+    )
+
+
+def _browser(driver):
+    return driver.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    )
 
 
 def _order(canvas):
@@ -358,11 +566,7 @@ def test_the_tab_in_headless_chromium(tensorboard, logged):
     base = tensorboard("auto")
     truth = logged[1]["first/sensitivity"]
     with sync_api.sync_playwright() as driver:
-        browser = driver.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-        )
+        browser = _browser(driver)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             errors = []
@@ -372,7 +576,10 @@ def test_the_tab_in_headless_chromium(tensorboard, logged):
             page.wait_for_selector("body[data-state=ready]", timeout=30_000)
             assert errors == []
 
-            # A matrix per layer, in the model's order; a panel per run that has the layer.
+            # A matrix per layer, in the model's order, as before groups: the
+            # lone nested layer `block/inner` is a layer, not a group of one.
+            assert page.locator("section.group").count() == 0
+            assert page.locator("#filter").is_hidden()
             sections = page.locator("section.layer")
             assert [sections.nth(i).get_attribute("data-layer") for i in range(sections.count())] == list(LAYERS)
             for key in LAYERS:
@@ -430,6 +637,129 @@ def test_the_tab_in_headless_chromium(tensorboard, logged):
                 cells = curve.locator(f'td[data-wrt="{wrt}"]')
                 shown = [float(cells.nth(i).get_attribute("data-value")) for i in range(cells.count())]
                 np.testing.assert_array_equal(np.float32(shown), truth["values"][wrt]["zeta_dense"][:, neuron])
+            assert errors == []
+        finally:
+            browser.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium)")
+def test_nested_keys_in_groups_loaded_when_shown_with_frozen_neurons_and_heads(tensorboard, nested):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+    base = tensorboard("auto", "nested")
+    values, frozen = nested[1]["values"]["weights"], nested[1]["frozen"]
+    block_keys = {b: [k for k in NESTED_KEYS if k.startswith(f"backbone/block_{b}")] for b in range(3)}
+    with sync_api.sync_playwright() as driver:
+        browser = _browser(driver)
+        try:
+            # Short, so that an open block's last layers start out of view.
+            page = browser.new_page(viewport={"width": 1400, "height": 600})
+            errors, requested = [], []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.on("request", lambda r: "/matrix?" in r.url and requested.append(
+                urllib.parse.parse_qs(urllib.parse.urlsplit(r.url).query)["layer"][0]))
+            page.goto(f"{base}/data/plugin_entry.html?name={PLUGIN}")
+            page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+
+            def group(path):
+                return page.locator(f'section.group[data-group="{path}"]')
+
+            def layers():
+                shown = page.locator("section.layer")
+                return [shown.nth(i).get_attribute("data-layer") for i in range(shown.count())]
+
+            # The backbone, the only group at the top, is open; its blocks are
+            # closed, each offering its feed-forward units and heads.
+            assert group("backbone").get_attribute("data-open") == "true"
+            for b in range(3):
+                assert group(f"backbone/block_{b}").get_attribute("data-open") == "false"
+                chips = group(f"backbone/block_{b}").locator(":scope > .group-head button.shortcut")
+                assert [chips.nth(i).inner_text() for i in range(chips.count())] == ["ffn", "heads"]
+                assert [chips.nth(i).get_attribute("data-key") for i in range(chips.count())] == [
+                    f"backbone/block_{b}/ffn", f"backbone/block_{b}/self_attention/heads"]
+            assert layers() == ["backbone/embedding", "head"]
+            # Only the layers shown were fetched.
+            assert sorted(requested) == ["backbone/embedding", "head"]
+
+            # A block's shortcut: its ffn matrix under the closed block's header.
+            block_2 = group("backbone/block_2")
+            block_2.locator(":scope > .group-head button.shortcut", has_text="ffn").click()
+            block_2.locator('section.layer[data-layer="backbone/block_2/ffn"] canvas.matrix').wait_for()
+            assert block_2.get_attribute("data-open") == "false"
+            assert block_2.locator("section.layer").count() == 1
+            assert set(requested) == {"backbone/embedding", "head", "backbone/block_2/ffn"}
+
+            # Open block 1: its layers appear, and are fetched as they come into view.
+            group("backbone/block_1").locator(":scope > .group-head button.toggle").click()
+            assert group("backbone/block_1").get_attribute("data-open") == "true"
+            assert layers()[1:1 + len(block_keys[1])] == block_keys[1]
+            ffn = page.locator(f'section.layer[data-layer="{FFN}"]')
+            page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+            # Out of view (the page loads half a screen ahead): not fetched yet.
+            assert ffn.evaluate("s => s.getBoundingClientRect().top") > 1.5 * 600
+            assert FFN not in requested
+            ffn.scroll_into_view_if_needed()
+            canvas = ffn.locator("canvas.matrix")
+            canvas.wait_for(timeout=30_000)
+            page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+            assert FFN in requested and not set(requested) & set(block_keys[0])
+
+            # Nothing trainable upstream: pale blue, not counted or marked dead.
+            assert _pixel(canvas, _cell_centre(canvas, 0, 0)) == [190, 215, 235, 255]
+            assert _pixel(canvas, _cell_centre(canvas, 5, len(NESTED_STEPS) - 1)) == [255, 0, 255, 255]
+            dead_at_end = (values[FFN][-1] == 0) & ~frozen[FFN]
+            assert ffn.locator(".dead-count").inner_text() == f"{dead_at_end.sum()} dead"
+            assert ffn.locator(".frozen-count").inner_text() == f"{frozen[FFN].sum()} with nothing trainable upstream"
+            canvas.hover(position=_cell_centre(canvas, 1, 2))
+            tooltip = page.locator("#tooltip")
+            tooltip.wait_for(state="visible")
+            assert tooltip.get_attribute("data-frozen") == "true"
+            assert "value 0 (nothing trainable upstream)" in tooltip.inner_text()
+            assert "(dead)" not in tooltip.inner_text()
+            page.select_option("#sort", "death")
+            order = _order(ffn.locator("canvas.matrix"))
+            assert order == _expected_order(values[FFN], "death", frozen[FFN])
+            assert order != _expected_order(values[FFN], "death")  # as if they were dead
+            page.select_option("#sort", "index")
+
+            # Heads: rows in heads of 4, a separator between two, the hover
+            # names head and dim.
+            heads = page.locator(f'section.layer[data-layer="{HEADS_KEY}"]')
+            heads.scroll_into_view_if_needed()
+            canvas = heads.locator("canvas.matrix")
+            canvas.wait_for(timeout=30_000)
+            data = canvas.evaluate("c => ({...c.dataset})")
+            head_dim = NESTED_WIDTH[HEADS_KEY] // NESTED_HEADS
+            assert (int(data["groupSize"]), int(data["gap"])) == (head_dim, 3)
+            between = {"x": float(data["x0"]) + 1,
+                       "y": float(data["top"]) + head_dim * float(data["cellHeight"]) + 1}
+            assert _pixel(canvas, between) == [153, 153, 153, 255]  # the separator's grey line
+            above = _cell_centre(canvas, head_dim - 1, 0)
+            assert _pixel(canvas, above)[:3] not in ([153, 153, 153], [0, 0, 0])
+            canvas.hover(position=_cell_centre(canvas, 6, 1))
+            tooltip.wait_for(state="visible")
+            assert (tooltip.get_attribute("data-head"), tooltip.get_attribute("data-dim")) == ("1", "2")
+            assert "neuron 6 (head 1, dim 2)" in tooltip.inner_text()
+            # Sorted, each head's channels stay in their head, sorted there.
+            page.select_option("#sort", "last")
+            order = _order(heads.locator("canvas.matrix"))
+            matrix = values[HEADS_KEY].reshape(len(NESTED_STEPS), NESTED_HEADS, head_dim)
+            assert order == [h * head_dim + d for h in range(NESTED_HEADS)
+                             for d in _expected_order(matrix[:, h], "last")]
+            assert order != _expected_order(values[HEADS_KEY], "last")
+            page.select_option("#sort", "index")
+
+            # The filter: the matching layers in one list, fetched as shown.
+            page.fill("#filter", "ffn")
+            ffns = [k for k in NESTED_KEYS if k.endswith("/ffn")]
+            assert layers() == ffns
+            page.wait_for_function(
+                f"document.querySelectorAll('section.layer canvas.matrix').length === {len(ffns)}",
+                timeout=30_000,
+            )
+            page.fill("#filter", "block_0 HEADS")
+            assert layers() == ["backbone/block_0/self_attention/heads"]
+            page.fill("#filter", "")
+            assert group("backbone/block_1").get_attribute("data-open") == "true"  # as the user left it
             assert errors == []
         finally:
             browser.close()

@@ -1,23 +1,50 @@
-"""The Neurons plugin: per-neuron sensitivities served as JSON, and the page.
+"""The Neurons plugin: per-neuron sensitivities, served compactly, and the page.
 
 Routes, under `/data/plugin/keras_neuron_sensitivity/`:
 
-- `runs`: every run with per-neuron tensors and its layers,
-  `{"runs": [{"run": name, "layers": [{"key": key, "wrt": [...]}]}]}`;
-- `layer?run=RUN&layer=KEY`: one layer of one run, per `wrt`:
-  `{"steps": [...], "values": [[C floats] per step], "errors": [null or
-  [C floats] per step], "methods": [text per step]}`. A step has errors only
-  when its values came from the estimator; its method is then "estimate"
-  (or the text the callback logged, "estimate (32 probes)"), else "exact".
-  Non-finite values are the strings "NaN", "Infinity" and "-Infinity";
+- `runs`: every run with per-neuron tensors and its layers in the model's
+  order, `{"runs": [{"run": name, "layers": [{"key": key, "wrt": [...]}]}]}`.
+  Keys are paths: `block/inner` for a nested model's layer or a site inside
+  a layer (`.../ffn`, `.../self_attention/heads`); the page groups them.
+- `matrix?run=RUN&layer=KEY[&max_steps=N]`: one layer of one run, binary
+  (`application/octet-stream`, what the page reads). A little-endian
+  uint32 `n`, then `n` bytes of JSON header (padded with spaces so that the
+  body starts 4-byte aligned), then the body:
+  `{"run", "layer", "heads": H or null, "wrt": {wrt: {"steps": [...],
+  "logged_steps": count before downsampling, "methods": [...],
+  "neurons": [C per step], "values": offset, "errors": null or {"columns":
+  [...], "offset": offset}, "frozen": null or {"columns": [...],
+  "offset": offset}}}}`. Offsets are in bytes from the body's start. At
+  `values`, each step's C float32 (little-endian) back to back, exactly as
+  written: NaN and Inf stay themselves, 0 stays 0, and a tiny positive
+  value stays positive (float16 would turn values under 6e-8 into 0, a
+  false "dead", and over 65504 into Inf). `errors`: the float32 standard
+  errors of the listed columns (steps whose values came from the
+  estimator). `frozen`: for the listed columns (sensitivity to weights
+  only), one uint8 per neuron, 1 where nothing trainable is upstream. `H`:
+  the number of heads of an attention-context site (neuron `h * C / H + d`).
+- `layer?run=RUN&layer=KEY[&max_steps=N]`: the same as JSON, for scripts:
+  `{"run", "layer", "heads", "wrt": {wrt: {"steps", "logged_steps",
+  "values": [[C floats] per step], "errors": [null or [C floats] per step],
+  "methods": [text per step], "frozen": [null or [C 0/1] per step]}}}`.
+  Non-finite values are the strings "NaN", "Infinity" and "-Infinity".
+  About 18 bytes a value, 5x the binary route's 4, and slower to build.
 - `static/<file>`: the front-end, whose entry is `static/index.js`.
+
+`max_steps=N` keeps at most N logged steps, spread evenly from the first to
+the last (both kept). A step's method is "estimate" (or the text the callback
+logged, "estimate (32 probes)") when it has errors, else "exact".
 
 Everything is read through TensorBoard's data provider, for the experiment
 of the request, never from the files directly.
 """
 
+import json
 import math
 import os
+import struct
+
+import numpy as np
 
 from werkzeug import wrappers
 
@@ -53,6 +80,7 @@ class NeuronsPlugin(base_plugin.TBPlugin):
         return {
             "/runs": self._serve_runs,
             "/layer": self._serve_layer,
+            "/matrix": self._serve_matrix,
             "/static/*": self._serve_static,
         }
 
@@ -116,16 +144,35 @@ class NeuronsPlugin(base_plugin.TBPlugin):
         return order
 
     @wrappers.Request.application
+    def _serve_matrix(self, request):
+        layer = self._read_layer(request)
+        return http_util.Respond(request, _binary(layer), "application/octet-stream")
+
+    @wrappers.Request.application
     def _serve_layer(self, request):
+        layer = self._read_layer(request)
+        for series in layer["wrt"].values():
+            series["values"] = [_floats(v) for v in series["values"]]
+            series["errors"] = [None if e is None else _floats(e) for e in series["errors"]]
+            series["frozen"] = [None if f is None else f.astype(int).tolist() for f in series["frozen"]]
+        return http_util.Respond(request, layer, "application/json")
+
+    def _read_layer(self, request):
+        """One layer of one run, as the `layer` and `matrix` routes serve it,
+        with NumPy vectors: `{"run", "layer", "heads", "wrt": {wrt: {"steps",
+        "logged_steps", "values", "errors", "methods", "frozen"}}}`."""
         run, key = request.args.get("run"), request.args.get("layer")
         if not run or not key:
             raise errors.InvalidArgumentError(
-                f"`layer` needs the query arguments `run` and `layer`; got "
-                f"run={run!r}, layer={key!r}. Take both from the `runs` route."
+                f"`{request.path.rsplit('/', 1)[-1]}` needs the query arguments "
+                f"`run` and `layer`; got run={run!r}, layer={key!r}. Take both "
+                "from the `runs` route."
             )
+        max_steps = _max_steps(request.args.get("max_steps"))
         ctx = plugin_util.context(request.environ)
         experiment = plugin_util.experiment_id(request.environ)
         tags = [tag(wrt, key) for wrt in WRT for tag in (layout.values_tag, layout.error_tag)]
+        tags += [layout.frozen_tag(key), layout.heads_tag(key)]
         tensors = self._data_provider.read_tensors(
             ctx,
             experiment_id=experiment,
@@ -139,25 +186,30 @@ class NeuronsPlugin(base_plugin.TBPlugin):
                 "the `runs` route lists the runs and layers there are."
             )
         methods = self._logged_methods(ctx, experiment, run)
-        result = {"run": run, "layer": key, "wrt": {}}
+        # Nothing trainable upstream is about the sensitivity to weights (to
+        # the inputs, such a neuron has a value like any other).
+        frozen_at = {d.step: d.numpy.ravel() > 0 for d in tensors.get(layout.frozen_tag(key), [])}
+        heads = tensors.get(layout.heads_tag(key))
+        result = {"run": run, "layer": key, "heads": int(heads[-1].numpy) if heads else None, "wrt": {}}
         for wrt in WRT:
-            values = tensors.get(layout.values_tag(wrt, key))
+            values = sorted(tensors.get(layout.values_tag(wrt, key), []), key=lambda d: d.step)
             if not values:
                 continue
             errors_at = {d.step: d.numpy for d in tensors.get(layout.error_tag(wrt, key), [])}
-            steps = [d.step for d in values]
+            kept = [values[i] for i in _spread(len(values), max_steps)]
+            steps = [d.step for d in kept]
             result["wrt"][wrt] = {
                 "steps": steps,
-                "values": [_floats(d.numpy) for d in values],
-                "errors": [
-                    _floats(errors_at[s]) if s in errors_at else None for s in steps
-                ],
+                "logged_steps": len(values),
+                "values": [d.numpy.ravel() for d in kept],
+                "errors": [errors_at[s].ravel() if s in errors_at else None for s in steps],
                 "methods": [
                     _method(methods.get(s, {}).get(wrt), estimated=s in errors_at)
                     for s in steps
                 ],
+                "frozen": [frozen_at.get(s) if wrt == "weights" else None for s in steps],
             }
-        return http_util.Respond(request, result, "application/json")
+        return result
 
     def _logged_methods(self, ctx, experiment, run):
         """`{step: {wrt: description}}` from the run's `method` text entries.
@@ -212,6 +264,63 @@ def _parse_values_tag(tag):
         return None
     wrt, _, key = tag[len(layout.WRT_PREFIX):].partition("/")
     return (wrt, key) if wrt in WRT and key else None
+
+
+def _max_steps(text):
+    """The `max_steps` query argument: None (every step) or a positive int."""
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise errors.InvalidArgumentError(
+            f"`max_steps` must be a positive integer; got {text!r}. Leave it "
+            "out for every logged step."
+        )
+    return value
+
+
+def _spread(count, max_steps):
+    """Indices of at most `max_steps` of `count` steps, evenly spread from the
+    first to the last (both kept; the last alone when `max_steps` is 1)."""
+    if max_steps is None or count <= max_steps:
+        return list(range(count))
+    if max_steps == 1:
+        return [count - 1]
+    return sorted({int(i) for i in np.linspace(0, count - 1, max_steps).round()})
+
+
+def _binary(layer):
+    """The `matrix` route's answer (its layout is in the module docstring)."""
+    header = {"run": layer["run"], "layer": layer["layer"], "heads": layer["heads"], "wrt": {}}
+    floats, masks = [], []  # (where the offset goes, its name, the vectors)
+    for wrt, series in layer["wrt"].items():
+        entry = header["wrt"][wrt] = {
+            "steps": series["steps"],
+            "logged_steps": series["logged_steps"],
+            "methods": series["methods"],
+            "neurons": [int(v.size) for v in series["values"]],
+        }
+        floats.append((entry, "values", series["values"]))
+        for field, parts in (("errors", floats), ("frozen", masks)):
+            columns = [i for i, v in enumerate(series[field]) if v is not None]
+            entry[field] = {"columns": columns} if columns else None
+            if columns:
+                parts.append((entry[field], "offset", [series[field][i] for i in columns]))
+    body, offset = [], 0
+    # The float32 arrays first, so that each starts 4-byte aligned (as a
+    # Float32Array must), then the uint8 masks.
+    for parts, dtype in ((floats, "<f4"), (masks, "u1")):
+        for target, name, vectors in parts:
+            target[name] = offset
+            for vector in vectors:
+                body.append(np.asarray(vector).astype(dtype, copy=False).tobytes())
+                offset += len(body[-1])
+    text = json.dumps(header, allow_nan=False).encode()
+    text += b" " * (-(4 + len(text)) % 4)
+    return b"".join([struct.pack("<I", len(text)), text, *body])
 
 
 def _floats(array):

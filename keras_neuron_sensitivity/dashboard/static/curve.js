@@ -1,9 +1,10 @@
 // One neuron over the logged epochs: a line per run and `wrt` on a log axis,
 // error bars where the estimator produced the value, dead epochs marked on
-// the bottom edge and NaN or Inf on the top edge.
+// the bottom edge (pale blue where nothing trainable is upstream instead) and
+// NaN or Inf on the top edge.
 
 import {setUp} from './matrix.js';
-import {DEAD, NONFINITE, formatValue, rgb} from './scale.js';
+import {DEAD, FROZEN, NONFINITE, formatValue, rgb} from './scale.js';
 
 export const WRT_COLOURS = {weights: '#1f77b4', inputs: '#e6550d'};
 const WIDTH = 560;
@@ -16,7 +17,7 @@ const BOTTOM = 34;
 /**
  * @param {HTMLCanvasElement} canvas
  * @param {Array<{colour: string, dashed: boolean, steps: number[],
- *     values: number[], errors: Array<?number>}>} lines
+ *     values: number[], errors: Array<?number>, frozen: boolean[]}>} lines
  */
 export function drawCurves(canvas, lines) {
   const context = setUp(canvas, WIDTH, HEIGHT);
@@ -102,7 +103,7 @@ export function drawCurves(canvas, lines) {
     line.steps.forEach((step, i) => {
       const v = line.values[i];
       const px = x(step);
-      if (v === 0) return marker(context, px, TOP + plotH - 4, DEAD);
+      if (v === 0) return marker(context, px, TOP + plotH - 4, line.frozen[i] ? FROZEN : DEAD);
       if (!Number.isFinite(v) || v < 0) return marker(context, px, TOP + 4, NONFINITE);
       const e = line.errors[i];
       if (e) {

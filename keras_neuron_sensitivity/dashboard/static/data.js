@@ -1,41 +1,61 @@
 // What the plugin's routes return, and the per-neuron orders the page sorts by.
-// A layer's series for one `wrt`: `steps` (the logged epochs), `values[col]`
-// a Float64Array over neurons, `errors[col]` the same or null (exact values),
-// `methods[col]` the method's text.
+// A layer's series for one `wrt`: `steps` (the logged epochs shown),
+// `loggedSteps` (how many there are), `values[col]` a Float32Array over
+// neurons, `errors[col]` the same or null (exact values), `methods[col]` the
+// method's text, `frozen[col]` a Uint8Array (1: nothing trainable upstream)
+// or null.
 
-async function fetchJSON(url) {
+// At most this many logged epochs per matrix, spread evenly from the first
+// to the last: 3 pixels a column (the least a hover can aim at) fill 768.
+export const MAX_COLUMNS = 256;
+
+async function fetchOk(url) {
   const response = await fetch(url);
   if (!response.ok) {
     throw new Error(`${url}: ${response.status} ${await response.text()}`);
   }
-  return response.json();
+  return response;
 }
 
 /** `[{run, layers: [{key, wrt: [...]}]}]`: the runs with per-neuron values. */
 export async function listRuns() {
-  return (await fetchJSON('./runs')).runs;
+  return (await (await fetchOk('./runs')).json()).runs;
 }
 
-/** One layer of one run: `{run, key, wrt: {weights: series, inputs: series}}`. */
+/**
+ * One layer of one run from the binary `matrix` route (its layout is in
+ * plugin.py): `{run, key, heads, wrt: {weights: series, inputs: series}}`.
+ */
 export async function loadLayer(run, key) {
-  const json = await fetchJSON('./layer?' + new URLSearchParams({run, layer: key}));
+  const query = new URLSearchParams({run, layer: key, max_steps: MAX_COLUMNS});
+  const buffer = await (await fetchOk('./matrix?' + query)).arrayBuffer();
+  const length = new DataView(buffer).getUint32(0, true);
+  const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 4, length)));
+  const body = 4 + length;
   const wrt = {};
-  for (const [name, raw] of Object.entries(json.wrt)) {
-    const values = raw.values.map(toNumbers);
+  for (const [name, raw] of Object.entries(header.wrt)) {
+    const n = raw.neurons;
+    const columns = (at, Type, listed) => {
+      const out = raw.steps.map(() => null);
+      let offset = body + at;
+      for (const col of listed) {
+        out[col] = new Type(buffer, offset, n[col]);
+        offset += n[col] * Type.BYTES_PER_ELEMENT;
+      }
+      return out;
+    };
+    const all = raw.steps.map((_, col) => col);
     wrt[name] = {
       steps: raw.steps,
-      values,
-      errors: raw.errors.map((e) => (e ? toNumbers(e) : null)),
+      loggedSteps: raw.logged_steps,
+      values: columns(raw.values, Float32Array, all),
+      errors: raw.errors ? columns(raw.errors.offset, Float32Array, raw.errors.columns) : raw.steps.map(() => null),
+      frozen: raw.frozen ? columns(raw.frozen.offset, Uint8Array, raw.frozen.columns) : null,
       methods: raw.methods,
-      neurons: Math.max(0, ...values.map((v) => v.length)),
+      neurons: Math.max(0, ...n),
     };
   }
-  return {run: json.run, key: json.layer, wrt};
-}
-
-// Non-finite values arrive as the strings "NaN", "Infinity", "-Infinity".
-function toNumbers(list) {
-  return Float64Array.from(list, Number);
+  return {run: header.run, key: header.layer, heads: header.heads, wrt};
 }
 
 /** A neuron's value at a column, NaN where that step has no such neuron. */
@@ -45,16 +65,31 @@ export function valueAt(series, col, neuron) {
 }
 
 /**
+ * Whether a neuron has nothing trainable upstream at a column: its
+ * sensitivity to weights is exactly 0, but it is not dead.
+ */
+export function frozenAt(series, col, neuron) {
+  const mask = series.frozen && series.frozen[col];
+  return Boolean(mask && mask[neuron]) && valueAt(series, col, neuron) === 0;
+}
+
+/** Dead: exactly 0, with something trainable upstream. */
+export function deadAt(series, col, neuron) {
+  return valueAt(series, col, neuron) === 0 && !frozenAt(series, col, neuron);
+}
+
+/**
  * Per neuron, the first logged epoch of its final dead streak (dead at the
  * last epoch and at every epoch since), or null when alive at the end: as
- * the `report` command's "dead since".
+ * the `report` command's "dead since". Neurons with nothing trainable
+ * upstream are not dead.
  */
 export function deadSince(series) {
   const last = series.values.length - 1;
   const since = [];
   for (let neuron = 0; neuron < series.neurons; neuron++) {
     let col = last;
-    while (col >= 0 && valueAt(series, col, neuron) === 0) col--;
+    while (col >= 0 && deadAt(series, col, neuron)) col--;
     since.push(col === last ? null : series.steps[col + 1]);
   }
   return since;
@@ -69,9 +104,11 @@ export const SORTS = {
 
 /**
  * The order of the rows: `order[row]` is the neuron drawn in that row.
- * Ties keep the neuron index order. Non-finite values sort last.
+ * Ties keep the neuron index order. Non-finite values sort last. With
+ * `groupSize` (an attention-context site's head_dim), neurons are sorted
+ * within each head, and the heads stay in their order.
  */
-export function sortOrder(series, how) {
+export function sortOrder(series, how, groupSize = 0) {
   const neurons = Array.from({length: series.neurons}, (_, i) => i);
   const last = series.values.length - 1;
   let key; // larger first; -Infinity last
@@ -86,7 +123,8 @@ export function sortOrder(series, how) {
     return Int32Array.from(neurons);
   }
   const keys = neurons.map(key);
-  neurons.sort((a, b) => (keys[b] - keys[a]) || (a - b));
+  const group = (n) => (groupSize ? Math.floor(n / groupSize) : 0);
+  neurons.sort((a, b) => (group(a) - group(b)) || (keys[b] - keys[a]) || (a - b));
   return Int32Array.from(neurons);
 }
 

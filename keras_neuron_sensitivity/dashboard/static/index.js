@@ -1,24 +1,41 @@
 // The Neurons tab. TensorBoard loads this module in the plugin's iframe and
 // calls `render()`. Per layer, one neuron x epoch matrix per shown run, side
 // by side on one colour scale; hover a cell for its values, click it for the
-// neuron's curve over the epochs.
+// neuron's curve over the epochs. Layers whose keys have a "/" (a nested
+// model's, the sites inside a layer) sit in collapsible groups (tree.js); a
+// layer's data is fetched when its matrix comes into view, not before.
 
-import {SORTS, deadSince, listRuns, loadLayer, sortOrder, valueAt} from './data.js';
+import {MAX_COLUMNS, SORTS, deadSince, frozenAt, listRuns, loadLayer, sortOrder, valueAt} from './data.js';
 import {cellAt, drawMatrix, legend} from './matrix.js';
 import {WRT_COLOURS, drawCurves} from './curve.js';
 import {formatValue, logLimits} from './scale.js';
+import {buildTree, filterKeys, isGroup, keysUnder, openByDefault, shortcuts} from './tree.js';
+
+const PARALLEL = 4; // layer requests in flight at once
+const KEPT = 64; // loaded layers kept when off the page
 
 const state = {
+  phase: 'loading', // 'loading' (the runs), 'error', 'empty' or 'shown'
   runs: [], // [{run, layers: [{key, wrt: [...]}]}], from the `runs` route
+  runKeys: new Map(), // run -> Set of its layer keys
   shown: null, // names of the runs drawn side by side
   known: new Set(), // every run seen so far: a new one is shown when it appears
   wrt: 'weights',
   sort: 'index',
+  filter: '', // when set, the matching layers in a flat list instead of the tree
   layerKeys: [], // every layer, in the order the runs list them
-  data: new Map(), // run + '\n' + key -> a loaded layer (data.js)
+  tree: null, // tree.js
+  open: new Map(), // group path -> open or not, where the user chose
+  pinned: new Set(), // shortcut layers shown under their closed group's header
+  generation: 0, // one per refresh: older answers are dropped
+  data: new Map(), // run + '\n' + key -> a loaded layer (data.js), with its generation
+  pending: new Map(), // run + '\n' + key -> the generation of its request in flight
+  failed: new Map(), // run + '\n' + key -> why it could not be loaded
   selected: null, // {run, key, neuron}: the neuron whose curve is shown
 };
-const dom = {sections: new Map()};
+const dom = {sections: new Map()}; // layer key -> its section, where one is on the page
+const queue = []; // layer requests waiting for a free slot
+let active = 0;
 
 export async function render() {
   document.head.append(element('link', {rel: 'stylesheet', href: './static/style.css'}));
@@ -35,6 +52,13 @@ export async function render() {
     state.sort = dom.sort.value;
     drawLayers();
   };
+  dom.filter = element('input', {id: 'filter', type: 'search', placeholder: 'ffn, layer_3 heads, …'});
+  dom.filter.oninput = () => {
+    state.filter = dom.filter.value.trim();
+    drawLayers();
+  };
+  dom.filterLabel = element('label', {hidden: true, title: 'Every space-separated word must appear in the layer key'},
+    ['Layers matching ', dom.filter]);
   dom.runs = element('span', {id: 'run-choices'});
   const refreshButton = element('button', {id: 'refresh', type: 'button'}, 'Refresh');
   refreshButton.onclick = () => refresh();
@@ -53,6 +77,7 @@ export async function render() {
       element('div', {className: 'controls'}, [
         element('label', {}, ['Sensitivity to ', dom.wrt]),
         element('label', {}, ['Sort neurons by ', dom.sort]),
+        dom.filterLabel,
         dom.runs,
         refreshButton,
       ]),
@@ -62,23 +87,42 @@ export async function render() {
     dom.layers,
     dom.tooltip,
   );
+  let scheduled = false;
+  const schedule = () => {
+    if (scheduled) return;
+    scheduled = true;
+    requestAnimationFrame(() => {
+      scheduled = false;
+      loadVisible();
+    });
+  };
+  window.addEventListener('scroll', schedule, {passive: true});
+  window.addEventListener('resize', schedule);
   await refresh();
 }
 
 async function refresh() {
+  state.phase = 'loading';
   document.body.dataset.state = 'loading';
   dom.status.textContent = 'Loading…';
+  state.generation++;
+  state.pending.clear();
+  state.failed.clear();
+  queue.length = 0;
   try {
     state.runs = await listRuns();
   } catch (error) {
     dom.status.textContent = `Could not list the runs: ${error.message}`;
-    document.body.dataset.state = 'error';
+    state.phase = document.body.dataset.state = 'error';
     return;
   }
   const names = state.runs.map((r) => r.run);
   state.shown = new Set(names.filter((n) => !state.known.has(n) || (state.shown && state.shown.has(n))));
   state.known = new Set([...state.known, ...names]);
+  state.runKeys = new Map(state.runs.map((r) => [r.run, new Set(r.layers.map((l) => l.key))]));
   state.layerKeys = [...new Set(state.runs.flatMap((r) => r.layers.map((l) => l.key)))];
+  state.tree = buildTree(state.layerKeys);
+  dom.filterLabel.hidden = !state.tree.children.some(isGroup) && state.layerKeys.length <= 12;
   const wrts = ['weights', 'inputs'].filter((w) => state.runs.some((r) => r.layers.some((l) => l.wrt.includes(w))));
   if (wrts.length && !wrts.includes(state.wrt)) state.wrt = wrts[0];
   dom.wrt.replaceChildren(...wrts.map((w) => element('option', {value: w, selected: w === state.wrt}, w)));
@@ -88,30 +132,30 @@ async function refresh() {
       'No per-neuron sensitivities in this log directory yet: add a NeuronSensitivityCallback ' +
       'to model.fit and refresh once an epoch has been logged.';
     dom.layers.replaceChildren();
-    document.body.dataset.state = 'empty';
+    state.phase = document.body.dataset.state = 'empty';
     return;
   }
+  state.phase = 'shown';
   drawLayers();
-  const jobs = state.runs.flatMap((r) => r.layers.map((l) => [r.run, l.key]));
-  const failed = [];
-  await inParallel(jobs, 4, async ([run, key]) => {
-    try {
-      state.data.set(run + '\n' + key, await loadLayer(run, key));
-    } catch (error) {
-      failed.push(`${run} ${key}: ${error.message}`);
-    }
-    drawLayer(key);
-  });
-  const neurons = state.layerKeys.reduce((total, key) => {
-    const data = state.data.get(state.runs.find((r) => r.layers.some((l) => l.key === key)).run + '\n' + key);
-    const series = data && Object.values(data.wrt)[0];
-    return total + (series ? series.neurons : 0);
-  }, 0);
-  dom.status.textContent =
-    `${state.runs.length} run${state.runs.length > 1 ? 's' : ''}, ${state.layerKeys.length} layers, ` +
-    `${neurons} neurons.` + (failed.length ? ` Could not load: ${failed.join('; ')}` : '');
   if (state.selected) drawCurve();
-  document.body.dataset.state = 'ready';
+}
+
+function drawStatus() {
+  const runs = state.runs.length;
+  const groups = (function count(node) {
+    return node.children.filter(isGroup).reduce((total, child) => total + 1 + count(child), 0);
+  })(state.tree);
+  const failed = [...state.failed.values()];
+  dom.status.textContent =
+    `${runs} run${runs > 1 ? 's' : ''}, ${state.layerKeys.length} layers` +
+    (groups ? ` in ${groups} groups` : '') + '.' +
+    (state.filter ? ` ${filterKeys(state.layerKeys, state.filter).length} match “${state.filter}”.` : '') +
+    (failed.length ? ` Could not load: ${failed.join('; ')}` : '');
+}
+
+/** The page's state for scripts and tests: 'ready' once nothing is in flight. */
+function drawState() {
+  if (state.phase === 'shown') document.body.dataset.state = state.pending.size ? 'loading' : 'ready';
 }
 
 function drawRunChoices() {
@@ -128,43 +172,196 @@ function drawRunChoices() {
   dom.runs.replaceChildren(...(boxes.length > 1 ? ['Runs: ', ...boxes] : []));
 }
 
+/** The tree of groups and layers, or the layers matching the filter. */
 function drawLayers() {
-  dom.layers.replaceChildren();
   dom.sections.clear();
-  for (const key of state.layerKeys) drawLayer(key);
+  dom.tooltip.hidden = true; // its cell may be gone
+  if (state.filter) {
+    const keys = filterKeys(state.layerKeys, state.filter);
+    dom.layers.replaceChildren(...(keys.length
+      ? keys.map((key) => layerSection(key, key))
+      : [element('p', {className: 'note'}, `No layer key contains every word of “${state.filter}”.`)]));
+  } else {
+    dom.layers.replaceChildren(...state.tree.children.map(nodeElement));
+  }
+  drawStatus();
+  loadVisible();
+}
+
+function nodeElement(node) {
+  if (!isGroup(node)) return layerSection(node.key, node.name);
+  const box = element('section', {className: 'group'});
+  box.dataset.group = node.path;
+  drawGroup(box, node);
+  return box;
+}
+
+function isOpen(node) {
+  return state.open.has(node.path) ? state.open.get(node.path) : openByDefault(node);
+}
+
+/**
+ * A group: its header (open or close it; its `ffn` and `heads` sites, which
+ * show their matrices under the header while it is closed), then its
+ * layers when open.
+ */
+function drawGroup(box, node) {
+  for (const key of keysUnder(node)) {
+    if (dom.sections.has(key) && box.contains(dom.sections.get(key))) dom.sections.delete(key);
+  }
+  const open = isOpen(node);
+  box.dataset.open = String(open);
+  dom.tooltip.hidden = true;
+  const toggle = element('button', {type: 'button', className: 'toggle'}, [
+    element('span', {className: 'arrow'}, open ? '▾' : '▸'), node.name,
+  ]);
+  toggle.setAttribute('aria-expanded', String(open));
+  toggle.onclick = () => {
+    state.open.set(node.path, !open);
+    drawGroup(box, node);
+    loadVisible();
+  };
+  const sites = shortcuts(node);
+  const chips = sites.map(({name, key}) => {
+    const chip = element('button', {type: 'button', className: 'shortcut', title: key}, name);
+    chip.dataset.key = key;
+    chip.setAttribute('aria-pressed', String(!open && state.pinned.has(key)));
+    chip.onclick = () => {
+      if (open) {
+        const section = dom.sections.get(key);
+        if (section) section.scrollIntoView({block: 'start'});
+        return;
+      }
+      if (state.pinned.has(key)) state.pinned.delete(key);
+      else state.pinned.add(key);
+      drawGroup(box, node);
+      loadVisible();
+    };
+    return chip;
+  });
+  const count = keysUnder(node).length;
+  const head = element('div', {className: 'group-head'}, [
+    toggle, element('span', {className: 'note'}, `${count} layer${count > 1 ? 's' : ''}`), ...chips,
+  ]);
+  const relative = (key) => key.slice(node.path.length + 1);
+  const body = open
+    ? [
+      ...(node.key === null ? [] : [layerSection(node.key, `${node.name} (its output)`)]),
+      ...node.children.map(nodeElement),
+    ]
+    : sites.filter(({key}) => state.pinned.has(key)).map(({key}) => layerSection(key, relative(key)));
+  box.replaceChildren(head, element('div', {className: 'group-body'}, body));
+}
+
+/** A layer's section: drawn now, filled as its runs' data arrive. */
+function layerSection(key, title) {
+  const section = element('section', {className: 'layer'});
+  section.dataset.layer = key;
+  section.dataset.title = title;
+  dom.sections.set(key, section);
+  drawLayer(key);
+  return section;
+}
+
+/** Fetches the layers whose sections are in view (or half a screen away). */
+function loadVisible() {
+  if (state.phase !== 'shown') return;
+  const margin = window.innerHeight / 2;
+  for (const [key, section] of dom.sections) {
+    if (!section.isConnected) continue;
+    const box = section.getBoundingClientRect();
+    if (box.bottom < -margin || box.top > window.innerHeight + margin) continue;
+    for (const run of state.shown) {
+      const id = run + '\n' + key;
+      const have = state.data.get(id);
+      if (!state.runKeys.get(run).has(key) || state.pending.has(id) || state.failed.has(id) ||
+          (have && have.generation === state.generation)) continue;
+      state.pending.set(id, state.generation);
+      queue.push({run, key, id, generation: state.generation});
+    }
+  }
+  pump();
+  drawState();
+}
+
+function pump() {
+  while (active < PARALLEL && queue.length) {
+    const job = queue.shift();
+    active++;
+    const current = () => job.generation === state.generation;
+    loadLayer(job.run, job.key).then(
+      (data) => {
+        if (current()) {
+          state.data.set(job.id, Object.assign(data, {generation: job.generation}));
+          forgetHidden();
+        }
+      },
+      (error) => {
+        if (current()) state.failed.set(job.id, `${job.run} ${job.key}: ${error.message}`);
+      },
+    ).finally(() => {
+      active--;
+      if (state.pending.get(job.id) === job.generation) state.pending.delete(job.id);
+      if (current()) {
+        drawLayer(job.key);
+        if (state.selected && state.selected.key === job.key) drawCurve();
+        if (state.failed.has(job.id)) drawStatus();
+      }
+      pump();
+      drawState();
+    });
+  }
+}
+
+/**
+ * Drops the oldest loaded layers that are not on the page beyond `KEPT`, so
+ * that browsing a large model does not hold every layer it has shown.
+ */
+function forgetHidden() {
+  for (const id of state.data.keys()) {
+    if (state.data.size <= KEPT) return;
+    const section = dom.sections.get(id.split('\n')[1]);
+    if (!(section && section.isConnected)) state.data.delete(id);
+  }
 }
 
 /** One layer: its name, its colour scale, and a matrix per shown run. */
 function drawLayer(key) {
-  let section = dom.sections.get(key);
-  if (!section) {
-    section = element('section', {className: 'layer'});
-    section.dataset.layer = key;
-    dom.sections.set(key, section);
-    dom.layers.append(section);
-  }
-  const runs = state.runs.filter((r) => state.shown.has(r.run) && r.layers.some((l) => l.key === key));
+  const section = dom.sections.get(key);
+  if (!section) return;
+  const runs = state.runs.filter((r) => state.shown.has(r.run) && state.runKeys.get(r.run).has(key));
   const serieses = runs
     .map((r) => state.data.get(r.run + '\n' + key))
     .map((data) => data && data.wrt[state.wrt])
     .filter(Boolean);
   const limits = logLimits(serieses.flatMap((s) => s.values));
+  const frozen = serieses.some((s) => s.frozen && s.frozen.some(Boolean));
   const panels = element('div', {className: 'panels'});
   for (const {run} of runs) panels.append(panel(run, key, limits));
   section.replaceChildren(
-    element('div', {className: 'layer-head'}, [element('h2', {}, key), legend(limits)]),
+    element('div', {className: 'layer-head'}, [
+      element('h2', {title: key}, section.dataset.title), legend(limits, frozen),
+    ]),
     panels,
   );
+}
+
+/** The channels per head of an attention-context site, or 0. */
+function headSize(data, series) {
+  const heads = data.heads;
+  return heads > 1 && series.neurons % heads === 0 ? series.neurons / heads : 0;
 }
 
 function panel(run, key, limits) {
   const box = element('div', {className: 'panel'});
   box.dataset.run = run;
   box.append(element('h3', {}, run));
-  const data = state.data.get(run + '\n' + key);
+  const id = run + '\n' + key;
+  const data = state.data.get(id);
   const series = data && data.wrt[state.wrt];
   if (!data) {
-    box.append(element('p', {className: 'note'}, 'loading…'));
+    box.classList.add('pending');
+    box.append(element('p', {className: 'note'}, state.failed.get(id) || 'loading…'));
     return box;
   }
   if (!series) {
@@ -173,27 +370,40 @@ function panel(run, key, limits) {
   }
   const last = series.steps.length - 1;
   const dead = deadSince(series).filter((s) => s !== null).length;
+  let frozen = 0;
+  for (let n = 0; n < series.neurons; n++) frozen += frozenAt(series, last, n);
   const estimated = series.errors.filter(Boolean).length;
+  const groupSize = headSize(data, series);
+  const shown = series.steps.length;
   box.append(element('p', {className: 'caption'}, [
-    `${series.neurons} neurons × ${series.steps.length} logged epochs; `,
+    `${series.neurons} neurons`,
+    groupSize ? ` (${data.heads} heads × ${groupSize})` : '',
+    ` × ${shown} logged epochs`,
+    series.loggedSteps > shown ? ` (of ${series.loggedSteps}, spread evenly; at most ${MAX_COLUMNS} are shown)` : '',
+    '; ',
     element('span', {className: 'dead-count'}, `${dead} dead`),
+    frozen ? '; ' : '',
+    frozen ? element('span', {className: 'frozen-count'}, `${frozen} with nothing trainable upstream`) : '',
     ` at epoch ${series.steps[last]}`,
     estimated ? `; estimated at ${estimated} of them` : '',
   ]));
-  const order = sortOrder(series, state.sort);
+  const order = sortOrder(series, state.sort, groupSize);
   const canvas = element('canvas', {className: 'matrix'});
   const selected = state.selected && state.selected.run === run && state.selected.key === key
     ? state.selected.neuron : null;
-  const yTitle = state.sort === 'index' ? 'neuron' : 'neuron (sorted)';
-  const geo = drawMatrix(canvas, series, order, limits, yTitle, selected);
-  // Where the cells are, and which neuron each row is, for scripts and tests.
+  const unit = groupSize ? 'head' : 'neuron';
+  const yTitle = state.sort === 'index' ? unit : groupSize ? 'head (sorted within)' : 'neuron (sorted)';
+  const geo = drawMatrix(canvas, series, order, limits, {yTitle, selected, groupSize});
+  // Where the cells are, and which neuron each row is, for scripts and tests:
+  // row r's top is top + r * cellHeight + floor(r / groupSize) * gap.
   Object.assign(canvas.dataset, {
     x0: geo.x0, top: geo.top, cellWidth: geo.cw, cellHeight: geo.ch, order: order.join(','),
+    groupSize: geo.groupSize, gap: geo.gap,
   });
   const under = (event) => cellAt(geo, event.offsetX, event.offsetY);
   canvas.onmousemove = (event) => {
     const cell = under(event);
-    if (cell) showTooltip(event, run, key, series, order[cell.row], cell.col);
+    if (cell) showTooltip(event, run, key, series, order[cell.row], cell.col, groupSize);
     else dom.tooltip.hidden = true;
   };
   canvas.onmouseleave = () => {
@@ -212,19 +422,27 @@ function panel(run, key, limits) {
   return box;
 }
 
-/** "layer, neuron, epoch, value, method", beside the mouse. */
-function showTooltip(event, run, key, series, neuron, col) {
+/** What a zero means at a cell: dead, or nothing trainable upstream. */
+function zeroNote(series, col, neuron) {
+  if (valueAt(series, col, neuron) !== 0) return '';
+  return frozenAt(series, col, neuron) ? ' (nothing trainable upstream)' : ' (dead)';
+}
+
+/** "layer, neuron (head, dim), epoch, value, method", beside the mouse. */
+function showTooltip(event, run, key, series, neuron, col, groupSize) {
   const value = valueAt(series, col, neuron);
   const error = series.errors[col] ? series.errors[col][neuron] : null;
   const step = series.steps[col];
   const method = error === null ? series.methods[col] : `${series.methods[col]} ± ${formatValue(error)}`;
+  const head = groupSize ? Math.floor(neuron / groupSize) : null;
+  const dim = groupSize ? neuron % groupSize : null;
   const tip = dom.tooltip;
   tip.replaceChildren(
     element('div', {}, [
       element('b', {className: 'layer'}, key), ', ',
-      element('span', {className: 'neuron'}, `neuron ${neuron}`), ', ',
+      element('span', {className: 'neuron'}, `neuron ${neuron}` + (groupSize ? ` (head ${head}, dim ${dim})` : '')), ', ',
       element('span', {className: 'epoch'}, `epoch ${step}`), ', ',
-      element('span', {className: 'value'}, `value ${formatValue(value)}${value === 0 ? ' (dead)' : ''}`), ', ',
+      element('span', {className: 'value'}, `value ${formatValue(value)}${zeroNote(series, col, neuron)}`), ', ',
       element('span', {className: 'method'}, method),
     ]),
     element('div', {className: 'where'}, `run ${run}, sensitivity to ${state.wrt}`),
@@ -232,6 +450,8 @@ function showTooltip(event, run, key, series, neuron, col) {
   Object.assign(tip.dataset, {
     run, layer: key, wrt: state.wrt, neuron: String(neuron), epoch: String(step),
     value: String(value), method: series.methods[col], error: error === null ? '' : String(error),
+    frozen: String(frozenAt(series, col, neuron)),
+    head: head === null ? '' : String(head), dim: dim === null ? '' : String(dim),
   });
   tip.hidden = false;
   const x = event.clientX + 14;
@@ -243,6 +463,7 @@ function showTooltip(event, run, key, series, neuron, col) {
 /** The selected neuron over the epochs: to weights and to inputs, every shown run. */
 function drawCurve() {
   const {run, key, neuron} = state.selected;
+  if (!state.data.has(run + '\n' + key)) return; // reloading after a refresh: drawn when it arrives
   const runs = [run, ...state.runs.map((r) => r.run).filter((r) => r !== run && state.shown.has(r))];
   const lines = [];
   const keyItems = [];
@@ -259,6 +480,7 @@ function drawCurve() {
         steps: series.steps,
         values: series.values.map((_, col) => valueAt(series, col, neuron)),
         errors: series.errors.map((e) => (e ? e[neuron] : null)),
+        frozen: series.values.map((_, col) => frozenAt(series, col, neuron)),
       });
       const sample = element('i', {className: dashed ? 'dashed' : ''});
       sample.style.borderColor = WRT_COLOURS[wrt];
@@ -282,7 +504,7 @@ function drawCurve() {
       canvas,
       element('div', {}, [
         element('div', {className: 'curve-keys'}, keyItems),
-        element('p', {className: 'note'}, 'Dead epochs: magenta marks at the bottom; NaN or Inf: grey marks at the top; bars: ± the estimator\'s standard error.'),
+        element('p', {className: 'note'}, 'Dead epochs: magenta marks at the bottom (pale blue: nothing trainable upstream); NaN or Inf: grey marks at the top; bars: ± the estimator\'s standard error.'),
         valuesTable(run, key, neuron),
       ]),
     ]),
@@ -306,7 +528,7 @@ function valuesTable(run, key, neuron) {
         const value = valueAt(series, col, neuron);
         const error = series.errors[col] ? series.errors[col][neuron] : null;
         cell.textContent = formatValue(value) + (error === null ? '' : ` ± ${formatValue(error)}`) +
-          (value === 0 ? ' (dead)' : '');
+          zeroNote(series, col, neuron);
         cell.title = series.methods[col];
         Object.assign(cell.dataset, {wrt, value: String(value)});
       }
@@ -319,14 +541,6 @@ function valuesTable(run, key, neuron) {
     element('summary', {}, 'values'),
     element('table', {}, [element('thead', {}, head), element('tbody', {}, rows)]),
   ]);
-}
-
-async function inParallel(items, width, work) {
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) await work(items[next++]);
-  };
-  await Promise.all(Array.from({length: Math.min(width, items.length)}, worker));
 }
 
 function element(tag, properties = {}, children = []) {

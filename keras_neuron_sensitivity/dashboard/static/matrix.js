@@ -1,40 +1,59 @@
 // One run's neuron x epoch matrix for one layer: rows are neurons (in the
 // chosen order), columns the logged epochs, drawn on a canvas with labelled
 // axes, a gutter that marks neurons dead at the last epoch, and the layer's
-// colour scale (`legend`).
+// colour scale (`legend`). An attention-context site's rows come in heads,
+// with a separator between two heads.
 
-import {valueAt} from './data.js';
-import {DEAD, NONFINITE, cellColour, colourAt, formatValue, rgb, HIGH_QUANTILE, LOW_QUANTILE} from './scale.js';
+import {deadAt, frozenAt, valueAt} from './data.js';
+import {DEAD, FROZEN, NONFINITE, cellColour, colourAt, formatValue, rgb, HIGH_QUANTILE, LOW_QUANTILE} from './scale.js';
 
 const LEFT = 58; // y tick labels and the axis title
 const GUTTER = 6; // dead-at-the-end marks
 const TOP = 6;
 const BOTTOM = 38; // x tick labels and the axis title
 const RIGHT = 10;
+const HEAD_GAP = 3; // pixels between two heads, a grey line in the middle
 const FONT = '11px sans-serif';
 
 function clamp(x, low, high) {
   return Math.min(Math.max(x, low), high);
 }
 
-/** Where everything goes: cells are `cw` x `ch` pixels from `(x0, TOP)`. */
-export function geometry(series) {
+/**
+ * Where everything goes: cells are `cw` x `ch` pixels from `(x0, top)`,
+ * rows in groups of `groupSize` (a head's channels; every row otherwise)
+ * with `gap` pixels between two groups.
+ */
+export function geometry(series, groupSize = 0) {
   const cols = series.values.length;
   const rows = series.neurons;
   const cw = clamp(Math.floor(360 / cols), 3, 28);
   const ch = clamp(Math.floor(320 / rows), 1, 12);
   const x0 = LEFT + GUTTER + 2;
+  const size = groupSize || Math.max(rows, 1);
+  const gap = groupSize ? HEAD_GAP : 0;
+  const groups = Math.max(1, Math.ceil(rows / size));
+  const bodyHeight = rows * ch + (groups - 1) * gap;
   return {
-    cols, rows, cw, ch, x0, top: TOP,
+    cols, rows, cw, ch, x0, top: TOP, groupSize: size, gap, bodyHeight,
     width: x0 + cols * cw + RIGHT,
-    height: TOP + rows * ch + BOTTOM,
+    height: TOP + bodyHeight + BOTTOM,
   };
 }
 
-/** The `{row, col}` under canvas coordinates `(x, y)`, or null. */
+/** The y of a row's top edge. */
+export function rowTop(geo, row) {
+  return geo.top + row * geo.ch + Math.floor(row / geo.groupSize) * geo.gap;
+}
+
+/** The `{row, col}` under canvas coordinates `(x, y)`, or null (also in a gap). */
 export function cellAt(geo, x, y) {
   const col = Math.floor((x - geo.x0) / geo.cw);
-  const row = Math.floor((y - geo.top) / geo.ch);
+  const span = geo.groupSize * geo.ch + geo.gap;
+  const group = Math.floor((y - geo.top) / span);
+  const within = y - geo.top - group * span;
+  if (within >= geo.groupSize * geo.ch) return null;
+  const row = group * geo.groupSize + Math.floor(within / geo.ch);
   if (col < 0 || col >= geo.cols || row < 0 || row >= geo.rows) return null;
   return {row, col};
 }
@@ -45,55 +64,72 @@ export function cellAt(geo, x, y) {
  * @param {object} series one `wrt` of a layer (data.js)
  * @param {Int32Array} order the neuron of each row
  * @param {?{low: number, high: number}} limits the layer's colour scale
- * @param {string} yTitle what the rows are sorted by
- * @param {?number} selected a neuron to outline
+ * @param {{yTitle: string, selected: ?number, groupSize: number}} options
+ *     what the rows are sorted by, a neuron to outline, and head_dim for an
+ *     attention-context site (0 otherwise)
  */
-export function drawMatrix(canvas, series, order, limits, yTitle, selected) {
-  const geo = geometry(series);
+export function drawMatrix(canvas, series, order, limits, {yTitle, selected = null, groupSize = 0}) {
+  const geo = geometry(series, groupSize);
   const context = setUp(canvas, geo.width, geo.height);
 
   // The cells at one pixel each, then scaled up without smoothing: fast for
   // tens of thousands of neurons, and sharp.
-  const cells = new ImageData(geo.cols, geo.rows);
-  const marks = new ImageData(1, geo.rows);
+  const cells = new ImageData(geo.cols, Math.max(geo.rows, 1));
+  const marks = new ImageData(1, Math.max(geo.rows, 1));
   const last = geo.cols - 1;
   for (let row = 0; row < geo.rows; row++) {
     const neuron = order[row];
     for (let col = 0; col < geo.cols; col++) {
-      const colour = cellColour(valueAt(series, col, neuron), limits);
+      const colour = cellColour(valueAt(series, col, neuron), limits, frozenAt(series, col, neuron));
       const at = 4 * (row * geo.cols + col);
       cells.data[at] = colour[0]; // a Uint8ClampedArray rounds
       cells.data[at + 1] = colour[1];
       cells.data[at + 2] = colour[2];
       cells.data[at + 3] = 255;
     }
-    const dead = valueAt(series, last, neuron) === 0;
-    marks.data.set(dead ? [...DEAD, 255] : [0, 0, 0, 0], 4 * row);
+    marks.data.set(deadAt(series, last, neuron) ? [...DEAD, 255] : [0, 0, 0, 0], 4 * row);
   }
   const scratch = document.createElement('canvas');
   scratch.width = geo.cols + 1;
-  scratch.height = geo.rows;
+  scratch.height = Math.max(geo.rows, 1);
   scratch.getContext('2d').putImageData(cells, 0, 0);
   scratch.getContext('2d').putImageData(marks, geo.cols, 0);
   context.imageSmoothingEnabled = false;
-  const height = geo.rows * geo.ch;
-  context.drawImage(scratch, 0, 0, geo.cols, geo.rows, geo.x0, geo.top, geo.cols * geo.cw, height);
-  context.drawImage(scratch, geo.cols, 0, 1, geo.rows, LEFT, geo.top, GUTTER, height);
+  const matrixWidth = geo.cols * geo.cw;
+  context.fillStyle = '#999';
+  for (let first = 0; first < geo.rows; first += geo.groupSize) {
+    const count = Math.min(geo.groupSize, geo.rows - first);
+    const y = rowTop(geo, first);
+    context.drawImage(scratch, 0, first, geo.cols, count, geo.x0, y, matrixWidth, count * geo.ch);
+    context.drawImage(scratch, geo.cols, first, 1, count, LEFT, y, GUTTER, count * geo.ch);
+    if (first > 0) context.fillRect(geo.x0, y - Math.ceil(geo.gap / 2), matrixWidth, 1);
+  }
+  const height = geo.bodyHeight;
 
   context.strokeStyle = '#555';
   context.lineWidth = 1;
-  context.strokeRect(geo.x0 - 0.5, geo.top - 0.5, geo.cols * geo.cw + 1, height + 1);
+  context.strokeRect(geo.x0 - 0.5, geo.top - 0.5, matrixWidth + 1, height + 1);
 
   context.fillStyle = '#333';
   context.font = FONT;
-  // y ticks: the neuron drawn in that row, about every 28 pixels.
   context.textAlign = 'right';
   context.textBaseline = 'middle';
-  const rowStep = Math.max(1, Math.ceil(28 / geo.ch));
-  for (let row = 0; row < geo.rows; row += rowStep) {
-    const y = geo.top + (row + 0.5) * geo.ch;
-    context.fillText(String(order[row]), LEFT - 4, y);
-    context.fillRect(LEFT - 2, Math.round(y), 2, 1);
+  if (groupSize) {
+    // y ticks: the head of each group, as many as fit 14 pixels apart.
+    const span = geo.groupSize * geo.ch + geo.gap;
+    const every = Math.max(1, Math.ceil(14 / span));
+    for (let head = 0; head * geo.groupSize < geo.rows; head += every) {
+      const y = rowTop(geo, head * geo.groupSize) + (geo.groupSize * geo.ch) / 2;
+      context.fillText(`h${head}`, LEFT - 4, y);
+    }
+  } else {
+    // y ticks: the neuron drawn in that row, about every 28 pixels.
+    const rowStep = Math.max(1, Math.ceil(28 / geo.ch));
+    for (let row = 0; row < geo.rows; row += rowStep) {
+      const y = geo.top + (row + 0.5) * geo.ch;
+      context.fillText(String(order[row]), LEFT - 4, y);
+      context.fillRect(LEFT - 2, Math.round(y), 2, 1);
+    }
   }
   // x ticks: the logged epoch of the column, about every 30 pixels.
   context.textAlign = 'center';
@@ -105,7 +141,7 @@ export function drawMatrix(canvas, series, order, limits, yTitle, selected) {
     context.fillRect(Math.round(x), axisY, 1, 3);
     context.fillText(String(series.steps[col]), x, axisY + 4);
   }
-  context.fillText('epoch', geo.x0 + (geo.cols * geo.cw) / 2, axisY + 19);
+  context.fillText('epoch', geo.x0 + matrixWidth / 2, axisY + 19);
   context.save();
   context.translate(12, geo.top + height / 2);
   context.rotate(-Math.PI / 2);
@@ -118,7 +154,7 @@ export function drawMatrix(canvas, series, order, limits, yTitle, selected) {
     if (row >= 0) {
       context.strokeStyle = '#d62728';
       context.lineWidth = 2;
-      context.strokeRect(geo.x0 - 3, geo.top + row * geo.ch - 2, geo.cols * geo.cw + 6, geo.ch + 4);
+      context.strokeRect(geo.x0 - 3, rowTop(geo, row) - 2, matrixWidth + 6, geo.ch + 4);
     }
   }
   return geo;
@@ -137,8 +173,12 @@ export function setUp(canvas, width, height) {
   return context;
 }
 
-/** The colour scale of a layer: its limits, and the dead and NaN swatches. */
-export function legend(limits) {
+/**
+ * The colour scale of a layer: its limits, and the dead and NaN swatches
+ * (and the frozen one when the layer has neurons with nothing trainable
+ * upstream).
+ */
+export function legend(limits, frozen = false) {
   const box = document.createElement('div');
   box.className = 'legend';
   if (limits) {
@@ -160,6 +200,7 @@ export function legend(limits) {
       'percentile of the non-zero values shown for this layer; values beyond take the end colours.';
   }
   box.append(swatch(DEAD, 'dead (exactly 0)'), swatch(NONFINITE, 'NaN or Inf'));
+  if (frozen) box.append(swatch(FROZEN, 'nothing trainable upstream (0, not dead)'));
   return box;
 }
 

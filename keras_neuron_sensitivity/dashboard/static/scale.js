@@ -14,6 +14,8 @@ const STOPS = [
 ];
 export const DEAD = [255, 0, 255];
 export const NONFINITE = [128, 128, 128];
+// Nothing trainable upstream: zero to weights, but not dead (as the PNGs).
+export const FROZEN = [190, 215, 235];
 export const LOW_QUANTILE = 0.05;
 export const HIGH_QUANTILE = 0.95;
 
@@ -55,10 +57,10 @@ export function position(value, limits) {
   return (Math.log10(value) - limits.low) / (limits.high - limits.low);
 }
 
-/** The `[r, g, b]` of one cell. */
-export function cellColour(value, limits) {
+/** The `[r, g, b]` of one cell; `frozen`: nothing trainable upstream. */
+export function cellColour(value, limits, frozen = false) {
   if (!Number.isFinite(value)) return NONFINITE;
-  if (value === 0) return DEAD;
+  if (value === 0) return frozen ? FROZEN : DEAD;
   if (value < 0 || !limits) return NONFINITE; // a norm is never negative
   return colourAt(position(value, limits));
 }
