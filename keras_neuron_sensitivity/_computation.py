@@ -5,7 +5,9 @@
 `compute`, which picks the method per `wrt` (`"auto"`: the cheaper by the
 prediction of `methods.predict_costs`) and runs one method object per method,
 made once per model and configuration and reused at every call (the cache
-at the end of this module; `clear_cache` empties it).
+at the end of this module; `clear_cache` empties it). With `activity=True`,
+`compute` also reads every selected neuron's activity on the probe (one
+forward, `engine/activity.py`), in one place: `_activity`.
 """
 
 import collections
@@ -16,6 +18,7 @@ import weakref
 
 from keras_neuron_sensitivity import _batch, probe
 from keras_neuron_sensitivity.engine import backend, methods, upstream
+from keras_neuron_sensitivity.engine.activity import ActivityForward
 from keras_neuron_sensitivity.errors import UnsupportedModelError
 
 
@@ -78,8 +81,25 @@ def model_graph(model, x=None):
     return probe.build_graph(model, x)
 
 
-def compute(problem, *, method, num_probes, seed, memory_budget_mb, snapshot=None):
-    """`{wrt: result}`; `result.reduce(reduction)` gives `Sensitivities`.
+class Results(dict):
+    """`{wrt: result}`, as `compute` returns it; `result.reduce(reduction)`
+    gives `Sensitivities`.
+
+    Attributes:
+        activity: `{key: {statistic: (C,) array}}` from the probe forward
+            (`activity.summarize`), or None when not asked for.
+    """
+
+    def __init__(self, results, activity=None):
+        super().__init__(results)
+        self.activity = activity
+
+
+def compute(
+    problem, *, method, num_probes, seed, memory_budget_mb, snapshot=None, activity=False
+):
+    """`Results`: `{wrt: result}`; `result.reduce(reduction)` gives
+    `Sensitivities`, and `Results.activity` each neuron's activity.
 
     Args:
         problem: from `prepare`.
@@ -91,6 +111,7 @@ def compute(problem, *, method, num_probes, seed, memory_budget_mb, snapshot=Non
         snapshot: `{id(variable): value}` to compute on
             (`replay.snapshot_values`: the weights an epoch ended with, for
             the background), or None for the variables' values now.
+        activity: also read each neuron's activity on the probe.
     """
     num_probes = num_probes or methods.DEFAULT_NUM_PROBES
     chosen = {w: choose(problem, w, method, num_probes) for w in problem.wrt}
@@ -103,7 +124,18 @@ def compute(problem, *, method, num_probes, seed, memory_budget_mb, snapshot=Non
             results.update(runner(problem.inputs, seed, snapshot))
     if "weights" in results:
         results["weights"].frozen = _frozen(problem)
-    return {w: results[w] for w in problem.wrt}
+    stats = _activity(problem, snapshot) if activity else None
+    return Results({w: results[w] for w in problem.wrt}, stats)
+
+
+def _activity(problem, snapshot):
+    """Every selected neuron's activity on the probe: the one place where
+    its forward runs, to be fused into the methods' own forward."""
+    forward = _entry(
+        problem, ("activity",),
+        lambda: ActivityForward(problem.graph, problem.keys),
+    )
+    return forward(problem.inputs, snapshot)
 
 
 def _frozen(problem):
