@@ -18,6 +18,7 @@ _EXPORTS = {
     "UnsupportedModelError": "keras_neuron_sensitivity.errors",
     "clear_cache": "keras_neuron_sensitivity.api",
     "load_sensitivity": "keras_neuron_sensitivity.report",
+    "neuron_activity": "keras_neuron_sensitivity.api",
     "neuron_jacobian": "keras_neuron_sensitivity.api",
     "neuron_sensitivity": "keras_neuron_sensitivity.api",
     "register_rule": "keras_neuron_sensitivity.engine",

@@ -94,6 +94,38 @@ def check_positive_int(name, value):
     raise ValueError(f"Received {name}={value!r}. Expected a positive int.")
 
 
+def check_threshold(name, value, example, meaning):
+    """`value` as a float: finite and not negative."""
+    if (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float, np.integer, np.floating))
+        and math.isfinite(value)
+        and value >= 0
+    ):
+        return float(value)
+    raise ValueError(
+        f"Received {name}={value!r}. Expected a non-negative number, for "
+        f"example {name}={example}: {meaning}."
+    )
+
+
+def check_dormant_threshold(value):
+    return check_threshold(
+        "dormant_threshold", value, 0.1,
+        "a neuron whose mean |activation| is at most this fraction of its "
+        "layer's average is dormant (tau of Sokar et al. 2023)",
+    )
+
+
+def check_saturation_threshold(value):
+    return check_threshold(
+        "saturation_threshold", value, 0.01,
+        "a neuron that fires is saturated when its activation's mean "
+        "derivative where it fires is at most this fraction of the "
+        "activation's largest",
+    )
+
+
 def check_freq(freq):
     if is_int(freq):
         if freq >= 1:

@@ -1,7 +1,7 @@
-"""`neuron_sensitivity`, `neuron_jacobian` and `clear_cache`: argument
-checks, then one engine call."""
+"""`neuron_sensitivity`, `neuron_activity`, `neuron_jacobian` and
+`clear_cache`: argument checks, then one engine call."""
 
-from keras_neuron_sensitivity import _arguments, _computation, _snapshot
+from keras_neuron_sensitivity import _arguments, _computation, _snapshot, health
 from keras_neuron_sensitivity.engine.jacobian import layer_jacobian
 
 DEFAULT_MEMORY_BUDGET_MB = 1024
@@ -93,6 +93,83 @@ def neuron_sensitivity(
         memory_budget_mb=memory_budget_mb,
     ).values()
     return result.reduce(reduction)
+
+
+def neuron_activity(
+    model,
+    x,
+    *,
+    layers=None,
+    dormant_threshold=health.DEFAULT_DORMANT_THRESHOLD,
+    saturation_threshold=health.DEFAULT_SATURATION_THRESHOLD,
+    memory_budget_mb=DEFAULT_MEMORY_BUDGET_MB,
+):
+    """What every neuron's output does on a batch, and its status.
+
+    For each neuron, over the samples and positions of `x` (padded
+    positions of a Keras mask left out): its mean activation, mean absolute
+    activation, standard deviation, firing rate, tau-dormant score (Sokar
+    et al. 2023), contribution utility (Dohare et al. 2024) and the slope of
+    its activation where it fires; then its status: `"frozen"` (nothing
+    trainable upstream), `"dead"` (sensitivity to weights exactly zero on
+    every sample), `"dormant"` (tau-score at most `dormant_threshold`),
+    `"saturated"` (it fires, but its activation's slope there is at most
+    `saturation_threshold` of the largest) or `"active"`. The same numbers
+    `NeuronSensitivityCallback` logs at every epoch.
+
+    Args:
+        model: a built `keras.Model`, as for `neuron_sensitivity`.
+        x: the batch: an array, or a list/dict of arrays for a model with
+            several inputs.
+        layers: layer names (or layer objects), as for `neuron_sensitivity`.
+            Defaults to every layer with trainable weights plus standalone
+            activation layers.
+        dormant_threshold: tau: a neuron whose mean `|activation|` is at most
+            this fraction of its layer's average is dormant. Defaults to 0.1.
+        saturation_threshold: a neuron that fires is saturated when the
+            derivative of its activation, averaged over the entries where it
+            fires, is at most this fraction of the activation's largest
+            derivative. Defaults to 0.01.
+        memory_budget_mb: working memory in MiB for the sensitivity that
+            tells dead neurons. Defaults to 1024.
+
+    Returns:
+        A `NeuronActivity`: `{layer_key: {statistic: np.ndarray (C,)}}` with
+        `mean`, `mean_abs`, `std`, `firing_rate`, `tau_score`, `utility`
+        (NaN where the next layer is not a `Dense` or a convolution),
+        `slope` (NaN where the activation's derivative is unknown) and
+        `status`.
+
+    Raises:
+        ValueError: on an argument or input that does not fit the model.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="relu")])
+    >>> a = neuron_activity(model, np.ones((2, 4), "float32"))
+    >>> sorted(a["dense"])
+    ['firing_rate', 'mean', 'mean_abs', 'slope', 'status', 'std', 'tau_score', 'utility']
+    """
+    dormant_threshold = _arguments.check_dormant_threshold(dormant_threshold)
+    saturation_threshold = _arguments.check_saturation_threshold(saturation_threshold)
+    _arguments.check_budget(memory_budget_mb)
+    problem = _computation.prepare(model, x, wrt=("weights",), layers=layers)
+    # Dead neurons are exact zeros, which the estimator keeps exact too: the
+    # cheaper method at the fewest probes tells them.
+    results = _computation.compute(
+        problem,
+        method="auto",
+        num_probes=2,
+        seed=0,
+        memory_budget_mb=memory_budget_mb,
+        activity=True,
+    )
+    return health.NeuronActivity.build(
+        results.activity,
+        results["weights"].reduce("mean"),
+        dormant_threshold,
+        saturation_threshold,
+    )
 
 
 def neuron_jacobian(model, x, layer, *, wrt="weights"):
