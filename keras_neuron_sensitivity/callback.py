@@ -17,6 +17,7 @@ from keras_neuron_sensitivity import (
     _computation,
     _snapshot,
     api,
+    health,
     probe,
 )
 from keras_neuron_sensitivity.engine import backend
@@ -47,6 +48,13 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
     epoch ends, while training goes on; the next logged epoch, and the end of
     training, wait for it, so everything logged is on disk when `fit`
     returns.
+
+    By default (`activity=True`) it also logs each neuron's activity on the
+    probe (mean, mean |activation|, standard deviation, firing rate,
+    tau-dormant score, contribution utility, the slope of its activation)
+    and its status (active, dormant, saturated, dead, or nothing trainable
+    upstream), with a histogram of each layer's per-neuron mean activations
+    and the fractions of dormant and saturated neurons.
 
     It never changes training, and by default a failed computation or write
     (a full disk) is reported as a warning and training goes on.
@@ -95,12 +103,21 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
             Defaults to `"warn"`.
         verbose: 1 to print one line per logged epoch, 0 for silence.
             Defaults to 0.
+        activity: True to log each neuron's activity and status too (one
+            more forward pass of the probe per logged epoch), False for the
+            sensitivities alone. Defaults to True.
+        dormant_threshold: tau: a neuron whose mean |activation| is at most
+            this fraction of its layer's average is dormant (Sokar et al.
+            2023). Defaults to 0.1.
 
     Attributes:
         sensitivities: what was logged, `{step: {wrt: Sensitivities}}`, each
             a dict `{key: (C,) array}` with `method`, `num_probes` and
             `std_error` attributes; the step is the epoch index (continued
             across `fit` calls).
+        activities: the neuron health logged, `{step: NeuronActivity}`, each
+            `{key: {statistic: (C,) array}}` with a `status` per neuron
+            (empty with `activity=False`).
         waited: seconds that the last `fit` waited for the callback (its
             hooks' time: the set-up when training begins, each logged
             epoch's end, the end of training).
@@ -134,6 +151,8 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         asynchronous=True,
         on_error="warn",
         verbose=0,
+        activity=True,
+        dormant_threshold=health.DEFAULT_DORMANT_THRESHOLD,
     ):
         super().__init__()
         self.wrt = None if wrt is None else _arguments.check_wrt(wrt, allow_both=True)
@@ -172,6 +191,14 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
             )
         self.asynchronous = asynchronous
         self.verbose = verbose
+        if not isinstance(activity, bool):
+            raise TypeError(
+                f"Received activity={activity!r} of type {type(activity).__name__}. "
+                "Expected True (log each neuron's activity and status too) or "
+                "False (the sensitivities alone)."
+            )
+        self.activity = activity
+        self.dormant_threshold = _arguments.check_dormant_threshold(dormant_threshold)
         self.log_dir = _arguments.check_log_dir(log_dir)
         if probe_data is None:
             raise ValueError(
@@ -182,6 +209,7 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         self.probe_data = _batch.take_inputs(probe_data, probe_size)
         self.layers = layers
         self.sensitivities = {}
+        self.activities = {}
         self.waited = 0.0
         self._writer = SensitivityWriter(self.log_dir, self.num_bins)
         self._problem = None  # once the model is built
@@ -359,6 +387,7 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
             num_probes=self.num_probes,
             seed=self.seed,
             memory_budget_mb=self.memory_budget_mb,
+            activity=self.activity,
         )
 
     def _start_job(self, step, epoch):
@@ -381,16 +410,28 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         errors = {w: s.std_error for w, s in reduced.items() if s.method == "estimate"}
         methods = {w: describe_method(s) for w, s in reduced.items()}
         self.sensitivities[step] = reduced
+        activity = None
+        if results.activity is not None:
+            # Dead is the sensitivity to weights' zeros (to the inputs' when
+            # only those are logged), as the dead fractions say.
+            sensitivities = reduced.get("weights", reduced.get("inputs"))
+            activity = health.NeuronActivity.build(
+                results.activity, sensitivities, self.dormant_threshold,
+                health.DEFAULT_SATURATION_THRESHOLD,
+            )
+            self.activities[step] = activity
         heads = {
             site.key: site.heads
             for site in problem.graph.sites
             if site.heads and site.key in problem.keys
         }
         try:
-            self._writer.write(step, reduced, dead, errors, methods, epoch=epoch, heads=heads)
+            self._writer.write(
+                step, reduced, dead, errors, methods, epoch=epoch, heads=heads, activity=activity
+            )
         except OSError as error:
-            return step, reduced, dead, error
-        return step, reduced, dead, None
+            return step, reduced, dead, activity, error
+        return step, reduced, dead, activity, None
 
     def _finish_job(self):
         """Waits for the job in flight and reports how it went."""
@@ -410,7 +451,7 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
                 return  # the warm-up failed: the first logged epoch will say why
             self._report_failure(job.epoch, job.error)
             return
-        step, reduced, dead, write_error = job.result
+        step, reduced, dead, activity, write_error = job.result
         if write_error is not None:
             self._report_write_failure(step, write_error)
         elif self._write_failed:
@@ -422,7 +463,7 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
             )
         self._report_notices()
         if self.verbose:
-            line = _one_line(step, reduced, dead)
+            line = _one_line(step, reduced, dead, activity)
             if self.asynchronous and waited >= 0.01:
                 # The computation took longer than the training since.
                 line += f" (training waited {waited:.2f} s for it)"
@@ -491,6 +532,8 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
                 self._writer.restart(first_step)
                 for step in [s for s in self.sensitivities if s >= first_step]:
                     del self.sensitivities[step]
+                for step in [s for s in self.activities if s >= first_step]:
+                    del self.activities[step]
                 if self.verbose:
                     io_utils.print_msg(
                         f"Epoch {first_step}: trained again after an "
@@ -572,7 +615,7 @@ def describe_method(sensitivities):
     return f"estimate ({sensitivities.num_probes} probes)"
 
 
-def _one_line(epoch, reduced, dead):
+def _one_line(epoch, reduced, dead, activity=None):
     parts = []
     for wrt, per_layer in reduced.items():
         values = np.concatenate(list(per_layer.values()))
@@ -580,5 +623,11 @@ def _one_line(epoch, reduced, dead):
         parts.append(
             f"to {wrt} ({describe_method(per_layer)}): mean {values.mean():.3g}, "
             f"{n_dead}/{values.size} dead"
+        )
+    if activity is not None:
+        total = sum(len(v["status"]) for v in activity.values())
+        parts.append(
+            f"{sum(activity.counts('dormant').values())}/{total} dormant, "
+            f"{sum(activity.counts('saturated').values())}/{total} saturated"
         )
     return f"Epoch {epoch}: neuron sensitivity " + "; ".join(parts)

@@ -18,6 +18,16 @@ Layout (the README repeats it): run `{log_dir}/sensitivity`; per layer key and
   `frozen_fraction/{key}`; they are not counted as dead;
 - for attention-context sites (`.../heads`, neuron `h * head_dim + d`):
   tensor `heads/{key}`, the number of heads, at the run's first step;
+- neuron health (with `activity=True`, the callback's default), per key:
+  tensor `activity/{key}`, `(len(ACTIVITY_ROWS), C)` float32: the rows of
+  `ACTIVITY_ROWS` (mean, mean |activation|, standard deviation, firing
+  rate, tau-score, utility, slope, and the status's index in
+  `health.STATUSES`); histogram `mean_activation/{key}`: each neuron's
+  mean activation, one value per neuron (the per-neuron activation
+  histogram); scalars `dormant_fraction/{key}` and `saturated_fraction/{key}`
+  (the dead fraction is `dead_fraction_to_{wrt}/{key}`); and tensor
+  `activity_thresholds`, `[tau, saturation threshold]`, at the run's first
+  step;
 - image `heatmap_to_{wrt}/{key}`: every neuron (rows) over the logged epochs
   (columns, at most `HEATMAP_COLUMNS`, spread over the run) on a log colour
   scale, dead neurons magenta; drawn after 1, 2, 4, ..., 64 logged epochs,
@@ -58,6 +68,8 @@ from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.plugins.text import metadata as text_metadata
 from tensorboard.util import tensor_util
 
+from keras_neuron_sensitivity.health import STATUSES
+
 RUN_NAME = "sensitivity"
 PLUGIN_NAME = "keras_neuron_sensitivity"
 WRT_PREFIX = "per_neuron_to_"
@@ -68,6 +80,16 @@ FROZEN_PREFIX = "frozen/"
 # For attention-context sites (heads x head_dim neurons, `block/.../heads`):
 # the number of heads, so that a reader can group the neurons by head.
 HEADS_PREFIX = "heads/"
+ACTIVITY_PREFIX = "activity/"
+# The rows of an `activity/{key}` tensor, in order; `status` holds the index
+# of the neuron's status in `health.STATUSES`.
+ACTIVITY_ROWS = ("mean", "mean_abs", "std", "firing_rate", "tau_score", "utility", "slope", "status")
+THRESHOLDS_TAG = "activity_thresholds"
+MEAN_ACTIVATION_DESCRIPTION = (
+    "Per neuron, not per entry: each neuron's mean activation over the probe "
+    "batch's samples and positions (padded positions left out), one value per "
+    "neuron, so the counts sum to the layer's neuron count."
+)
 TEXT_TAG = "dead_neurons"
 METHOD_TAG = "method"
 # The colour scale's limits: these percentiles of the image's positive
@@ -129,6 +151,38 @@ def heads_tag(key):
 
 def frozen_fraction_tag(key):
     return f"frozen_fraction/{key}"
+
+
+def activity_tag(key):
+    return f"{ACTIVITY_PREFIX}{key}"
+
+
+def mean_activation_tag(key):
+    return f"mean_activation/{key}"
+
+
+def dormant_fraction_tag(key):
+    return f"dormant_fraction/{key}"
+
+
+def saturated_fraction_tag(key):
+    return f"saturated_fraction/{key}"
+
+
+def activity_rows(statistics):
+    """`(len(ACTIVITY_ROWS), C)` float32: one site's `NeuronActivity` entry
+    as the `activity/{key}` tensor stores it."""
+    codes = [STATUSES.index(s) for s in statistics["status"]]
+    rows = [statistics[name] for name in ACTIVITY_ROWS[:-1]] + [codes]
+    return np.asarray(rows, np.float32)
+
+
+def activity_from_rows(rows):
+    """The inverse of `activity_rows`: `{statistic: (C,)}`, `status` as names."""
+    rows = np.asarray(rows)
+    out = {name: rows[i].astype(np.float32) for i, name in enumerate(ACTIVITY_ROWS[:-1])}
+    out["status"] = np.asarray(STATUSES, dtype=str)[rows[-1].astype(np.int64)]
+    return out
 
 
 def histogram_buckets(values, num_bins):
@@ -307,8 +361,8 @@ def _dead_table(step, reduced, dead):
     return "\n".join(lines)
 
 
-_HISTOGRAM, _SCALAR, _VALUES, _IMAGE, _TEXT, _EPOCH = (
-    "histogram", "scalar", "values", "image", "text", "epoch"
+_HISTOGRAM, _SCALAR, _VALUES, _IMAGE, _TEXT, _EPOCH, _ACTIVATION = (
+    "histogram", "scalar", "values", "image", "text", "epoch", "activation"
 )
 # The data class lets TensorBoard's data providers serve these tensors
 # (`list_tensors`); without it they are stored but never listed.
@@ -318,6 +372,7 @@ _OURS = summary_pb2.SummaryMetadata(
 )
 _METADATA = {
     _HISTOGRAM: histogram_metadata.create_summary_metadata(None, None),
+    _ACTIVATION: histogram_metadata.create_summary_metadata(None, MEAN_ACTIVATION_DESCRIPTION),
     _SCALAR: scalar_metadata.create_summary_metadata(None, None),
     _VALUES: _OURS,
     _IMAGE: image_metadata.create_summary_metadata(None, HEATMAP_DESCRIPTION),
@@ -327,6 +382,7 @@ _METADATA = {
 # Numeric kinds: (NumPy dtype, TensorProto dtype). Images and text are strings.
 _NUMERIC = {
     _HISTOGRAM: (np.float64, types_pb2.DT_DOUBLE),
+    _ACTIVATION: (np.float64, types_pb2.DT_DOUBLE),
     _SCALAR: (np.float32, types_pb2.DT_FLOAT),
     _VALUES: (np.float32, types_pb2.DT_FLOAT),
     _EPOCH: (np.int64, types_pb2.DT_INT64),
@@ -382,6 +438,7 @@ class SensitivityWriter:
         self._history = None  # {wrt: {key: {step: vector}}}, disk included
         self._steps = None  # {step: epoch of its `fit`, or None}, disk included
         self._frozen = None  # {key: {step: mask}} of layers with frozen neurons
+        self._run = None  # what the disk held when loaded (`_Run`), kept current
         self._logged = 0  # epochs logged by this writer
         self._last_written = self._heatmap_step = None
         self._restart = None  # a restart's step, until it is on disk
@@ -408,7 +465,8 @@ class SensitivityWriter:
 
     def _load(self):
         if self._history is None:
-            self._history, self._steps, self._frozen = _read(self.run_dir)
+            self._run = _read(self.run_dir)
+            self._history, self._steps, self._frozen = self._run.values, self._run.steps, self._run.frozen
 
     def restart(self, step):
         """Forgets the run's steps from `step` on: they are trained again.
@@ -425,12 +483,14 @@ class SensitivityWriter:
             step: the first step trained again.
         """
         self._load()
-        _forget_from(step, self._history, self._steps, self._frozen)
+        self._run.forget_from(step)
         if self._last_written is not None and self._last_written >= step:
             self._last_written = self._heatmap_step = None
         self._restart = step if self._restart is None else min(self._restart, step)
 
-    def write(self, step, reduced, dead, errors=None, methods=None, epoch=None, heads=None):
+    def write(
+        self, step, reduced, dead, errors=None, methods=None, epoch=None, heads=None, activity=None
+    ):
         """Writes one epoch and flushes it.
 
         Args:
@@ -447,6 +507,7 @@ class SensitivityWriter:
                 Defaults to `step`.
             heads: `{key: number of heads}` for attention-context sites,
                 written with the first step this writer writes.
+            activity: a `health.NeuronActivity` of this epoch, or None.
 
         Raises:
             OSError: the event could not be written (it is kept in memory,
@@ -482,6 +543,8 @@ class SensitivityWriter:
                     relative = median_relative_error(vector, error)
                     if np.isfinite(relative):
                         entries.append((relative_error_tag(wrt, key), _SCALAR, relative))
+        if activity is not None:
+            entries += _activity_entries(activity, self.num_bins)
         entries.append((TEXT_TAG, _TEXT, _dead_table(step, reduced, dead).encode()))
         if methods:
             lines = [f"Epoch {step}:"] + [f"- to {w}: {m}" for w, m in methods.items()]
@@ -492,6 +555,9 @@ class SensitivityWriter:
         restarting = self._restart is not None
         if self._logged == 0 or restarting:
             entries += [(heads_tag(key), _EPOCH, count) for key, count in (heads or {}).items()]
+            if activity is not None:
+                thresholds = [activity.dormant_threshold, activity.saturation_threshold]
+                entries.append((THRESHOLDS_TAG, _VALUES, thresholds))
         self._logged += 1
         drawn = heatmap_due(self._logged) or restarting
         if drawn:
@@ -605,6 +671,22 @@ class SensitivityWriter:
 EPOCH_TAG = "fit_epoch"
 
 
+def _activity_entries(activity, num_bins):
+    """The entries of one epoch's neuron health (the module docstring)."""
+    entries = []
+    for key, statistics in activity.items():
+        means = np.asarray(statistics["mean"], np.float64)
+        finite = means[np.isfinite(means)]
+        if finite.size:
+            entries.append((mean_activation_tag(key), _ACTIVATION, histogram_buckets(finite, num_bins)))
+        status = statistics["status"]
+        entries.append((dormant_fraction_tag(key), _SCALAR, np.mean(status == "dormant")))
+        entries.append((saturated_fraction_tag(key), _SCALAR, np.mean(status == "saturated")))
+        entries.append((activity_tag(key), _VALUES, activity_rows(statistics)))
+    return entries
+
+
+
 def _tensor_proto(kind, value):
     """A `TensorProto` built directly (about 20x faster than
     `tensor_util.make_tensor_proto`, which inspects every value)."""
@@ -700,17 +782,48 @@ def _record(data):
 
 def read_run(run_dir):
     """The per-neuron vectors of a run: `{wrt: {key: {step: (C,) array}}}`."""
-    return _read(run_dir)[0]
+    return _read(run_dir).values
 
 
 def read_frozen(run_dir):
     """`{key: {step: (C,) bool}}`: the neurons with nothing trainable
     upstream, for the layers and steps that had any."""
-    return _read(run_dir)[2]
+    return _read(run_dir).frozen
+
+
+def read_activity(run_dir):
+    """`({key: {step: (len(ACTIVITY_ROWS), C) float32}}, thresholds)`: the
+    neuron health a run holds (`activity_from_rows` reads one), and its
+    `[tau, saturation threshold]` (None if not logged)."""
+    run = _read(run_dir)
+    return run.activity, run.thresholds
+
+
+class _Run:
+    """What a run holds, as `_read` finds it: `values` (`read_run`'s),
+    `steps` (`{step: epoch of its fit or None}`), `frozen` (`read_frozen`'s),
+    `activity` and `thresholds` (`read_activity`'s)."""
+
+    def __init__(self):
+        self.values, self.steps, self.frozen, self.activity = {}, {}, {}, {}
+        self.thresholds = None
+
+    def forget_from(self, step):
+        """Drops the steps from `step` on, and the layers left without one."""
+        per_steps = [self.steps, *self.frozen.values(), *self.activity.values()]
+        per_steps += [per_step for per_layer in self.values.values() for per_step in per_layer.values()]
+        for per_step in per_steps:
+            for later in [s for s in per_step if s >= step]:
+                del per_step[later]
+        for per_key in [self.frozen, self.activity, *self.values.values()]:
+            for key in [key for key, per_step in per_key.items() if not per_step]:
+                del per_key[key]
+        for wrt in [wrt for wrt, per_layer in self.values.items() if not per_layer]:
+            del self.values[wrt]
 
 
 def _read(run_dir):
-    """`(read_run's result, {step: epoch of its fit or None}, read_frozen's)`.
+    """The run at `run_dir`, a `_Run`.
 
     Reads as TensorBoard's Python loader does: the event files in the order
     of their names, and a `SessionLog.START` at step `s` (a restarted job)
@@ -720,44 +833,33 @@ def _read(run_dir):
     and forgets nothing then; the writer writes its STARTs in pairs, so the
     two agree on every run written here.
     """
-    result, steps, frozen = {}, {}, {}
+    run = _Run()
     if not os.path.isdir(run_dir):
-        return result, steps, frozen
+        return run
     for name in sorted(os.listdir(run_dir)):
         if ".tfevents." not in name:
             continue
         for event in _read_events(os.path.join(run_dir, name)):
             if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
-                _forget_from(event.step, result, steps, frozen)
+                run.forget_from(event.step)
             for value in event.summary.value:
-                if value.tag == EPOCH_TAG:
-                    steps[event.step] = int(tensor_util.make_ndarray(value.tensor))
-                if value.tag.startswith(FROZEN_PREFIX):
-                    key = value.tag[len(FROZEN_PREFIX):]
+                tag = value.tag
+                if tag == EPOCH_TAG:
+                    run.steps[event.step] = int(tensor_util.make_ndarray(value.tensor))
+                elif tag == THRESHOLDS_TAG:
+                    run.thresholds = tensor_util.make_ndarray(value.tensor).astype(np.float64)
+                elif tag.startswith(FROZEN_PREFIX):
                     mask = tensor_util.make_ndarray(value.tensor) > 0
-                    frozen.setdefault(key, {})[event.step] = mask
-                if not value.tag.startswith(WRT_PREFIX):
-                    continue
-                steps.setdefault(event.step, None)
-                wrt, _, key = value.tag[len(WRT_PREFIX):].partition("/")
-                vector = tensor_util.make_ndarray(value.tensor)
-                result.setdefault(wrt, {}).setdefault(key, {})[event.step] = vector
-    return result, steps, frozen
-
-
-def _forget_from(step, history, steps, frozen):
-    """Drops the steps from `step` on from what a run holds (`_read`'s
-    three dicts, changed in place), and the layers left without a step."""
-    per_steps = [steps, *frozen.values()]
-    per_steps += [per_step for per_layer in history.values() for per_step in per_layer.values()]
-    for per_step in per_steps:
-        for later in [s for s in per_step if s >= step]:
-            del per_step[later]
-    for per_key in [frozen, *history.values()]:
-        for key in [key for key, per_step in per_key.items() if not per_step]:
-            del per_key[key]
-    for wrt in [wrt for wrt, per_layer in history.items() if not per_layer]:
-        del history[wrt]
+                    run.frozen.setdefault(tag[len(FROZEN_PREFIX):], {})[event.step] = mask
+                elif tag.startswith(ACTIVITY_PREFIX):
+                    rows = tensor_util.make_ndarray(value.tensor)
+                    run.activity.setdefault(tag[len(ACTIVITY_PREFIX):], {})[event.step] = rows
+                elif tag.startswith(WRT_PREFIX):
+                    run.steps.setdefault(event.step, None)
+                    wrt, _, key = tag[len(WRT_PREFIX):].partition("/")
+                    vector = tensor_util.make_ndarray(value.tensor)
+                    run.values.setdefault(wrt, {}).setdefault(key, {})[event.step] = vector
+    return run
 
 
 def _read_events(path):
