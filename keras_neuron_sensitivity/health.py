@@ -8,8 +8,7 @@ dashboard read `STATUSES` without loading TensorFlow.
 
 import numpy as np
 
-# A neuron's status, most telling first: each neuron gets the first that
-# applies. Their index is the code the TensorBoard run stores.
+# A neuron's status; the index of each is the code the TensorBoard run stores.
 STATUSES = ("frozen", "dead", "dormant", "saturated", "active")
 DEFAULT_DORMANT_THRESHOLD = 0.1
 DEFAULT_SATURATION_THRESHOLD = 0.01
@@ -18,12 +17,16 @@ DEFAULT_SATURATION_THRESHOLD = 0.01
 def neuron_status(statistics, dead, frozen, dormant_threshold, saturation_threshold):
     """`(C,)` status names (`STATUSES`) of one site's neurons.
 
+    Each neuron gets the first that applies:
+
     - `"frozen"`: nothing trainable upstream (`Sensitivities.frozen`);
+    - `"saturated"`: it fires, far from zero (tau-score above
+      `dormant_threshold`), and its activation's mean relative derivative
+      over the entries where it fires (`slope`) is at most
+      `saturation_threshold`. Before dead: a ReLU6 capped at 6 on every
+      sample has sensitivity exactly zero, but it is stuck on, not off;
     - `"dead"`: sensitivity exactly zero on every probe sample;
     - `"dormant"`: `tau_score <= dormant_threshold`;
-    - `"saturated"`: it fires, and its activation's mean relative derivative
-      over the entries where it fires (`slope`) is at most
-      `saturation_threshold`;
     - `"active"`: none of these.
 
     Args:
@@ -35,12 +38,17 @@ def neuron_status(statistics, dead, frozen, dormant_threshold, saturation_thresh
     channels = len(statistics["tau_score"])
     none = np.zeros(channels, bool)
     frozen = none if frozen is None else np.asarray(frozen, bool)
-    dead = none if dead is None else np.asarray(dead, bool) & ~frozen
+    dead = none if dead is None else np.asarray(dead, bool)
     with np.errstate(invalid="ignore"):
         dormant = statistics["tau_score"] <= dormant_threshold
-        saturated = (statistics["firing_rate"] > 0) & (statistics["slope"] <= saturation_threshold)
+        saturated = (
+            (statistics["firing_rate"] > 0)
+            & (statistics["slope"] <= saturation_threshold)
+            & (statistics["tau_score"] > dormant_threshold)
+        )
     status = np.full(channels, "active", dtype=object)
-    for name, which in reversed(list(zip(STATUSES[:-1], (frozen, dead, dormant, saturated)))):
+    # The first that applies wins: set in reverse order of precedence.
+    for name, which in (("dormant", dormant), ("dead", dead), ("saturated", saturated), ("frozen", frozen)):
         status[which] = name
     return status.astype(str)
 

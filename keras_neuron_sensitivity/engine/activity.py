@@ -178,7 +178,10 @@ def _transpose_mass(layer):
 
 
 def _depthwise_mass(layer):
-    kernel = ops.abs(layer.depthwise_kernel)  # (*size, k, multiplier)
+    # (*size, k, multiplier): `kernel` of a depthwise convolution, the
+    # first of a separable one's two.
+    kernel = getattr(layer, "depthwise_kernel", None)
+    kernel = ops.abs(layer.kernel if kernel is None else kernel)
     return ops.sum(kernel, axis=[i for i in range(len(kernel.shape)) if i != len(kernel.shape) - 2])
 
 
