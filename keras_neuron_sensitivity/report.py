@@ -13,17 +13,37 @@ _SPARKS = "▁▂▃▄▅▆▇█"
 
 class LoggedRun(dict):
     """`{wrt: {layer: {step: np.ndarray (C,)}}}`, as `load_sensitivity`
-    returns it, with one more attribute:
+    returns it, with the run's other per-neuron data as attributes:
 
     Attributes:
         frozen: `{layer: {step: np.ndarray (C,) bool}}`: the neurons with
             nothing trainable upstream (their sensitivity to weights is zero
             but they are not dead), for the layers and steps that had any.
+        activity: `{statistic: {layer: {step: np.ndarray (C,)}}}`, the
+            neuron health logged with `activity=True` (empty otherwise):
+            `mean`, `mean_abs`, `std`, `firing_rate`, `tau_score`,
+            `utility`, `slope`.
+        status: `{layer: {step: np.ndarray (C,) str}}`: each neuron's
+            status, `"active"`, `"dormant"`, `"saturated"`, `"dead"` or
+            `"frozen"` (nothing trainable upstream).
+        dormant_threshold, saturation_threshold: the thresholds the
+            statuses were decided with (None without activity).
     """
 
-    def __init__(self, values, frozen):
+    def __init__(self, values, frozen, activity=None, thresholds=None):
         super().__init__(values)
         self.frozen = frozen
+        self.activity, self.status = {}, {}
+        for key, steps in (activity or {}).items():
+            for step, rows in sorted(steps.items()):
+                statistics = tensorboard.activity_from_rows(rows)
+                self.status.setdefault(key, {})[step] = statistics.pop("status")
+                for name, vector in statistics.items():
+                    self.activity.setdefault(name, {}).setdefault(key, {})[step] = vector
+        if thresholds is None:
+            self.dormant_threshold = self.saturation_threshold = None
+        else:
+            self.dormant_threshold, self.saturation_threshold = (float(t) for t in thresholds)
 
     def is_frozen(self, key, step):
         """`(C,) bool`: the neurons of `key` with nothing trainable upstream
@@ -45,13 +65,17 @@ def load_sensitivity(log_dir, *, as_frame=False):
             the run directory itself.
         as_frame: return a pandas DataFrame with columns `wrt`, `layer`,
             `step`, `neuron`, `sensitivity` and `frozen` (nothing trainable
-            upstream; needs pandas, which is not a dependency). Defaults to
-            False.
+            upstream), and for runs logged with activity, the neuron's
+            `mean`, `mean_abs`, `std`, `firing_rate`, `tau_score`,
+            `utility`, `slope` and `status` at that step (the same on the
+            `weights` and the `inputs` rows). Needs pandas, which is not a
+            dependency. Defaults to False.
 
     Returns:
         A `LoggedRun`: `{wrt: {layer: {step: np.ndarray (C,)}}}`, steps in
         increasing order, whose `frozen` attribute marks the neurons with
-        nothing trainable upstream; or the DataFrame.
+        nothing trainable upstream and whose `activity` and `status` hold
+        the neuron health; or the DataFrame.
 
     Raises:
         FileNotFoundError: if `log_dir` does not exist or holds no run.
@@ -76,6 +100,7 @@ def load_sensitivity(log_dir, *, as_frame=False):
             for wrt, per_layer in run.items()
         },
         tensorboard.read_frozen(run_dir),
+        *tensorboard.read_activity(run_dir),
     )
     if not as_frame:
         return run
@@ -87,16 +112,29 @@ def load_sensitivity(log_dir, *, as_frame=False):
             "installed. Install it (`pip install pandas`) or use the default "
             "dict of NumPy arrays."
         ) from error
-    rows = [
-        (wrt, key, step, neuron, float(value), bool(frozen))
-        for wrt, per_layer in run.items()
-        for key, steps in per_layer.items()
-        for step, vector in steps.items()
-        for neuron, (value, frozen) in enumerate(
-            zip(vector, run.is_frozen(key, step) if wrt == "weights" else np.zeros(len(vector), bool))
-        )
-    ]
-    return pd.DataFrame(rows, columns=["wrt", "layer", "step", "neuron", "sensitivity", "frozen"])
+    columns = {name: [] for name in ("wrt", "layer", "step", "neuron", "sensitivity", "frozen")}
+    health = list(run.activity)
+    if run.status:
+        columns.update({name: [] for name in [*health, "status"]})
+    for wrt, per_layer in run.items():
+        for key, steps in per_layer.items():
+            for step, vector in steps.items():
+                count = len(vector)
+                frozen = run.is_frozen(key, step) if wrt == "weights" else np.zeros(count, bool)
+                columns["wrt"] += [wrt] * count
+                columns["layer"] += [key] * count
+                columns["step"] += [step] * count
+                columns["neuron"] += range(count)
+                columns["sensitivity"] += np.asarray(vector, np.float64).tolist()
+                columns["frozen"] += np.asarray(frozen, bool).tolist()
+                if not run.status:
+                    continue
+                status = run.status.get(key, {}).get(step)
+                for name in health:
+                    logged = run.activity[name].get(key, {}).get(step)
+                    columns[name] += [np.nan] * count if logged is None else np.asarray(logged, np.float64).tolist()
+                columns["status"] += [None] * count if status is None else list(status)
+    return pd.DataFrame(columns)
 
 
 def _run_dir(log_dir):

@@ -17,48 +17,17 @@ import pytest
 import tensorflow as tf
 
 import oracle
+from activity_oracle import check as _check
+from activity_oracle import expected
+from activity_oracle import relu_like as _relu_like
 from inside_models import frozen_base, llama
 from test_zoo import ZOO, _output_tensor
 from keras_neuron_sensitivity import neuron_activity, neuron_sensitivity
 from keras_neuron_sensitivity.engine.activity import merge, site_statistics
 
 L = keras.layers
-RTOL, ATOL = 1e-5, 1e-6
+RTOL = 1e-5
 RNG = np.random.default_rng(11)
-
-# Activations that are "off" at or below zero: their firing rate counts the
-# entries above zero (the others', the nonzero entries).
-RELU_LIKE_NAMES = {"relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "hard_silu", "mish", "celu"}
-RELU_LIKE_LAYERS = (L.ReLU, L.LeakyReLU, L.ELU, L.PReLU)
-
-
-def _relu_like(layer):
-    if isinstance(layer, RELU_LIKE_LAYERS):
-        return True
-    return getattr(getattr(layer, "activation", None), "__name__", None) in RELU_LIKE_NAMES
-
-
-def expected(y, keep=None, positive=False):
-    """The statistics of one site, in float64, from their definitions."""
-    y = np.asarray(y, np.float64)
-    y = y.reshape(-1, y.shape[-1])
-    if keep is not None:
-        y = y[np.asarray(keep, bool).reshape(-1)]
-    mean_abs = np.abs(y).mean(axis=0)
-    fires = y > 0 if positive else y != 0
-    return {
-        "mean": y.mean(axis=0),
-        "mean_abs": mean_abs,
-        "std": y.std(axis=0),
-        "firing_rate": fires.mean(axis=0),
-        "tau_score": mean_abs / mean_abs.mean(),
-    }
-
-
-def _check(got, want, key):
-    for name, value in want.items():
-        np.testing.assert_allclose(got[name], value, rtol=RTOL, atol=ATOL, err_msg=f"{key} {name}")
-
 
 def _site_layer(model, key):
     """The layer whose output a key of the functional graph names (None for
