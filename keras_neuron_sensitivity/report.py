@@ -145,6 +145,19 @@ def _run_dir(log_dir):
     return nested if os.path.isdir(nested) else log_dir
 
 
+def status_since(steps, statuses, status):
+    """Per neuron: the first step of its final streak with `status` (it has
+    it at the last step and at every step since), or None."""
+    since = []
+    for column in np.stack([np.asarray(s) == status for s in statuses], axis=1):
+        if not column[-1]:
+            since.append(None)
+            continue
+        other = np.flatnonzero(~column)
+        since.append(steps[other[-1] + 1] if other.size else steps[0])
+    return since
+
+
 def dead_since(steps, vectors, frozen=None):
     """Per neuron: the first step of its final all-dead streak, or None.
 
@@ -216,7 +229,52 @@ def format_report(run):
             "counted as dead):",
             *(f"  {line}" for line in frozen_lines),
         ]
-    return [title, "", header, *lines, *footer]
+    return [title, "", header, *lines, *footer, *_health_lines(run)]
+
+
+def _indices(mask, most=16):
+    indices = np.flatnonzero(mask)
+    shown = ", ".join(str(i) for i in indices[:most])
+    if len(indices) > most:
+        shown += f", ... ({len(indices) - most} more)"
+    return shown or "-"
+
+
+def _span(since):
+    since = [s for s in since if s is not None]
+    if not since:
+        return "-"
+    first, last = min(since), max(since)
+    return f"{first}" if first == last else f"{first} to {last}"
+
+
+def _health_lines(run):
+    """Per layer, its dormant and saturated neurons at the last step (and
+    since when they are dormant), for a run logged with activity."""
+    status = getattr(run, "status", None)
+    if not status:
+        return []
+    width = max([24] + [len(k) for k in status])
+    lines = [
+        "",
+        f"Neuron health at the last step (dormant: tau-score at most {run.dormant_threshold:g}; "
+        f"saturated: firing, activation slope at most {run.saturation_threshold:g} of its largest):",
+        f"{'layer':<{width}} {'neurons':>7} {'dormant':>8} {'saturated':>10}  {'dormant since':<14} "
+        f"{'dormant neurons':<40} saturated neurons",
+    ]
+    for key, per_step in status.items():
+        steps = list(per_step)
+        statuses = list(per_step.values())
+        if len({s.shape for s in statuses}) > 1:
+            steps, statuses = steps[-1:], statuses[-1:]
+        last = statuses[-1]
+        dormant, saturated = last == "dormant", last == "saturated"
+        since = _span(status_since(steps, statuses, "dormant"))
+        lines.append(
+            f"{key:<{width}} {last.size:>7} {int(dormant.sum()):>8} {int(saturated.sum()):>10}  "
+            f"{since:<14} {_indices(dormant):<40} {_indices(saturated)}"
+        )
+    return lines
 
 
 def main(argv=None):
@@ -228,7 +286,8 @@ def main(argv=None):
     commands = parser.add_subparsers(dest="command", required=True)
     report = commands.add_parser(
         "report",
-        help="per layer: neurons, dead neurons and since when, trend of the mean",
+        help="per layer: neurons, dead neurons and since when, trend of the mean; "
+        "dormant and saturated neurons",
     )
     report.add_argument("log_dir", help="the callback's log_dir (or its sensitivity run)")
     args = parser.parse_args(argv)

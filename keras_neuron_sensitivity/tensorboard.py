@@ -361,8 +361,8 @@ def _dead_table(step, reduced, dead):
     return "\n".join(lines)
 
 
-_HISTOGRAM, _SCALAR, _VALUES, _IMAGE, _TEXT, _EPOCH, _ACTIVATION = (
-    "histogram", "scalar", "values", "image", "text", "epoch", "activation"
+_HISTOGRAM, _SCALAR, _VALUES, _IMAGE, _TEXT, _EPOCH, _ACTIVATION, _NUMBERS = (
+    "histogram", "scalar", "values", "image", "text", "epoch", "activation", "numbers"
 )
 # The data class lets TensorBoard's data providers serve these tensors
 # (`list_tensors`); without it they are stored but never listed.
@@ -378,6 +378,7 @@ _METADATA = {
     _IMAGE: image_metadata.create_summary_metadata(None, HEATMAP_DESCRIPTION),
     _TEXT: text_metadata.create_summary_metadata(None, None),
     _EPOCH: _OURS,
+    _NUMBERS: _OURS,
 }
 # Numeric kinds: (NumPy dtype, TensorProto dtype). Images and text are strings.
 _NUMERIC = {
@@ -386,6 +387,7 @@ _NUMERIC = {
     _SCALAR: (np.float32, types_pb2.DT_FLOAT),
     _VALUES: (np.float32, types_pb2.DT_FLOAT),
     _EPOCH: (np.int64, types_pb2.DT_INT64),
+    _NUMBERS: (np.float64, types_pb2.DT_DOUBLE),
 }
 
 # Heat maps hold the whole history, so drawing them every epoch would be
@@ -557,7 +559,7 @@ class SensitivityWriter:
             entries += [(heads_tag(key), _EPOCH, count) for key, count in (heads or {}).items()]
             if activity is not None:
                 thresholds = [activity.dormant_threshold, activity.saturation_threshold]
-                entries.append((THRESHOLDS_TAG, _VALUES, thresholds))
+                entries.append((THRESHOLDS_TAG, _NUMBERS, thresholds))
         self._logged += 1
         drawn = heatmap_due(self._logged) or restarting
         if drawn:

@@ -16,6 +16,7 @@ import tensorflow as tf
 from keras_neuron_sensitivity import (
     NeuronSensitivityCallback,
     UnsupportedModelError,
+    neuron_activity,
     neuron_jacobian,
     neuron_sensitivity,
 )
@@ -252,7 +253,26 @@ def test_api_bad_seed(seed):
         neuron_sensitivity(_mlp(), X, method="estimate", seed=seed)
 
 
+@pytest.mark.parametrize("name", ["dormant_threshold", "saturation_threshold"])
+@pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf"), "0.1", None, True], ids=repr)
+def test_api_bad_thresholds(name, value):
+    with pytest.raises(ValueError, match=rf"Received {name}=.*non-negative number"):
+        neuron_activity(_mlp(), X, **{name: value})
+
+
 # --- callback arguments --------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [-1, float("nan"), "0.1", None], ids=repr)
+def test_callback_bad_dormant_threshold(value, tmp_path):
+    with pytest.raises(ValueError, match=r"Received dormant_threshold=.*non-negative number"):
+        NeuronSensitivityCallback(X, tmp_path, dormant_threshold=value)
+
+
+@pytest.mark.parametrize("value", [1, "yes", None], ids=repr)
+def test_callback_bad_activity(value, tmp_path):
+    with pytest.raises(TypeError, match=r"Received activity=.*Expected True"):
+        NeuronSensitivityCallback(X, tmp_path, activity=value)
 
 
 @pytest.mark.parametrize(
