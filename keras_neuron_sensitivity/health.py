@@ -46,11 +46,14 @@ def neuron_status(statistics, dead, frozen, dormant_threshold, saturation_thresh
             & (statistics["slope"] <= saturation_threshold)
             & (statistics["tau_score"] > dormant_threshold)
         )
-    status = np.full(channels, "active", dtype=object)
-    # The first that applies wins: set in reverse order of precedence.
-    for name, which in (("dormant", dormant), ("dead", dead), ("saturated", saturated), ("frozen", frozen)):
-        status[which] = name
-    return status.astype(str)
+    # The first that applies wins.
+    precedence = ("frozen", "saturated", "dead", "dormant")
+    codes = np.select(
+        [frozen, saturated, dead, dormant],
+        [STATUSES.index(name) for name in precedence],
+        STATUSES.index("active"),
+    )
+    return np.asarray(STATUSES)[codes]
 
 
 class NeuronActivity(dict):

@@ -172,9 +172,13 @@ def saturated_fraction_tag(key):
 def activity_rows(statistics):
     """`(len(ACTIVITY_ROWS), C)` float32: one site's `NeuronActivity` entry
     as the `activity/{key}` tensor stores it."""
-    codes = [STATUSES.index(s) for s in statistics["status"]]
-    rows = [statistics[name] for name in ACTIVITY_ROWS[:-1]] + [codes]
+    codes = np.searchsorted(_SORTED_STATUSES, statistics["status"])
+    rows = [statistics[name] for name in ACTIVITY_ROWS[:-1]] + [_STATUS_CODES[codes]]
     return np.asarray(rows, np.float32)
+
+
+_SORTED_STATUSES = np.sort(np.asarray(STATUSES))
+_STATUS_CODES = np.array([STATUSES.index(s) for s in _SORTED_STATUSES])
 
 
 def activity_from_rows(rows):

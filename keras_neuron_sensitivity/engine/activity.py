@@ -471,6 +471,7 @@ class ActivityForward:
         extra = [c for p in self.plans for c in p.calls if all(c is not r for r in self.replay.calls)]
         self.variables = Variables(self.replay.calls + _unique(extra))
         self._fn = None
+        self._layout = None  # per site, `[(name, size)]` in the flat output
 
     def __call__(self, inputs, snapshot=None):
         """`{key: {statistic: (k,) np.ndarray}}` (`summarize`'s) on `inputs`.
@@ -481,32 +482,48 @@ class ActivityForward:
                 the variables' values now.
         """
         with float32_compute(self.replay.layers()), primary_variables():
-            values = self.variables.values(snapshot)
+            if snapshot is not None:
+                values = self.variables.values(snapshot)
+            elif self.variables.stateless:
+                # Not copied (TensorFlow would copy each variable eagerly):
+                # nothing updates them before this call returns, as training
+                # waits for it or it reads the callback's private copy.
+                values = [v.value for v in self.variables.all]
+            else:
+                values = []
             if self._fn is None:
                 self._fn = backend.compile(self._forward)
-            sums, masses = self._fn(values, list(inputs))
-        out = {}
-        for key, site_sums, mass in zip(self.keys, sums, masses):
-            host = {name: backend.to_host(v) for name, v in site_sums.items()}
-            out[key] = summarize(host, None if mass is None else backend.to_host(mass))
+            flat = backend.to_host(self._fn(values, list(inputs)))
+        out, offset = {}, 0
+        for key, layout in zip(self.keys, self._layout):
+            parts = {}
+            for name, size in layout:
+                parts[name] = flat[offset : offset + size]
+                offset += size
+            parts["count"] = parts["count"][0]
+            out[key] = summarize(parts, parts.pop("mass", None))
         return out
 
     def _forward(self, values, inputs):
+        """Every site's sums and outgoing masses, in one flat float32 vector
+        (one transfer to the host); `_layout` says where each is."""
         with self.variables.scope(values):
             computed = self.replay.run(inputs)
             outputs = self.replay.target_outputs(computed)
-            sums = [
-                site_statistics(y, get_keras_mask(y), p.activation)
-                for y, p in zip(outputs, self.plans)
-            ]
-            masses = []
-            for p in self.plans:
-                if p.consumers is None:
-                    masses.append(None)
-                else:
-                    parts = [outgoing(layer)(layer) for layer in p.consumers]
-                    masses.append(parts[0] if len(parts) == 1 else ops.sum(ops.stack(parts), axis=0))
-        return sums, masses
+            parts, layout = [], []
+            for y, p in zip(outputs, self.plans):
+                sums = site_statistics(y, get_keras_mask(y), p.activation)
+                if p.consumers is not None:
+                    masses = [outgoing(layer)(layer) for layer in p.consumers]
+                    sums["mass"] = masses[0] if len(masses) == 1 else ops.sum(ops.stack(masses), axis=0)
+                site = []
+                for name, value in sums.items():
+                    value = ops.reshape(ops.cast(value, "float32"), (-1,))
+                    parts.append(value)
+                    site.append((name, int(value.shape[0])))
+                layout.append(site)
+        self._layout = layout
+        return ops.concatenate(parts)
 
 
 def _unique(calls):
