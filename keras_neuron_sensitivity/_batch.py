@@ -6,11 +6,11 @@ then replayed on it, once and eagerly, so that the engine starts from plain
 integer and float tensors whose every dimension the probe fixes.
 """
 
+import sys
 import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_neuron_sensitivity.engine.replay import float32_compute
 from keras_neuron_sensitivity.engine.site import Site
@@ -24,12 +24,12 @@ def take_inputs(data, probe_size=None):
     `probe_size` samples; 128 by default). Returns a NumPy array, or a list or
     dict of them.
     """
-    if isinstance(data, tf.data.Dataset):
+    if _is_dataset(data):
         return _from_dataset(data, probe_size or 128)
     if isinstance(data, tuple) and len(data) in (2, 3):
         data = data[0]
     if probe_size is not None:
-        data = tf.nest.map_structure(lambda a: a[:probe_size], data)
+        data = keras.tree.map_structure(lambda a: a[:probe_size], data)
     return data
 
 
@@ -38,9 +38,9 @@ def _from_dataset(dataset, size):
     for element in dataset:
         if isinstance(element, tuple) and len(element) in (2, 3):
             element = element[0]
-        element = tf.nest.map_structure(np.asarray, element)
+        element = keras.tree.map_structure(np.asarray, element)
         taken.append(element)
-        count += len(tf.nest.flatten(element)[0])
+        count += len(keras.tree.flatten(element)[0])
         if count >= size:
             break
     if not taken:
@@ -49,7 +49,7 @@ def _from_dataset(dataset, size):
             "dataset that yields at least one batch. Pass a non-empty dataset "
             "or the arrays themselves."
         )
-    joined = tf.nest.map_structure(lambda *a: np.concatenate(a)[:size], *taken)
+    joined = keras.tree.map_structure(lambda *a: np.concatenate(a)[:size], *taken)
     return joined
 
 
@@ -132,8 +132,21 @@ def _as_declared(value, dtype):
     return keras.ops.cast(value, dtype)
 
 
+def _tensorflow():
+    """TensorFlow's module if it is imported, else None: a `tf.data.Dataset`
+    or a TensorFlow tensor can only come from a process that imported it, and
+    on JAX and PyTorch this package never imports it."""
+    return sys.modules.get("tensorflow")
+
+
+def _is_dataset(data):
+    tf = _tensorflow()
+    return tf is not None and isinstance(data, tf.data.Dataset)
+
+
 def _dtype_name(value):
-    if isinstance(value, tf.Tensor):
+    tf = _tensorflow()
+    if tf is not None and isinstance(value, tf.Tensor):
         return value.dtype.name
     return keras.backend.standardize_dtype(value.dtype)
 
@@ -141,9 +154,9 @@ def _dtype_name(value):
 def _tensor(value):
     """A tensor of the Keras backend (strings stay TensorFlow tensors: only
     the TensorFlow backend reads text)."""
-    if keras.backend.backend() == "tensorflow" or (
-        isinstance(value, tf.Tensor) and value.dtype == tf.string
-    ):
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
         return tf.convert_to_tensor(value)
     return keras.ops.convert_to_tensor(keras.ops.convert_to_numpy(value))
 
@@ -181,8 +194,8 @@ def _to_tensor(value, name, dtype, spec, what):
             f"{int(np.size(array) - np.isfinite(array).sum())} NaN or infinite "
             "value(s). Expected finite numbers. Clean or drop those samples."
         )
-    dtype = tf.as_dtype(dtype)
-    if dtype == tf.string:
+    dtype = keras.backend.standardize_dtype(dtype)
+    if dtype == "string":
         if array.dtype.kind not in "USO":
             raise TypeError(
                 f"Received `{what}` for input {name!r} of dtype {array.dtype}. "
@@ -198,14 +211,14 @@ def _to_tensor(value, name, dtype, spec, what):
                 "the `TextVectorization` layer in your data pipeline), or "
                 "use KERAS_BACKEND=tensorflow."
             )
-        return tf.convert_to_tensor(array.astype(object))
+        return _tensor(array.astype(object))
     if array.dtype.kind in "USO":
         raise TypeError(
             f"Received `{what}` for input {name!r} holding strings "
-            f"({array.dtype}). Expected {dtype.name} numbers: that input "
+            f"({array.dtype}). Expected {dtype} numbers: that input "
             "is not text. Pass numbers, or give the model a string input."
         )
-    return _tensor(array.astype(dtype.as_numpy_dtype))
+    return _tensor(array.astype(dtype))
 
 
 def _adjust_rank(array, expected):

@@ -1,7 +1,7 @@
 """`neuron_sensitivity`, `neuron_activity`, `neuron_jacobian` and
 `clear_cache`: argument checks, then one engine call."""
 
-from keras_neuron_sensitivity import _arguments, _computation, _snapshot, health
+from keras_neuron_sensitivity import _arguments, _computation, health
 from keras_neuron_sensitivity.engine.jacobian import layer_jacobian
 
 DEFAULT_MEMORY_BUDGET_MB = 1024
@@ -222,10 +222,9 @@ def clear_cache():
     `neuron_sensitivity` and the callback keep, per model, the method objects
     of its most recent configurations with their traced functions (at most
     16 entries, about 8 configurations; the least recently used is dropped),
-    so that a repeated call does not trace again; they are freed with the
-    model. The callback also keeps the copy of the layers that its last
-    `fit` computed on, with its functions, for the next `fit` of the same
-    architecture. Use this to free that memory now, as
+    so that a repeated call (and the callback's next logged epoch, or next
+    `fit` of the same model) does not trace again; they are freed with the
+    model. Use this to free that memory now, as
     `keras.backend.clear_session()` frees Keras's global state: for
     example between the models of a sweep that keeps them. The next call
     traces again.
@@ -237,4 +236,3 @@ def clear_cache():
     >>> clear_cache()
     """
     _computation.clear_cache()
-    _snapshot.clear()

@@ -7,7 +7,6 @@ import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras.src.utils import io_utils
 
 from keras_neuron_sensitivity import (
@@ -15,12 +14,12 @@ from keras_neuron_sensitivity import (
     _background,
     _batch,
     _computation,
-    _snapshot,
     api,
     health,
     probe,
 )
 from keras_neuron_sensitivity.engine import backend
+from keras_neuron_sensitivity.engine.replay import snapshot_values
 from keras_neuron_sensitivity.tensorboard import SensitivityWriter
 
 ON_ERROR_CHOICES = ("warn", "raise")
@@ -213,8 +212,7 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         self.waited = 0.0
         self._writer = SensitivityWriter(self.log_dir, self.num_bins)
         self._problem = None  # once the model is built
-        self._copy = None  # a _snapshot.LayerCopy, or None: the model itself
-        self._no_copy = False  # the model cannot be copied: always itself
+        self._background = False  # whether this model computes in the background
         self._job = None  # the computation in flight, if any
         self._pending = None  # the warm-up, started after the first step
         self._step_offset = None
@@ -289,8 +287,6 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
                 self._finish_job()
             finally:
                 self._close_writer()
-            if self._copy is not None:
-                _snapshot.release(self._copy)  # for a later fit of this architecture
 
     def _close_writer(self):
         try:
@@ -313,10 +309,10 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
     # --- the computation ----------------------------------------------------
 
     def _set_up(self):
-        """Checks the probe against the model; prepares the copy of its layers
-        for the background (once per callback), which is made and traced
-        there while the first epoch trains (`_pending`, from its second step
-        on)."""
+        """Checks the probe against the model, and schedules the warm-up:
+        the computation traced in the background on the weights after the
+        first step, while the first epoch trains (`_pending`, from its second
+        step on)."""
         problem = self._prepare()
         if not _is_chief(self.model):
             return
@@ -326,85 +322,52 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
             pass  # said when an epoch cannot be written
         self._pending = None
         self._finish_job()  # a warm-up left by an interrupted `fit`
-        if self._copy is not None and not _snapshot.reclaim(self._copy):
-            self._copy = None  # kept after the last fit, and taken since
-        if self._copy is not None:
-            self._copy.sync_trainable()
-            self._pending = lambda: self._warm_up(None)
-        elif not self._no_copy:
-            # tf_keras models and tf.distribute strategies (documented) are
-            # computed at the end of the epoch; so is a model whose layers
-            # cannot be copied, which the user is told once.
-            if not _can_copy(self.model):
-                self._no_copy = True
-            elif _snapshot.keras_layers_only(problem):
-                # Keras's own layers: copied in the background too.
-                self._pending = lambda: self._warm_up(problem)
-            else:
-                try:
-                    self._copy = _snapshot.acquire(problem, check=True)
-                    self._pending = lambda: self._warm_up(None)
-                except _snapshot.CopyError as error:
-                    self._copy_failed(error)
+        # tf_keras models (whose variables no StatelessScope replaces) and
+        # tf.distribute strategies (documented) compute at the epoch's end.
+        self._background = self.asynchronous and _can_snapshot(self.model)
+        if self._background:
+            self._pending = lambda: self._warm_up(problem, _snapshot(problem))
 
     def _start_pending(self):
         if self._pending is not None:
             target, self._pending = self._pending, None
             self._job = _background.Job(target, run_dir=None)
 
-    def _warm_up(self, problem):
-        """Makes the copy (when `problem` is given), then traces the copy and
-        the computation on its current weights (the result is not used): the
-        first logged epoch then only computes."""
-        if problem is not None:
-            self._copy = _snapshot.acquire(problem, check=False)
-        self._copy.take()
-        # Once per configuration of a copy (a copy kept from an earlier fit
-        # of the same architecture has its functions traced already).
-        trainable = tuple(
-            id(v) for call in self._copy.problem.graph.calls for v in call.weights
-        )
-        config = (self.method, self.num_probes, self.memory_budget_mb, trainable)
-        if config not in self._copy.warmed:
-            self._compute(self._copy.problem)
-            self._copy.warmed.add(config)
+    def _warm_up(self, problem, snapshot):
+        """Traces the computation on weights taken after the first step (the
+        result is not used): the first logged epoch then only computes. The
+        traced functions are the model's (`_computation`'s cache): a later
+        `fit` of the same model traces nothing."""
+        self._compute(problem, snapshot())
 
-    def _copy_failed(self, error):
-        self._no_copy = True
-        if self.asynchronous:
-            self._warn_once(
-                "copy",
-                "NeuronSensitivityCallback computes at the end of each logged "
-                "epoch, before training goes on, for this model: could not "
-                f"copy its layers ({error}). Pass asynchronous=False to "
-                "silence this.",
-            )
-
-    def _compute(self, problem):
+    def _compute(self, problem, snapshot=None):
         return _computation.compute(
             problem,
             method=self.method,
             num_probes=self.num_probes,
             seed=self.seed,
             memory_budget_mb=self.memory_budget_mb,
+            snapshot=snapshot,
             activity=self.activity,
         )
 
     def _start_job(self, step, epoch):
-        if self._copy is None:
-            # On the model itself: now, before training changes it.
-            problem, now = self._prepare(), True
+        problem = self._prepare()
+        if self._background:
+            # The weights at this epoch's end, copied on this thread before
+            # training changes them; computed and written in the background.
+            snapshot = _snapshot(problem)()
+            target = lambda: self._log(problem, step, epoch, snapshot)  # noqa: E731
         else:
-            self._copy.take()  # the weights at this epoch's end
-            problem, now = self._copy.problem, not self.asynchronous
+            target = lambda: self._log(problem, step, epoch)  # noqa: E731
         self._job = _background.Job(
-            lambda: self._log(problem, step, epoch), run_dir=self._writer.run_dir, now=now
+            target, run_dir=self._writer.run_dir, now=not self._background
         )
         self._job.epoch = epoch
 
-    def _log(self, problem, step, epoch):
+    def _log(self, problem, step, epoch, snapshot=None):
         """Computes and writes one epoch; returns what the main thread reports."""
-        results = self._compute(problem)
+        results = self._compute(problem, snapshot)
         reduced = {w: result.reduce(self.reduction) for w, result in results.items()}
         dead = {w: s.dead() for w, s in reduced.items()}
         errors = {w: s.std_error for w, s in reduced.items() if s.method == "estimate"}
@@ -444,9 +407,6 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         if job.result is None and job.error is None:
             return  # the warm-up
         if job.error is not None:
-            if isinstance(job.error, _snapshot.CopyError):
-                self._copy_failed(job.error)  # made in the background
-                return
             if job.epoch is None:
                 return  # the warm-up failed: the first logged epoch will say why
             self._report_failure(job.epoch, job.error)
@@ -584,18 +544,27 @@ def continue_steps(steps, first_epoch):
     return 0 if first_epoch > last else last + 1 - first_epoch
 
 
-def _can_copy(model):
-    """Whether the computation may run on a copy beside training: not for
-    `tf_keras` models (Keras 2 layers) nor under a `tf.distribute` strategy
-    (the copy's variables would be mirrored, the background thread outside
-    the strategy)."""
-    if probe.is_tf_keras(model) or backend.name() != "tensorflow":
-        # On JAX and PyTorch the epoch's weights are read at its end.
+def _can_snapshot(model):
+    """Whether the computation may run beside training on a snapshot of the
+    weights: not for `tf_keras` models (their variables are read as they
+    are) nor under a `tf.distribute` strategy (the variables are mirrored,
+    the background thread outside the strategy)."""
+    if probe.is_tf_keras(model):
         return False
+    if backend.name() != "tensorflow":
+        return True
+    import tensorflow as tf
+
     strategy = getattr(model, "distribute_strategy", None)
     return not tf.distribute.has_strategy() and (
         strategy is None or strategy is tf.distribute.get_strategy()
     )
+
+
+def _snapshot(problem):
+    """`take()`: the values of every variable the problem's calls read,
+    copied when called (on the main thread, between training steps)."""
+    return lambda: snapshot_values(problem.graph.calls)
 
 
 def _is_chief(model):

@@ -7,7 +7,9 @@ precision, and the primary copy of mirrored variables under `tf.distribute`.
 """
 
 import contextlib
+import copy
 import math
+import threading
 
 import keras
 from keras import ops
@@ -164,27 +166,70 @@ def neuron_values(y):
     return ops.mean(ops.reshape(y, (-1, math.prod(backend.shape(y)[1:-1]), y.shape[-1])), axis=1)
 
 
+_IN_ENGINE = threading.local()  # .depth: float32_compute blocks entered here
+_SWAPPED = {}  # id(layer) -> [entrants, the layer's own policy]
+_SWAP_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def float32_compute(layers):
-    """Layers under a float16/bfloat16 policy compute in float32 meanwhile.
+    """Layers under a float16/bfloat16 policy compute in float32 meanwhile,
+    in this thread only.
 
     Mixed precision keeps float32 weights; computing from them in float32
-    gives the model's own derivatives without float16 round-off. Only the
-    engine's trace and runs see this: the policies are restored on exit.
+    gives the model's own derivatives without float16 round-off. A training
+    loop running in another thread (the callback computes in the
+    background) must not see it: each such layer's policy is swapped for one
+    of a subclass of its own class that answers `float32` as compute dtype
+    only in a thread inside this block, and its own dtype elsewhere (and
+    serializes as the original). The policies are restored when the last
+    thread leaves.
     """
-    changed = []
+    subs = []
     for layer in layers:
         if not isinstance(layer, keras.layers.Layer):
             continue  # a plain Keras op computes in its inputs' dtype
         for sub in layer._flatten_layers(include_self=True, recursive=True):
-            if sub.compute_dtype in ("float16", "bfloat16"):
-                changed.append((sub, sub._dtype_policy))
-                sub._dtype_policy = keras.DTypePolicy("float32")
+            policy = sub._dtype_policy
+            own = _SWAPPED.get(id(sub), [0, policy])[1]
+            if isinstance(own, keras.DTypePolicy) and own.compute_dtype in ("float16", "bfloat16"):
+                subs.append(sub)
+    with _SWAP_LOCK:
+        for sub in subs:
+            entry = _SWAPPED.setdefault(id(sub), [0, sub._dtype_policy])
+            if entry[0] == 0:
+                sub._dtype_policy = _float32_in_engine(entry[1])
+            entry[0] += 1
+    depth = getattr(_IN_ENGINE, "depth", 0)
+    _IN_ENGINE.depth = depth + 1
     try:
         yield
     finally:
-        for sub, policy in reversed(changed):
-            sub._dtype_policy = policy
+        _IN_ENGINE.depth = depth
+        with _SWAP_LOCK:
+            for sub in reversed(subs):
+                entry = _SWAPPED[id(sub)]
+                entry[0] -= 1
+                if entry[0] == 0:
+                    sub._dtype_policy = entry[1]
+                    del _SWAPPED[id(sub)]
+
+
+def _float32_in_engine(policy):
+    """A copy of `policy` whose compute dtype is float32 in threads inside
+    `float32_compute`, its own elsewhere."""
+    own = type(policy)
+
+    def compute_dtype(self):
+        if getattr(_IN_ENGINE, "depth", 0):
+            return "float32"
+        return own.compute_dtype.fget(self)
+
+    local = type(own.__name__, (own,), {"compute_dtype": property(compute_dtype)})
+    local.__qualname__, local.__module__ = own.__qualname__, own.__module__
+    swapped = copy.copy(policy)
+    swapped.__class__ = local
+    return swapped
 
 
 @contextlib.contextmanager

@@ -21,7 +21,6 @@ import dataclasses
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_neuron_sensitivity.errors import UnsupportedModelError
 from keras_neuron_sensitivity.probe import subclassed as _subclassed
@@ -498,7 +497,7 @@ def _subclassed_graph(model, example):
             "`model(x)` takes them."
         )
     arrays = [np.asarray(a) for a in (example if isinstance(example, (list, tuple)) else [example])]
-    convert = tf.constant if keras.backend.backend() == "tensorflow" else keras.ops.convert_to_tensor
+    convert = keras.ops.convert_to_tensor
     sample = [
         convert(a[:1], keras.config.floatx() if a.dtype.kind == "f" else None) for a in arrays
     ]
@@ -665,12 +664,10 @@ def _output_label(call, tensor, origins):
 
 
 def _dtype_name(dtype):
+    if getattr(dtype, "name", None) == "string":  # a TensorFlow string dtype
+        return "string"
     try:
-        return tf.as_dtype(dtype).name
-    except TypeError:
-        pass
-    try:
-        return keras.backend.standardize_dtype(dtype)  # a torch dtype
+        return keras.backend.standardize_dtype(dtype)
     except ValueError:
         return str(dtype)
 
@@ -680,8 +677,8 @@ def _is_float_dtype(name):
     if name is None:
         return True
     try:
-        return tf.as_dtype(name).is_floating
-    except TypeError:
+        return keras.backend.standardize_dtype(name).startswith(("float", "bfloat"))
+    except ValueError:
         return True
 
 
@@ -702,8 +699,8 @@ class _NestedArguments:
             return tensor_dict.get(id(x), x)
 
         return (
-            tf.nest.map_structure(fill, self.args),
-            tf.nest.map_structure(fill, self.kwargs),
+            keras.tree.map_structure(fill, self.args),
+            keras.tree.map_structure(fill, self.kwargs),
         )
 
 
@@ -785,9 +782,9 @@ class _Builder:
                     prefix,
                     _NestedArguments(node.call_args, node.call_kwargs),
                     keras_ids,
-                    num_outputs=len(tf.nest.flatten(node.outputs)),
+                    num_outputs=len(keras.tree.flatten(node.outputs)),
                 )
-                for t, i in zip(tf.nest.flatten(node.outputs), outputs, strict=True):
+                for t, i in zip(keras.tree.flatten(node.outputs), outputs, strict=True):
                     tensor_ids[id(t)] = i
                     self.dtypes[i] = _dtype_name(t.dtype)
         return [tensor_ids[id(t)] for t in model.outputs]

@@ -77,5 +77,11 @@ def max_pool_argmax_hop(layer, g, argmax, x):
 
 
 def snapshot(variable):
-    """The variable's value now (JAX arrays are immutable)."""
-    return variable.value
+    """The variable's value now, copied: Keras's JAX trainer donates the
+    state's buffers to its next step, which deletes them. An array spread
+    over several processes (replicated under `DataParallel`) gives this
+    process's replica."""
+    value = variable.value
+    if hasattr(value, "is_fully_addressable") and not value.is_fully_addressable:
+        value = value.addressable_data(0)
+    return jax.numpy.array(value, copy=True)

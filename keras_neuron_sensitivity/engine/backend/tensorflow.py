@@ -28,12 +28,40 @@ def vjp(f, primals):
 
 
 def jvp(f, primals, tangents):
-    with tf.autodiff.ForwardAccumulator(
-        tf.nest.flatten(primals), tf.nest.flatten(tangents)
-    ) as acc:
-        out = f(primals)
-    tangent = tf.nest.map_structure(
-        lambda y: acc.jvp(y, unconnected_gradients=tf.UnconnectedGradients.ZERO), out
+    try:
+        with tf.autodiff.ForwardAccumulator(
+            tf.nest.flatten(primals), tf.nest.flatten(tangents)
+        ) as acc:
+            out = f(primals)
+        tangent = tf.nest.map_structure(
+            lambda y: acc.jvp(y, unconnected_gradients=tf.UnconnectedGradients.ZERO), out
+        )
+    except (TypeError, ValueError):
+        # TensorFlow's forward mode fails through some while loops (an LSTM's:
+        # "`dtype` variant is not compatible with ... int64"); reverse mode
+        # twice gives the same product.
+        return _jvp_by_double_vjp(f, primals, tangents)
+    return out, tangent
+
+
+def _jvp_by_double_vjp(f, primals, tangents):
+    """`J v` as the VJP of the VJP: `u -> J^T u` is linear, and its own
+    transpose applied to `v` is `J v`."""
+    with tf.GradientTape() as outer:
+        with tf.GradientTape() as inner:
+            inner.watch(tf.nest.flatten(primals))
+            out = f(primals)
+        u = tf.nest.map_structure(tf.zeros_like, out)
+        outer.watch(tf.nest.flatten(u))
+        back = inner.gradient(
+            out, primals, output_gradients=u,
+            unconnected_gradients=tf.UnconnectedGradients.ZERO,
+        )
+        # An embedding table's gradient is sparse (`IndexedSlices`).
+        back = [tf.convert_to_tensor(b) for b in tf.nest.flatten(back)]
+    tangent = outer.gradient(
+        back, u, output_gradients=tf.nest.flatten(tangents),
+        unconnected_gradients=tf.UnconnectedGradients.ZERO,
     )
     return out, tangent
 
