@@ -22,7 +22,7 @@ from activity_oracle import expected
 from activity_oracle import relu_like as _relu_like
 from inside_models import frozen_base, llama
 from test_zoo import ZOO, _output_tensor
-from keras_neuron_sensitivity import neuron_activity, neuron_sensitivity
+from keras_neuron_sensitivity import NeuronSensitivityCallback, neuron_activity, neuron_sensitivity
 from keras_neuron_sensitivity.engine.activity import merge, site_statistics
 
 L = keras.layers
@@ -343,3 +343,28 @@ def test_sums_of_chunks_merge_into_the_sums_of_the_whole():
     y32 = kept.astype(np.float32)
     naive = (y32**2).mean(axis=0) - y32.mean(axis=0) ** 2
     assert not np.allclose(naive, kept.var(axis=0), rtol=0.5)
+
+
+@pytest.mark.parametrize("asynchronous", [True, False], ids=["background", "epoch_end"])
+def test_the_callback_logs_what_neuron_activity_gives_on_the_epochs_weights(tmp_path, asynchronous):
+    """In the background the activity is computed on the snapshot of the
+    epoch's weights (the next layer's kernel, for the utility, included);
+    the last epoch's are the model's after `fit`."""
+    x = RNG.normal(size=(64, 6)).astype("float32")
+    model = keras.Sequential([
+        keras.Input((6,)), L.Dense(8, activation="relu", name="h"),
+        L.Dense(4, activation="tanh", name="t"), L.Dense(2, name="out"),
+    ])
+    model.compile(keras.optimizers.SGD(0.5), "mse")
+    callback = NeuronSensitivityCallback(x[:16], log_dir=tmp_path, asynchronous=asynchronous, method="exact")
+    model.fit(x, RNG.normal(size=(64, 2)), epochs=3, verbose=0, callbacks=[callback])
+    got = callback.activities[2]
+    want = neuron_activity(model, x[:16])
+    for key in want:
+        for name, value in want[key].items():
+            if name == "status":
+                assert list(got[key][name]) == list(value), key
+            else:
+                np.testing.assert_allclose(got[key][name], value, rtol=1e-6, err_msg=f"{key} {name}")
+    # Training moved the weights: an earlier epoch's activity differs.
+    assert not np.allclose(callback.activities[0]["h"]["utility"], got["h"]["utility"])

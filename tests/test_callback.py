@@ -297,8 +297,12 @@ def test_layers_and_reduction_arguments(tmp_path):
         "sensitivity_to_inputs/out",
     } <= tags
     # Only the selected layer and wrt (further summaries per layer are
-    # allowed), besides the run-wide tables and the fit epoch of each step.
-    assert all(tag.endswith("_to_inputs/out") for tag in tags - {"dead_neurons", "method", "fit_epoch"}), tags
+    # allowed, the neuron health's among them), besides the run-wide tables,
+    # the fit epoch of each step and the health's thresholds.
+    run_wide = {"dead_neurons", "method", "fit_epoch", "activity_thresholds"}
+    assert all(tag.endswith("/out") for tag in tags - run_wide), tags
+    assert not any("weights" in tag for tag in tags), tags
+    assert {"activity/out", "dormant_fraction/out", "saturated_fraction/out"} <= tags
 
 
 def test_training_is_unchanged_by_the_callback(tmp_path):
