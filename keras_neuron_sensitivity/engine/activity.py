@@ -248,11 +248,6 @@ def outgoing(layer):
 
 # --- the reductions -------------------------------------------------------------
 
-# What `site_statistics` returns per site: `count` (entries kept, a scalar),
-# then per neuron `(k,)`.
-SUMS = ("count", "sum", "abs_sum", "centered_squares", "firing", "slope_sum")
-
-
 def site_statistics(y, mask=None, activation=None):
     """Per-neuron sums of one site's tensor over its kept entries.
 
@@ -271,38 +266,46 @@ def site_statistics(y, mask=None, activation=None):
         (entries that fire) and, when the activation's slope is known,
         `slope_sum` (the relative derivative summed over the firing entries).
     """
+    names, count, totals = _site_sums(y, mask, activation)
+    k = y.shape[-1]
+    out = {"count": count}
+    for i, name in enumerate(names):
+        out[name] = totals[i * k : (i + 1) * k]
+    return out
+
+
+def _site_sums(y, mask, activation):
+    """`(names, count, totals)`: `totals` holds the sums of `names`, `k`
+    values each, back to back, so that a caller can pass them on as one
+    tensor (each operation in a compiled function has a cost of its own)."""
     y = ops.cast(y, "float32")
     k = y.shape[-1]
     y_ek = ops.reshape(y, (-1, k))
-    if mask is None:
-        keep = None
-        count = ops.cast(ops.shape(y_ek)[0], "float32")
-    else:
+    keep = None
+    if mask is not None:
         mask = ops.cast(mask, "float32")
         while len(mask.shape) < len(y.shape) - 1:
             mask = ops.expand_dims(mask, -1)
         keep = ops.reshape(ops.broadcast_to(mask, ops.shape(y)[:-1]), (-1, 1))
         # A padded entry may hold anything (NaN after a masked softmax).
         y_ek = ops.where(keep > 0, y_ek, 0.0)
-        count = ops.sum(keep)
-
-    def total(values):
-        return ops.sum(values if keep is None else values * keep, axis=0)
-
-    sums = total(y_ek)
-    mean = sums / ops.maximum(count, 1.0)
-    out = {
-        "count": count,
-        "sum": sums,
-        "abs_sum": total(ops.abs(y_ek)),
-        "centered_squares": total(ops.square(y_ek - mean)),
-    }
     positive = activation is not None and activation.firing == "positive"
     fires = ops.cast(y_ek > 0 if positive else ops.not_equal(y_ek, 0.0), "float32")
-    out["firing"] = total(fires)
+    columns, names = [y_ek, ops.abs(y_ek), fires], ["sum", "abs_sum", "firing"]
     if activation is not None and activation.slope is not None:
-        out["slope_sum"] = total(fires * activation.slope(y_ek))
-    return out
+        columns.append(fires * activation.slope(y_ek))
+        names.append("slope_sum")
+    if keep is None:
+        count = ops.cast(ops.shape(y_ek)[0], "float32")
+        first = ops.sum(ops.concatenate(columns, axis=1), axis=0)
+    else:
+        count = ops.sum(keep)
+        first = ops.matmul(ops.transpose(keep), ops.concatenate(columns, axis=1))[0]
+    # The second pass: squared deviations from the mean of the first.
+    deviations = ops.square(y_ek - first[:k] / ops.maximum(count, 1.0))
+    if keep is not None:
+        deviations = deviations * keep
+    return names + ["centered_squares"], count, ops.concatenate([first, ops.sum(deviations, axis=0)])
 
 
 def merge(parts):
@@ -512,15 +515,14 @@ class ActivityForward:
             outputs = self.replay.target_outputs(computed)
             parts, layout = [], []
             for y, p in zip(outputs, self.plans):
-                sums = site_statistics(y, get_keras_mask(y), p.activation)
+                names, count, totals = _site_sums(y, get_keras_mask(y), p.activation)
+                k = int(y.shape[-1])
+                parts += [ops.reshape(count, (1,)), totals]
+                site = [("count", 1)] + [(name, k) for name in names]
                 if p.consumers is not None:
-                    masses = [outgoing(layer)(layer) for layer in p.consumers]
-                    sums["mass"] = masses[0] if len(masses) == 1 else ops.sum(ops.stack(masses), axis=0)
-                site = []
-                for name, value in sums.items():
-                    value = ops.reshape(ops.cast(value, "float32"), (-1,))
-                    parts.append(value)
-                    site.append((name, int(value.shape[0])))
+                    masses = [ops.cast(outgoing(layer)(layer), "float32") for layer in p.consumers]
+                    parts.append(masses[0] if len(masses) == 1 else ops.sum(ops.stack(masses), axis=0))
+                    site.append(("mass", k))
                 layout.append(site)
         self._layout = layout
         return ops.concatenate(parts)
