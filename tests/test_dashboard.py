@@ -31,7 +31,8 @@ import numpy as np
 import pytest
 
 from keras_neuron_sensitivity.engine.summary import Sensitivities
-from keras_neuron_sensitivity.tensorboard import SensitivityWriter, colour_limits, heatmap
+from keras_neuron_sensitivity.health import STATUSES, NeuronActivity
+from keras_neuron_sensitivity.tensorboard import ACTIVITY_ROWS, SensitivityWriter, activity_rows, colour_limits, heatmap
 
 PLUGIN = "keras_neuron_sensitivity"
 STEPS = list(range(12))
@@ -145,6 +146,72 @@ def nested(tmp_path_factory):
     return log_dir, {"values": values, "frozen": frozen}
 
 
+# A run with neuron health, written from values set here: per step, each
+# neuron's statistics and status. `dense` neuron 0 is saturated from step 2
+# (its sensitivity is 0 from step 4: a capped unit, not dead), 2 dormant from
+# step 3, 3 dormant at steps 1 and 2 only, 4 dormant from step 1, 5 dead
+# throughout (zero sensitivity, dead status); `conv` is all active.
+HEALTH_STEPS = list(range(6))
+HEALTH_LAYERS = {"dense": 6, "conv": 4}
+HEALTH_METRICS = ["weights", "inputs", "mean_abs", "tau_score", "firing_rate", "utility"]
+DORMANT, SATURATED = [245, 150, 40], [215, 40, 40]
+
+
+def _health_status():
+    status = {key: np.full((len(HEALTH_STEPS), width), "active", dtype=object) for key, width in HEALTH_LAYERS.items()}
+    dense = status["dense"]
+    dense[2:, 0] = "saturated"
+    dense[3:, 2] = "dormant"
+    dense[1:3, 3] = "dormant"
+    dense[1:, 4] = "dormant"
+    dense[:, 5] = "dead"
+    return {key: value.astype(str) for key, value in status.items()}
+
+
+@pytest.fixture(scope="module")
+def health_logged(tmp_path_factory):
+    """`(log_dir, {"values": {wrt: {key: (S, C)}}, "activity": {key: {stat: (S, C)}}, "status": ...})`."""
+    log_dir = tmp_path_factory.mktemp("health")
+    rng = np.random.default_rng(5)
+    status = _health_status()
+    values = {
+        wrt: {key: (10 ** rng.uniform(-2, 1, (len(HEALTH_STEPS), width))).astype(np.float32)
+              for key, width in HEALTH_LAYERS.items()}
+        for wrt in ("weights", "inputs")
+    }
+    for wrt in values:
+        values[wrt]["dense"][:, 5] = 0  # dead
+        values[wrt]["dense"][4:, 0] = 0  # saturated, capped: zero sensitivity
+    activity = {}
+    for key, width in HEALTH_LAYERS.items():
+        shape = (len(HEALTH_STEPS), width)
+        stats = {
+            "mean": rng.normal(size=shape), "mean_abs": 10 ** rng.uniform(-1, 1, shape),
+            "std": rng.uniform(0.1, 1, shape), "firing_rate": rng.uniform(0.05, 1, shape),
+            "tau_score": rng.uniform(0.3, 2, shape), "utility": 10 ** rng.uniform(-1, 1, shape),
+            "slope": rng.uniform(0.2, 1, shape),
+        }
+        dormant, dead = status[key] == "dormant", status[key] == "dead"
+        stats["tau_score"][dormant] = rng.uniform(0.01, 0.09, dormant.sum())
+        for name in ("mean", "mean_abs", "tau_score", "firing_rate", "utility"):
+            stats[name][dead] = 0.0
+        stats["slope"][dead] = np.nan
+        stats["slope"][status[key] == "saturated"] = 0.001
+        activity[key] = {name: value.astype(np.float32) for name, value in stats.items()}
+    writer = SensitivityWriter(log_dir / "model", num_bins=5)
+    for step in HEALTH_STEPS:
+        reduced = {w: {k: m[step] for k, m in per_key.items()} for w, per_key in values.items()}
+        dead = {w: {k: v == 0 for k, v in per_key.items()} for w, per_key in reduced.items()}
+        health = NeuronActivity(
+            {key: {**{n: v[step] for n, v in stats.items()}, "status": status[key][step]}
+             for key, stats in activity.items()},
+            0.1, 0.01,
+        )
+        writer.write(step, reduced, dead, methods={w: "exact" for w in values}, activity=health)
+    writer.close()
+    return log_dir, {"values": values, "activity": activity, "status": status}
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -221,7 +288,7 @@ def _all_steps(base, layers):
 
 
 @pytest.fixture(scope="module")
-def tensorboard(logged, nested):
+def tensorboard(logged, nested, health_logged):
     """`tensorboard(load_fast, logdir="flat")`: the base URL of a real
     TensorBoard on the `logged` ("flat") or `nested` runs, stopped after the
     module."""
@@ -229,8 +296,9 @@ def tensorboard(logged, nested):
     wanted = {
         "flat": [(f"{run}/sensitivity", "zeta_dense", len(STEPS)) for run in RUNS],
         "nested": [("model/sensitivity", NESTED_KEYS[-1], len(NESTED_STEPS))],
+        "health": [("model/sensitivity", "conv", len(HEALTH_STEPS))],
     }
-    with _tensorboards({"flat": logged[0], "nested": nested[0]},
+    with _tensorboards({"flat": logged[0], "nested": nested[0], "health": health_logged[0]},
                        lambda base, logdir: _all_steps(base, wanted[logdir])) as start:
         yield start
 
@@ -403,6 +471,14 @@ def _decode(body):
             "errors": read(entry["errors"]["offset"], entry["errors"]["columns"], "<f4") if entry["errors"] else {},
             "frozen": read(entry["frozen"]["offset"], entry["frozen"]["columns"], "u1") if entry["frozen"] else {},
         }
+    activity = header.get("activity")
+    if activity:  # per step, len(fields) rows of C float32
+        offset, rows = activity["offset"], {}
+        for step, neurons in zip(activity["steps"], activity["neurons"]):
+            size = len(activity["fields"]) * neurons
+            rows[step] = np.frombuffer(data, "<f4", size, offset).reshape(len(activity["fields"]), neurons)
+            offset += 4 * size
+        decoded["activity"] = rows
     return header, decoded
 
 
@@ -494,6 +570,39 @@ def test_frozen_neurons_and_heads_are_served(tensorboard, nested, load_fast):
             else:  # to the inputs, and layers with none: no mask at all
                 assert header["wrt"][wrt]["frozen"] is None
                 assert as_json["wrt"][wrt]["frozen"] == [None] * len(NESTED_STEPS)
+
+
+@pytest.mark.parametrize("load_fast", INGESTERS)
+def test_neuron_health_is_served_exactly_as_written(tensorboard, health_logged, load_fast):
+    base = tensorboard(load_fast, "health")
+    (run,) = _json(base, f"/data/plugin/{PLUGIN}/runs")["runs"]
+    assert run["layers"] == [{"key": k, "wrt": ["weights", "inputs"], "activity": True} for k in HEALTH_LAYERS]
+    truth = health_logged[1]
+    for key in HEALTH_LAYERS:
+        header, served, body = _matrix(base, run="model/sensitivity", layer=key)
+        entry = header["activity"]
+        assert entry["steps"] == HEALTH_STEPS and entry["logged_steps"] == len(HEALTH_STEPS)
+        assert entry["fields"] == list(ACTIVITY_ROWS) and entry["thresholds"] == [0.1, 0.01]
+        for step in HEALTH_STEPS:
+            written = activity_rows(
+                {**{n: v[step] for n, v in truth["activity"][key].items()}, "status": truth["status"][key][step]}
+            )
+            assert served["activity"][step].tobytes() == written.tobytes()  # NaN slopes included
+            codes = served["activity"][step][-1].astype(int)
+            assert [STATUSES[c] for c in codes] == list(truth["status"][key][step])
+        as_json = _json(base, f"/data/plugin/{PLUGIN}/layer", run="model/sensitivity", layer=key)["activity"]
+        assert as_json["steps"] == HEALTH_STEPS and as_json["fields"] == list(ACTIVITY_ROWS)
+        tau = ACTIVITY_ROWS.index("tau_score")
+        np.testing.assert_array_equal(
+            np.float32([step[tau] for step in as_json["values"]]), truth["activity"][key]["tau_score"]
+        )
+        # Compact: four bytes a value, sensitivities and activity alike.
+        (length,) = struct.unpack("<I", body[:4])
+        floats = 2 * len(HEALTH_STEPS) * HEALTH_LAYERS[key] * (1 + len(ACTIVITY_ROWS) / 2)
+        assert len(body) == 4 + length + 4 * floats
+    # A run without neuron health says so.
+    header, _, _ = _matrix(tensorboard(load_fast), run="first/sensitivity", layer="zeta_dense")
+    assert header["activity"] is None
 
 
 # --- The front-end in headless Chromium --------------------------------------
@@ -760,6 +869,179 @@ def test_nested_keys_in_groups_loaded_when_shown_with_frozen_neurons_and_heads(t
             assert layers() == ["backbone/block_0/self_attention/heads"]
             page.fill("#filter", "")
             assert group("backbone/block_1").get_attribute("data-open") == "true"  # as the user left it
+            assert errors == []
+        finally:
+            browser.close()
+
+
+def _expected_dormancy_order(status):
+    """Rows sorted by the first epoch of the final dormant streak (longest
+    first), then the others by index, computed here from the statuses."""
+    key = []
+    for n in range(status.shape[1]):
+        column = status[:, n] == "dormant"
+        if not column[-1]:
+            key.append(-np.inf)
+        else:
+            other = np.flatnonzero(~column)
+            key.append(-(other[-1] + 1 if other.size else 0))
+    return sorted(range(status.shape[1]), key=lambda n: (-key[n], n))
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium)")
+def test_neuron_health_in_the_tab(tensorboard, health_logged):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+    base = tensorboard("auto", "health")
+    truth = health_logged[1]
+    last = len(HEALTH_STEPS) - 1
+    with sync_api.sync_playwright() as driver:
+        browser = _browser(driver)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            errors = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"{base}/data/plugin_entry.html?name={PLUGIN}")
+            page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+            options = page.locator("#metric option")
+            assert [options.nth(i).get_attribute("value") for i in range(options.count())] == HEALTH_METRICS
+            sorts = page.locator("#sort option")
+            assert {"dormancy", "death", "last:tau_score", "last:utility"} <= {
+                sorts.nth(i).get_attribute("value") for i in range(sorts.count())}
+            dense = page.locator('section.layer[data-layer="dense"]')
+            canvas = dense.locator("canvas.matrix")
+            tooltip = page.locator("#tooltip")
+
+            def hover(row, col):
+                canvas.hover(position=_cell_centre(canvas, row, col))
+                tooltip.wait_for(state="visible")
+                return tooltip.evaluate("t => ({...t.dataset})")
+
+            # Sensitivity to weights: dead magenta, dormant and saturated in
+            # their colours (a capped unit's zero sensitivity is saturated).
+            assert _pixel(canvas, _cell_centre(canvas, 5, 0))[:3] == [255, 0, 255]
+            assert _pixel(canvas, _cell_centre(canvas, 4, 2))[:3] == DORMANT
+            assert _pixel(canvas, _cell_centre(canvas, 0, 5))[:3] == SATURATED
+            data = hover(0, 5)
+            assert (data["value"], data["status"], data["state"]) == ("0", "saturated", "saturated")
+            assert "value 0 (saturated)" in tooltip.inner_text()
+            caption = dense.locator(".caption").inner_text()
+            assert "1 dead" in caption and "2 dormant, 1 saturated" in caption
+            # Without status colours, a dormant cell shows its value.
+            page.locator("#status-colours").uncheck()
+            canvas = dense.locator("canvas.matrix")
+            assert _pixel(canvas, _cell_centre(canvas, 4, 2))[:3] != DORMANT
+            page.locator("#status-colours").check()
+            canvas = dense.locator("canvas.matrix")
+
+            # Each statistic of the neuron health, its values as written.
+            for metric in ["tau_score", "mean_abs", "firing_rate", "utility"]:
+                page.select_option("#metric", metric)
+                canvas = dense.locator("canvas.matrix")
+                data = hover(1, 3)
+                assert data["metric"] == metric
+                assert np.float32(float(data["value"])) == truth["activity"]["dense"][metric][3, 1]
+            page.select_option("#metric", "tau_score")
+            canvas = dense.locator("canvas.matrix")
+            assert hover(2, last)["status"] == "dormant"
+
+            # Sorting by the first epoch of dormancy, and by another metric.
+            page.select_option("#sort", "dormancy")
+            assert _order(dense.locator("canvas.matrix")) == _expected_dormancy_order(truth["status"]["dense"]) == [4, 2, 0, 1, 3, 5]
+            page.select_option("#metric", "weights")
+            page.select_option("#sort", "last:utility")
+            utility = truth["activity"]["dense"]["utility"][last].astype(np.float64)
+            assert _order(dense.locator("canvas.matrix")) == sorted(range(6), key=lambda n: (-utility[n], n))
+            page.select_option("#sort", "index")
+
+            # A neuron's curve: sensitivity and activity together, and the numbers.
+            canvas = dense.locator("canvas.matrix")
+            canvas.click(position=_cell_centre(canvas, 2, 0))
+            curve = page.locator("#curve")
+            curve.wait_for(state="visible")
+            keys = curve.locator(".curve-key")
+            assert [keys.nth(i).get_attribute("data-metric") for i in range(keys.count())] == [
+                "weights", "inputs", "mean_abs", "tau_score"]
+            for metric in HEALTH_METRICS:
+                cells = curve.locator(f'td[data-metric="{metric}"]')
+                shown = np.float32([float(cells.nth(i).get_attribute("data-value")) for i in range(cells.count())])
+                written = (truth["values"][metric] if metric in ("weights", "inputs") else truth["activity"])["dense"]
+                np.testing.assert_array_equal(shown, written[metric][:, 2] if metric not in ("weights", "inputs") else written[:, 2])
+            statuses = curve.locator("td[data-status]")
+            assert [statuses.nth(i).get_attribute("data-status") for i in range(statuses.count())] == list(truth["status"]["dense"][:, 2])
+            assert errors == []
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    """A real `fit` with the callback at its defaults (neuron health on):
+    hand-set neurons as in `test_report.py` (`relu` 0 dead, 1 dormant;
+    `squash` 0 saturated). `(log_dir, callback)`."""
+    import keras
+
+    from keras_neuron_sensitivity import NeuronSensitivityCallback
+
+    log_dir = tmp_path_factory.mktemp("real")
+    x = np.random.default_rng(0).uniform(size=(64, 5)).astype("float32")
+    y = np.random.default_rng(1).normal(size=(64, 2)).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((5,)),
+        keras.layers.Dense(4, activation="relu", name="relu"),
+        keras.layers.Dense(3, activation="sigmoid", name="squash"),
+        keras.layers.Dense(2, name="out"),
+    ])
+    kernel = np.full((5, 4), 0.5, "float32")
+    kernel[:, 1] = 0.001
+    model.get_layer("relu").kernel.assign(kernel)
+    model.get_layer("relu").bias.assign(np.array([-100.0, 0.0, 0.1, 0.2], "float32"))
+    model.get_layer("squash").kernel.assign(np.full((4, 3), 0.1, "float32"))
+    model.get_layer("squash").bias.assign(np.array([9.0, 0.0, 0.5], "float32"))
+    model.compile(keras.optimizers.SGD(1e-4), "mse")
+    callback = NeuronSensitivityCallback(x[:16], log_dir=log_dir)
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[callback])
+    return log_dir, callback
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium)")
+def test_a_real_run_shows_its_neuron_health(real_run):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+    from keras_neuron_sensitivity import load_sensitivity
+
+    log_dir, callback = real_run
+    run = load_sensitivity(log_dir)
+    steps = sorted(callback.activities)
+
+    def loaded(base, logdir):
+        layer = _json(base, f"/data/plugin/{PLUGIN}/layer", run="sensitivity", layer="out")
+        return layer["activity"]["steps"] == steps
+
+    with _tensorboards({"real": log_dir}, loaded) as start, sync_api.sync_playwright() as driver:
+        base = start("auto", "real")
+        browser = _browser(driver)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            errors = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"{base}/data/plugin_entry.html?name={PLUGIN}")
+            page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+            tooltip = page.locator("#tooltip")
+            for key, row, status in [("relu", 1, "dormant"), ("squash", 0, "saturated"), ("relu", 0, "dead")]:
+                canvas = page.locator(f'section.layer[data-layer="{key}"] canvas.matrix')
+                canvas.hover(position=_cell_centre(canvas, row, len(steps) - 1))
+                tooltip.wait_for(state="visible")
+                assert tooltip.get_attribute("data-status") == status == run.status[key][steps[-1]][row]
+            page.select_option("#metric", "tau_score")
+            for key in ("relu", "squash", "out"):
+                canvas = page.locator(f'section.layer[data-layer="{key}"] canvas.matrix')
+                canvas.hover(position=_cell_centre(canvas, 1, 1))
+                tooltip.wait_for(state="visible")
+                logged = callback.activities[steps[1]][key]["tau_score"][1]
+                assert np.float32(float(tooltip.get_attribute("data-value"))) == np.float32(logged)
+                assert np.float32(logged) == run.activity["tau_score"][key][steps[1]][1]
+            assert "1 dormant, 0 saturated" in page.locator('section.layer[data-layer="relu"] .caption').inner_text()
+            assert "0 dormant, 1 saturated" in page.locator('section.layer[data-layer="squash"] .caption').inner_text()
             assert errors == []
         finally:
             browser.close()

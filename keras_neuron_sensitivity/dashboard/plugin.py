@@ -3,7 +3,8 @@
 Routes, under `/data/plugin/keras_neuron_sensitivity/`:
 
 - `runs`: every run with per-neuron tensors and its layers in the model's
-  order, `{"runs": [{"run": name, "layers": [{"key": key, "wrt": [...]}]}]}`.
+  order, `{"runs": [{"run": name, "layers": [{"key": key, "wrt": [...],
+  "activity": bool}]}]}` (`activity`: the layer has neuron health).
   Keys are paths: `block/inner` for a nested model's layer or a site inside
   a layer (`.../ffn`, `.../self_attention/heads`); the page groups them.
 - `matrix?run=RUN&layer=KEY[&max_steps=N]`: one layer of one run, binary
@@ -23,10 +24,19 @@ Routes, under `/data/plugin/keras_neuron_sensitivity/`:
   estimator). `frozen`: for the listed columns (sensitivity to weights
   only), one uint8 per neuron, 1 where nothing trainable is upstream. `H`:
   the number of heads of an attention-context site (neuron `h * C / H + d`).
+  The header's `"activity"` is null, or the layer's neuron health:
+  `{"steps", "logged_steps", "fields": [...], "neurons": [C per step],
+  "offset": offset, "thresholds": [tau, saturation] or null}`: at `offset`
+  (among the float32 arrays, after `values` and `errors`), each step's
+  `len(fields)` rows of C float32 back to back (`tensorboard.ACTIVITY_ROWS`:
+  mean, mean |activation|, std, firing rate, tau-score, utility, slope, and
+  the status's index in `health.STATUSES`).
 - `layer?run=RUN&layer=KEY[&max_steps=N]`: the same as JSON, for scripts:
   `{"run", "layer", "heads", "wrt": {wrt: {"steps", "logged_steps",
   "values": [[C floats] per step], "errors": [null or [C floats] per step],
-  "methods": [text per step], "frozen": [null or [C 0/1] per step]}}}`.
+  "methods": [text per step], "frozen": [null or [C 0/1] per step]}},
+  "activity": null or {"steps", "logged_steps", "fields", "thresholds",
+  "values": [[[C floats] per field] per step]}}`.
   Non-finite values are the strings "NaN", "Infinity" and "-Infinity".
   About 18 bytes a value, 5x the binary route's 4, and slower to build.
 - `static/<file>`: the front-end, whose entry is `static/index.js`.
@@ -105,18 +115,23 @@ class NeuronsPlugin(base_plugin.TBPlugin):
         )
         runs = []
         for run in sorted(listing):
-            layers = {}  # key -> wrts
+            layers, health = {}, set()  # key -> wrts; keys with activity
             for tag in listing[run]:
                 parsed = _parse_values_tag(tag)
                 if parsed:
                     wrt, key = parsed
                     layers.setdefault(key, []).append(wrt)
+                elif tag.startswith(layout.ACTIVITY_PREFIX):
+                    health.add(tag[len(layout.ACTIVITY_PREFIX):])
             if layers:
                 order = self._model_order(ctx, experiment, run)
                 keys = sorted(layers, key=lambda k: (order.get(k, len(order)), k))
                 runs.append({
                     "run": run,
-                    "layers": [{"key": k, "wrt": [w for w in WRT if w in layers[k]]} for k in keys],
+                    "layers": [
+                        {"key": k, "wrt": [w for w in WRT if w in layers[k]], "activity": k in health}
+                        for k in keys
+                    ],
                 })
         return http_util.Respond(request, {"runs": runs}, "application/json")
 
@@ -155,12 +170,16 @@ class NeuronsPlugin(base_plugin.TBPlugin):
             series["values"] = [_floats(v) for v in series["values"]]
             series["errors"] = [None if e is None else _floats(e) for e in series["errors"]]
             series["frozen"] = [None if f is None else f.astype(int).tolist() for f in series["frozen"]]
+        if layer["activity"] is not None:
+            rows = layer["activity"].pop("rows")
+            layer["activity"]["values"] = [[_floats(row) for row in step] for step in rows]
         return http_util.Respond(request, layer, "application/json")
 
     def _read_layer(self, request):
         """One layer of one run, as the `layer` and `matrix` routes serve it,
         with NumPy vectors: `{"run", "layer", "heads", "wrt": {wrt: {"steps",
-        "logged_steps", "values", "errors", "methods", "frozen"}}}`."""
+        "logged_steps", "values", "errors", "methods", "frozen"}}, "activity":
+        None or {"steps", "logged_steps", "fields", "thresholds", "rows"}}`."""
         run, key = request.args.get("run"), request.args.get("layer")
         if not run or not key:
             raise errors.InvalidArgumentError(
@@ -172,7 +191,8 @@ class NeuronsPlugin(base_plugin.TBPlugin):
         ctx = plugin_util.context(request.environ)
         experiment = plugin_util.experiment_id(request.environ)
         tags = [tag(wrt, key) for wrt in WRT for tag in (layout.values_tag, layout.error_tag)]
-        tags += [layout.frozen_tag(key), layout.heads_tag(key)]
+        tags += [layout.frozen_tag(key), layout.heads_tag(key), layout.activity_tag(key)]
+        tags.append(layout.THRESHOLDS_TAG)
         tensors = self._data_provider.read_tensors(
             ctx,
             experiment_id=experiment,
@@ -191,6 +211,7 @@ class NeuronsPlugin(base_plugin.TBPlugin):
         frozen_at = {d.step: d.numpy.ravel() > 0 for d in tensors.get(layout.frozen_tag(key), [])}
         heads = tensors.get(layout.heads_tag(key))
         result = {"run": run, "layer": key, "heads": int(heads[-1].numpy) if heads else None, "wrt": {}}
+        result["activity"] = _activity(tensors, key, max_steps)
         for wrt in WRT:
             values = sorted(tensors.get(layout.values_tag(wrt, key), []), key=lambda d: d.step)
             if not values:
@@ -292,6 +313,22 @@ def _spread(count, max_steps):
     return sorted({int(i) for i in np.linspace(0, count - 1, max_steps).round()})
 
 
+def _activity(tensors, key, max_steps):
+    """A layer's neuron health as `_read_layer` gives it, or None."""
+    rows = sorted(tensors.get(layout.activity_tag(key), []), key=lambda d: d.step)
+    if not rows:
+        return None
+    thresholds = tensors.get(layout.THRESHOLDS_TAG)
+    kept = [rows[i] for i in _spread(len(rows), max_steps)]
+    return {
+        "steps": [d.step for d in kept],
+        "logged_steps": len(rows),
+        "fields": list(layout.ACTIVITY_ROWS),
+        "thresholds": [float(t) for t in thresholds[-1].numpy] if thresholds else None,
+        "rows": [np.asarray(d.numpy, np.float32) for d in kept],
+    }
+
+
 def _binary(layer):
     """The `matrix` route's answer (its layout is in the module docstring)."""
     header = {"run": layer["run"], "layer": layer["layer"], "heads": layer["heads"], "wrt": {}}
@@ -309,6 +346,17 @@ def _binary(layer):
             entry[field] = {"columns": columns} if columns else None
             if columns:
                 parts.append((entry[field], "offset", [series[field][i] for i in columns]))
+    activity = layer.get("activity")
+    header["activity"] = None
+    if activity is not None:
+        header["activity"] = {
+            "steps": activity["steps"],
+            "logged_steps": activity["logged_steps"],
+            "fields": activity["fields"],
+            "thresholds": activity["thresholds"],
+            "neurons": [int(rows.shape[-1]) for rows in activity["rows"]],
+        }
+        floats.append((header["activity"], "offset", activity["rows"]))
     body, offset = [], 0
     # The float32 arrays first, so that each starts 4-byte aligned (as a
     # Float32Array must), then the uint8 masks.

@@ -1,12 +1,17 @@
-// One neuron over the logged epochs: a line per run and `wrt` on a log axis,
-// error bars where the estimator produced the value, dead epochs marked on
-// the bottom edge (pale blue where nothing trainable is upstream instead) and
-// NaN or Inf on the top edge.
+// One neuron over the logged epochs: a line per run and metric (its
+// sensitivities, to weights and to inputs, and its activity, mean
+// |activation| and tau-score) on one log axis, error bars where the
+// estimator produced the value, zero (dead) epochs marked on the bottom edge
+// (pale blue where nothing trainable is upstream instead) and NaN or Inf on
+// the top edge.
 
 import {setUp} from './matrix.js';
 import {DEAD, FROZEN, NONFINITE, formatValue, rgb} from './scale.js';
 
-export const WRT_COLOURS = {weights: '#1f77b4', inputs: '#e6550d'};
+export const METRIC_COLOURS = {
+  weights: '#1f77b4', inputs: '#e6550d', mean_abs: '#2ca02c', tau_score: '#9467bd',
+  firing_rate: '#8c564b', utility: '#e377c2',
+};
 const WIDTH = 560;
 const HEIGHT = 200;
 const LEFT = 64;
@@ -75,7 +80,7 @@ export function drawCurves(canvas, lines) {
   context.translate(12, TOP + plotH / 2);
   context.rotate(-Math.PI / 2);
   context.textBaseline = 'middle';
-  context.fillText('sensitivity (log)', 0, 0);
+  context.fillText('value (log)', 0, 0);
   context.restore();
   context.strokeStyle = '#555';
   context.strokeRect(LEFT - 0.5, TOP - 0.5, plotW + 1, plotH + 1);

@@ -1,13 +1,30 @@
 // What the plugin's routes return, and the per-neuron orders the page sorts by.
-// A layer's series for one `wrt`: `steps` (the logged epochs shown),
+// A layer's series for one metric: `steps` (the logged epochs shown),
 // `loggedSteps` (how many there are), `values[col]` a Float32Array over
 // neurons, `errors[col]` the same or null (exact values), `methods[col]` the
 // method's text, `frozen[col]` a Uint8Array (1: nothing trainable upstream)
-// or null.
+// or null, and `status[col]` a Float32Array of status codes (`STATUSES`) or
+// null where the run has no neuron health. A metric is a sensitivity
+// (`weights`, `inputs`) or a statistic of the neuron health (`mean_abs`,
+// `tau_score`, `firing_rate`, `utility`).
 
 // At most this many logged epochs per matrix, spread evenly from the first
 // to the last: 3 pixels a column (the least a hover can aim at) fill 768.
 export const MAX_COLUMNS = 256;
+
+// What the status codes of the `activity/{key}` tensors mean
+// (keras_neuron_sensitivity/health.py, `STATUSES`).
+export const STATUSES = ['frozen', 'dead', 'dormant', 'saturated', 'active'];
+
+export const METRICS = {
+  weights: 'sensitivity to weights',
+  inputs: 'sensitivity to inputs',
+  mean_abs: 'mean |activation|',
+  tau_score: 'τ-score (dormancy)',
+  firing_rate: 'firing rate',
+  utility: 'utility',
+};
+export const SENSITIVITIES = ['weights', 'inputs'];
 
 async function fetchOk(url) {
   const response = await fetch(url);
@@ -55,7 +72,93 @@ export async function loadLayer(run, key) {
       neurons: Math.max(0, ...n),
     };
   }
-  return {run: header.run, key: header.layer, heads: header.heads, wrt};
+  return {run: header.run, key: header.layer, heads: header.heads, wrt, activity: readActivity(header.activity, buffer, body)};
+}
+
+/**
+ * The neuron health of a layer from the `matrix` route: `{steps, loggedSteps,
+ * thresholds, neurons, fields: {field: [Float32Array per col]}}`, or null.
+ */
+function readActivity(raw, buffer, body) {
+  if (!raw) return null;
+  const fields = {};
+  for (const name of raw.fields) fields[name] = [];
+  let offset = body + raw.offset;
+  raw.steps.forEach((_, col) => {
+    const n = raw.neurons[col];
+    for (const name of raw.fields) {
+      fields[name].push(new Float32Array(buffer, offset, n));
+      offset += 4 * n;
+    }
+  });
+  return {
+    steps: raw.steps, loggedSteps: raw.logged_steps, thresholds: raw.thresholds,
+    neurons: Math.max(0, ...raw.neurons), fields,
+  };
+}
+
+/**
+ * The series of one metric of a loaded layer (see the top of this file), or
+ * null when the layer has no such data. Sensitivities carry the statuses
+ * of the neuron health logged at the same epochs.
+ */
+export function metricSeries(data, metric) {
+  const activity = data.activity;
+  if (SENSITIVITIES.includes(metric)) {
+    const series = data.wrt[metric];
+    if (!series) return null;
+    if (!series.status) {
+      const at = new Map(activity ? activity.steps.map((s, col) => [s, col]) : []);
+      series.status = series.steps.map((s) => (at.has(s) ? activity.fields.status[at.get(s)] : null));
+    }
+    return series;
+  }
+  if (!activity || !activity.fields[metric]) return null;
+  const key = 'series_' + metric;
+  if (!activity[key]) {
+    activity[key] = {
+      steps: activity.steps,
+      loggedSteps: activity.loggedSteps,
+      values: activity.fields[metric],
+      errors: activity.steps.map(() => null),
+      methods: activity.steps.map(() => 'measured on the probe batch'),
+      frozen: null,
+      status: activity.fields.status,
+      neurons: activity.neurons,
+      activity: true,
+    };
+  }
+  return activity[key];
+}
+
+/** A neuron's status at a column (`STATUSES`), or null when not logged. */
+export function statusAt(series, col, neuron) {
+  const codes = series.status && series.status[col];
+  if (!codes || neuron >= codes.length) return null;
+  return STATUSES[codes[neuron]] || null;
+}
+
+/**
+ * What a cell shows: 'nan', 'frozen', 'dead', 'saturated', 'dormant' or
+ * 'value'. For a sensitivity, dead and frozen come from its own zeros (dead
+ * to the inputs is zero to the inputs), dormant and saturated from the
+ * status logged at that epoch; a saturated neuron (its activation flat where
+ * it fires: a ReLU6 capped at 6) may have a sensitivity of exactly 0 and is
+ * drawn saturated. For a statistic of the neuron health, the status decides.
+ */
+export function cellState(series, col, neuron) {
+  const value = valueAt(series, col, neuron);
+  const status = statusAt(series, col, neuron);
+  if (series.activity) {
+    if (status === 'dead' || status === 'saturated' || status === 'dormant') return status;
+    return Number.isFinite(value) ? 'value' : 'nan';
+  }
+  if (!Number.isFinite(value)) return 'nan';
+  if (frozenAt(series, col, neuron)) return 'frozen';
+  if (status === 'saturated') return 'saturated';
+  if (value === 0) return 'dead';
+  if (status === 'dormant') return 'dormant';
+  return 'value';
 }
 
 /** A neuron's value at a column, NaN where that step has no such neuron. */
@@ -73,9 +176,27 @@ export function frozenAt(series, col, neuron) {
   return Boolean(mask && mask[neuron]) && valueAt(series, col, neuron) === 0;
 }
 
-/** Dead: exactly 0, with something trainable upstream. */
+/**
+ * Dead: exactly 0, with something trainable upstream, and not saturated
+ * (for a statistic of the neuron health: its logged status).
+ */
 export function deadAt(series, col, neuron) {
-  return valueAt(series, col, neuron) === 0 && !frozenAt(series, col, neuron);
+  return cellState(series, col, neuron) === 'dead';
+}
+
+/**
+ * Per neuron, the first logged epoch of its final dormant streak (dormant
+ * at the last epoch and at every epoch since), or null.
+ */
+export function dormantSince(series) {
+  const last = series.values.length - 1;
+  const since = [];
+  for (let neuron = 0; neuron < series.neurons; neuron++) {
+    let col = last;
+    while (col >= 0 && statusAt(series, col, neuron) === 'dormant') col--;
+    since.push(col === last ? null : series.steps[col + 1]);
+  }
+  return since;
 }
 
 /**
@@ -97,8 +218,10 @@ export function deadSince(series) {
 
 export const SORTS = {
   index: 'neuron index',
-  last: 'last value (largest first)',
+  last: 'last value shown (largest first)',
+  ...Object.fromEntries(Object.entries(METRICS).map(([m, text]) => [`last:${m}`, `last ${text} (largest first)`])),
   death: 'first epoch of death (longest dead first)',
+  dormancy: 'first epoch of dormancy (longest dormant first)',
   change: 'change, first to last epoch (largest first)',
 };
 
@@ -106,16 +229,24 @@ export const SORTS = {
  * The order of the rows: `order[row]` is the neuron drawn in that row.
  * Ties keep the neuron index order. Non-finite values sort last. With
  * `groupSize` (an attention-context site's head_dim), neurons are sorted
- * within each head, and the heads stay in their order.
+ * within each head, and the heads stay in their order. `other(metric)`
+ * gives another metric's series of the same layer (for `last:<metric>`).
  */
-export function sortOrder(series, how, groupSize = 0) {
+export function sortOrder(series, how, groupSize = 0, other = () => null) {
   const neurons = Array.from({length: series.neurons}, (_, i) => i);
   const last = series.values.length - 1;
   let key; // larger first; -Infinity last
   if (how === 'last') {
     key = (n) => finiteOr(valueAt(series, last, n), -Infinity);
+  } else if (how.startsWith('last:')) {
+    const by = other(how.slice(5));
+    const end = by ? by.values.length - 1 : -1;
+    key = (n) => (by && n < by.neurons ? finiteOr(valueAt(by, end, n), -Infinity) : -Infinity);
   } else if (how === 'death') {
     const since = deadSince(series);
+    key = (n) => (since[n] === null ? -Infinity : -since[n]);
+  } else if (how === 'dormancy') {
+    const since = dormantSince(series);
     key = (n) => (since[n] === null ? -Infinity : -since[n]);
   } else if (how === 'change') {
     key = (n) => change(valueAt(series, 0, n), valueAt(series, last, n));

@@ -5,9 +5,12 @@
 // model's, the sites inside a layer) sit in collapsible groups (tree.js); a
 // layer's data is fetched when its matrix comes into view, not before.
 
-import {MAX_COLUMNS, SORTS, deadSince, frozenAt, listRuns, loadLayer, sortOrder, valueAt} from './data.js';
+import {
+  MAX_COLUMNS, METRICS, SENSITIVITIES, SORTS, cellState, deadSince, frozenAt, listRuns, loadLayer,
+  metricSeries, sortOrder, statusAt, valueAt,
+} from './data.js';
 import {cellAt, drawMatrix, legend} from './matrix.js';
-import {WRT_COLOURS, drawCurves} from './curve.js';
+import {METRIC_COLOURS, drawCurves} from './curve.js';
 import {formatValue, logLimits} from './scale.js';
 import {buildTree, filterKeys, isGroup, keysUnder, openByDefault, shortcuts} from './tree.js';
 
@@ -20,8 +23,9 @@ const state = {
   runKeys: new Map(), // run -> Set of its layer keys
   shown: null, // names of the runs drawn side by side
   known: new Set(), // every run seen so far: a new one is shown when it appears
-  wrt: 'weights',
+  metric: 'weights', // METRICS: a sensitivity or a statistic of the neuron health
   sort: 'index',
+  statusColours: true, // dormant and saturated cells in their colours
   filter: '', // when set, the matching layers in a flat list instead of the tree
   layerKeys: [], // every layer, in the order the runs list them
   tree: null, // tree.js
@@ -39,15 +43,19 @@ let active = 0;
 
 export async function render() {
   document.head.append(element('link', {rel: 'stylesheet', href: './static/style.css'}));
-  dom.wrt = element('select', {id: 'wrt'});
+  dom.metric = element('select', {id: 'metric'});
   dom.sort = element('select', {id: 'sort'});
-  for (const [value, text] of Object.entries(SORTS)) {
-    dom.sort.append(element('option', {value}, text));
-  }
-  dom.wrt.onchange = () => {
-    state.wrt = dom.wrt.value;
+  dom.metric.onchange = () => {
+    state.metric = dom.metric.value;
     drawLayers();
   };
+  dom.statusColours = element('input', {id: 'status-colours', type: 'checkbox', checked: true});
+  dom.statusColours.onchange = () => {
+    state.statusColours = dom.statusColours.checked;
+    drawLayers();
+  };
+  dom.statusLabel = element('label', {title: 'Dormant: τ-score at most τ. Saturated: it fires where its activation is flat.'},
+    [dom.statusColours, ' dormant and saturated in colour']);
   dom.sort.onchange = () => {
     state.sort = dom.sort.value;
     drawLayers();
@@ -70,13 +78,14 @@ export async function render() {
     element('header', {}, [
       element('h1', {}, 'Neurons'),
       element('p', {className: 'intro'}, [
-        'Sensitivity of every neuron (rows) at every logged epoch (columns): the norm of ',
-        'the Jacobian of its value with respect to all trainable weights or to the inputs. ',
-        'Hover a cell for its value; click it to follow the neuron over the epochs.',
+        'Every neuron (rows) at every logged epoch (columns): its sensitivity (the norm of ',
+        'the Jacobian of its value with respect to all trainable weights or to the inputs) or its ',
+        'activity on the probe batch. Hover a cell for its value; click it to follow the neuron over the epochs.',
       ]),
       element('div', {className: 'controls'}, [
-        element('label', {}, ['Sensitivity to ', dom.wrt]),
+        element('label', {}, ['Show ', dom.metric]),
         element('label', {}, ['Sort neurons by ', dom.sort]),
+        dom.statusLabel,
         dom.filterLabel,
         dom.runs,
         refreshButton,
@@ -123,9 +132,16 @@ async function refresh() {
   state.layerKeys = [...new Set(state.runs.flatMap((r) => r.layers.map((l) => l.key)))];
   state.tree = buildTree(state.layerKeys);
   dom.filterLabel.hidden = !state.tree.children.some(isGroup) && state.layerKeys.length <= 12;
-  const wrts = ['weights', 'inputs'].filter((w) => state.runs.some((r) => r.layers.some((l) => l.wrt.includes(w))));
-  if (wrts.length && !wrts.includes(state.wrt)) state.wrt = wrts[0];
-  dom.wrt.replaceChildren(...wrts.map((w) => element('option', {value: w, selected: w === state.wrt}, w)));
+  const health = state.runs.some((r) => r.layers.some((l) => l.activity));
+  const metrics = Object.keys(METRICS).filter((m) => (SENSITIVITIES.includes(m)
+    ? state.runs.some((r) => r.layers.some((l) => l.wrt.includes(m))) : health));
+  if (metrics.length && !metrics.includes(state.metric)) state.metric = metrics[0];
+  dom.metric.replaceChildren(...metrics.map((m) => element('option', {value: m, selected: m === state.metric}, METRICS[m])));
+  const sorts = Object.keys(SORTS).filter((how) => (how.startsWith('last:') ? metrics.includes(how.slice(5))
+    : how !== 'dormancy' || health));
+  if (!sorts.includes(state.sort)) state.sort = 'index';
+  dom.sort.replaceChildren(...sorts.map((how) => element('option', {value: how, selected: how === state.sort}, SORTS[how])));
+  dom.statusLabel.hidden = !health;
   drawRunChoices();
   if (!state.runs.length) {
     dom.status.textContent =
@@ -332,15 +348,16 @@ function drawLayer(key) {
   const runs = state.runs.filter((r) => state.shown.has(r.run) && state.runKeys.get(r.run).has(key));
   const serieses = runs
     .map((r) => state.data.get(r.run + '\n' + key))
-    .map((data) => data && data.wrt[state.wrt])
+    .map((data) => data && metricSeries(data, state.metric))
     .filter(Boolean);
   const limits = logLimits(serieses.flatMap((s) => s.values));
   const frozen = serieses.some((s) => s.frozen && s.frozen.some(Boolean));
+  const health = serieses.some((s) => s.status && s.status.some(Boolean));
   const panels = element('div', {className: 'panels'});
   for (const {run} of runs) panels.append(panel(run, key, limits));
   section.replaceChildren(
     element('div', {className: 'layer-head'}, [
-      element('h2', {title: key}, section.dataset.title), legend(limits, frozen),
+      element('h2', {title: key}, section.dataset.title), legend(limits, frozen, health),
     ]),
     panels,
   );
@@ -358,20 +375,26 @@ function panel(run, key, limits) {
   box.append(element('h3', {}, run));
   const id = run + '\n' + key;
   const data = state.data.get(id);
-  const series = data && data.wrt[state.wrt];
+  const series = data && metricSeries(data, state.metric);
   if (!data) {
     box.classList.add('pending');
     box.append(element('p', {className: 'note'}, state.failed.get(id) || 'loading…'));
     return box;
   }
   if (!series) {
-    box.append(element('p', {className: 'note'}, `not logged to ${state.wrt}`));
+    box.append(element('p', {className: 'note'}, `no ${METRICS[state.metric]} logged`));
     return box;
   }
   const last = series.steps.length - 1;
   const dead = deadSince(series).filter((s) => s !== null).length;
   let frozen = 0;
-  for (let n = 0; n < series.neurons; n++) frozen += frozenAt(series, last, n);
+  const counts = {dormant: 0, saturated: 0};
+  for (let n = 0; n < series.neurons; n++) {
+    frozen += frozenAt(series, last, n);
+    const status = statusAt(series, last, n);
+    if (status in counts) counts[status]++;
+  }
+  const healthy = Boolean(series.status && series.status[last]);
   const estimated = series.errors.filter(Boolean).length;
   const groupSize = headSize(data, series);
   const shown = series.steps.length;
@@ -384,16 +407,20 @@ function panel(run, key, limits) {
     element('span', {className: 'dead-count'}, `${dead} dead`),
     frozen ? '; ' : '',
     frozen ? element('span', {className: 'frozen-count'}, `${frozen} with nothing trainable upstream`) : '',
+    healthy ? '; ' : '',
+    healthy ? element('span', {className: 'dormant-count'}, `${counts.dormant} dormant`) : '',
+    healthy ? ', ' : '',
+    healthy ? element('span', {className: 'saturated-count'}, `${counts.saturated} saturated`) : '',
     ` at epoch ${series.steps[last]}`,
     estimated ? `; estimated at ${estimated} of them` : '',
   ]));
-  const order = sortOrder(series, state.sort, groupSize);
+  const order = sortOrder(series, state.sort, groupSize, (metric) => metricSeries(data, metric));
   const canvas = element('canvas', {className: 'matrix'});
   const selected = state.selected && state.selected.run === run && state.selected.key === key
     ? state.selected.neuron : null;
   const unit = groupSize ? 'head' : 'neuron';
   const yTitle = state.sort === 'index' ? unit : groupSize ? 'head (sorted within)' : 'neuron (sorted)';
-  const geo = drawMatrix(canvas, series, order, limits, {yTitle, selected, groupSize});
+  const geo = drawMatrix(canvas, series, order, limits, {yTitle, selected, groupSize, statusColours: state.statusColours});
   // Where the cells are, and which neuron each row is, for scripts and tests:
   // row r's top is top + r * cellHeight + floor(r / groupSize) * gap.
   Object.assign(canvas.dataset, {
@@ -422,10 +449,12 @@ function panel(run, key, limits) {
   return box;
 }
 
-/** What a zero means at a cell: dead, or nothing trainable upstream. */
-function zeroNote(series, col, neuron) {
-  if (valueAt(series, col, neuron) !== 0) return '';
-  return frozenAt(series, col, neuron) ? ' (nothing trainable upstream)' : ' (dead)';
+/** What a cell's state adds to its value: dead, frozen, dormant, saturated. */
+function stateNote(series, col, neuron) {
+  const notes = {
+    dead: ' (dead)', frozen: ' (nothing trainable upstream)', dormant: ' (dormant)', saturated: ' (saturated)',
+  };
+  return notes[cellState(series, col, neuron)] || '';
 }
 
 /** "layer, neuron (head, dim), epoch, value, method", beside the mouse. */
@@ -436,21 +465,23 @@ function showTooltip(event, run, key, series, neuron, col, groupSize) {
   const method = error === null ? series.methods[col] : `${series.methods[col]} ± ${formatValue(error)}`;
   const head = groupSize ? Math.floor(neuron / groupSize) : null;
   const dim = groupSize ? neuron % groupSize : null;
+  const status = statusAt(series, col, neuron);
   const tip = dom.tooltip;
   tip.replaceChildren(
     element('div', {}, [
       element('b', {className: 'layer'}, key), ', ',
       element('span', {className: 'neuron'}, `neuron ${neuron}` + (groupSize ? ` (head ${head}, dim ${dim})` : '')), ', ',
       element('span', {className: 'epoch'}, `epoch ${step}`), ', ',
-      element('span', {className: 'value'}, `value ${formatValue(value)}${zeroNote(series, col, neuron)}`), ', ',
+      element('span', {className: 'value'}, `value ${formatValue(value)}${stateNote(series, col, neuron)}`), ', ',
       element('span', {className: 'method'}, method),
     ]),
-    element('div', {className: 'where'}, `run ${run}, sensitivity to ${state.wrt}`),
+    element('div', {className: 'where'}, `run ${run}, ${METRICS[state.metric]}` + (status ? `; status ${status}` : '')),
   );
   Object.assign(tip.dataset, {
-    run, layer: key, wrt: state.wrt, neuron: String(neuron), epoch: String(step),
+    run, layer: key, metric: state.metric, wrt: SENSITIVITIES.includes(state.metric) ? state.metric : '',
+    neuron: String(neuron), epoch: String(step),
     value: String(value), method: series.methods[col], error: error === null ? '' : String(error),
-    frozen: String(frozenAt(series, col, neuron)),
+    frozen: String(frozenAt(series, col, neuron)), status: status || '', state: cellState(series, col, neuron),
     head: head === null ? '' : String(head), dim: dim === null ? '' : String(dim),
   });
   tip.hidden = false;
@@ -460,7 +491,10 @@ function showTooltip(event, run, key, series, neuron, col, groupSize) {
   tip.style.top = `${y + tip.offsetHeight > window.innerHeight ? event.clientY - tip.offsetHeight - 8 : y}px`;
 }
 
-/** The selected neuron over the epochs: to weights and to inputs, every shown run. */
+// The curve's lines: the sensitivities and two views of the activity.
+const CURVE_METRICS = ['weights', 'inputs', 'mean_abs', 'tau_score'];
+
+/** The selected neuron over the epochs: sensitivity and activity, every shown run. */
 function drawCurve() {
   const {run, key, neuron} = state.selected;
   if (!state.data.has(run + '\n' + key)) return; // reloading after a refresh: drawn when it arrives
@@ -470,12 +504,12 @@ function drawCurve() {
   for (const name of runs) {
     const data = state.data.get(name + '\n' + key);
     if (!data) continue;
-    for (const wrt of ['weights', 'inputs']) {
-      const series = data.wrt[wrt];
+    for (const metric of CURVE_METRICS) {
+      const series = metricSeries(data, metric);
       if (!series || neuron >= series.neurons) continue;
       const dashed = name !== run;
       lines.push({
-        colour: WRT_COLOURS[wrt],
+        colour: METRIC_COLOURS[metric],
         dashed,
         steps: series.steps,
         values: series.values.map((_, col) => valueAt(series, col, neuron)),
@@ -483,8 +517,10 @@ function drawCurve() {
         frozen: series.values.map((_, col) => frozenAt(series, col, neuron)),
       });
       const sample = element('i', {className: dashed ? 'dashed' : ''});
-      sample.style.borderColor = WRT_COLOURS[wrt];
-      keyItems.push(element('span', {className: 'curve-key'}, [sample, `${name}, to ${wrt}`]));
+      sample.style.borderColor = METRIC_COLOURS[metric];
+      const item = element('span', {className: 'curve-key'}, [sample, `${name}, ${METRICS[metric]}`]);
+      item.dataset.metric = metric;
+      keyItems.push(item);
     }
   }
   const canvas = element('canvas', {className: 'curve'});
@@ -504,7 +540,7 @@ function drawCurve() {
       canvas,
       element('div', {}, [
         element('div', {className: 'curve-keys'}, keyItems),
-        element('p', {className: 'note'}, 'Dead epochs: magenta marks at the bottom (pale blue: nothing trainable upstream); NaN or Inf: grey marks at the top; bars: ± the estimator\'s standard error.'),
+        element('p', {className: 'note'}, 'Zero (dead) epochs: magenta marks at the bottom (pale blue: nothing trainable upstream); NaN or Inf: grey marks at the top; bars: ± the estimator\'s standard error.'),
         valuesTable(run, key, neuron),
       ]),
     ]),
@@ -512,31 +548,47 @@ function drawCurve() {
   dom.curve.hidden = false;
 }
 
-/** The clicked run's numbers behind the curve, one row per logged epoch. */
+/** The clicked run's numbers behind the curve, one row per logged epoch:
+ * every metric, and the status. */
 function valuesTable(run, key, neuron) {
   const data = state.data.get(run + '\n' + key);
-  const wrts = ['weights', 'inputs'].filter((w) => data.wrt[w] && neuron < data.wrt[w].neurons);
-  const steps = [...new Set(wrts.flatMap((w) => data.wrt[w].steps))].sort((a, b) => a - b);
+  const metrics = Object.keys(METRICS)
+    .map((m) => [m, metricSeries(data, m)])
+    .filter(([, series]) => series && neuron < series.neurons);
+  const steps = [...new Set(metrics.flatMap(([, series]) => series.steps))].sort((a, b) => a - b);
+  const health = metricSeries(data, 'tau_score');
   const rows = steps.map((step) => {
     const row = element('tr', {}, element('td', {}, String(step)));
     row.dataset.epoch = String(step);
-    for (const wrt of wrts) {
-      const series = data.wrt[wrt];
+    for (const [metric, series] of metrics) {
       const col = series.steps.indexOf(step);
       const cell = element('td');
       if (col >= 0) {
         const value = valueAt(series, col, neuron);
         const error = series.errors[col] ? series.errors[col][neuron] : null;
-        cell.textContent = formatValue(value) + (error === null ? '' : ` ± ${formatValue(error)}`) +
-          zeroNote(series, col, neuron);
+        const note = SENSITIVITIES.includes(metric) && value === 0 ? stateNote(series, col, neuron) : '';
+        cell.textContent = formatValue(value) + (error === null ? '' : ` ± ${formatValue(error)}`) + note;
         cell.title = series.methods[col];
-        Object.assign(cell.dataset, {wrt, value: String(value)});
+        cell.dataset.metric = metric;
+        cell.dataset.value = String(value);
+        if (SENSITIVITIES.includes(metric)) cell.dataset.wrt = metric;
       }
+      row.append(cell);
+    }
+    if (health) {
+      const col = health.steps.indexOf(step);
+      const status = col >= 0 ? statusAt(health, col, neuron) : null;
+      const cell = element('td', {className: `status ${status || ''}`}, status || '');
+      cell.dataset.status = status || '';
       row.append(cell);
     }
     return row;
   });
-  const head = element('tr', {}, [element('th', {}, 'epoch'), ...wrts.map((w) => element('th', {}, `to ${w}`))]);
+  const head = element('tr', {}, [
+    element('th', {}, 'epoch'),
+    ...metrics.map(([metric]) => element('th', {}, SENSITIVITIES.includes(metric) ? `to ${metric}` : METRICS[metric])),
+    ...(health ? [element('th', {}, 'status')] : []),
+  ]);
   return element('details', {className: 'values'}, [
     element('summary', {}, 'values'),
     element('table', {}, [element('thead', {}, head), element('tbody', {}, rows)]),

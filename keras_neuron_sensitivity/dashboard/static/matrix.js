@@ -4,8 +4,13 @@
 // colour scale (`legend`). An attention-context site's rows come in heads,
 // with a separator between two heads.
 
-import {deadAt, frozenAt, valueAt} from './data.js';
-import {DEAD, FROZEN, NONFINITE, cellColour, colourAt, formatValue, rgb, HIGH_QUANTILE, LOW_QUANTILE} from './scale.js';
+import {cellState, valueAt} from './data.js';
+import {
+  DEAD, DORMANT, FROZEN, NONFINITE, SATURATED, colourAt, formatValue, rgb, stateColour, HIGH_QUANTILE, LOW_QUANTILE,
+} from './scale.js';
+
+// The left margin marks a neuron's state at the last epoch.
+const MARKS = {dead: DEAD, dormant: DORMANT, saturated: SATURATED};
 
 const LEFT = 58; // y tick labels and the axis title
 const GUTTER = 6; // dead-at-the-end marks
@@ -64,11 +69,12 @@ export function cellAt(geo, x, y) {
  * @param {object} series one `wrt` of a layer (data.js)
  * @param {Int32Array} order the neuron of each row
  * @param {?{low: number, high: number}} limits the layer's colour scale
- * @param {{yTitle: string, selected: ?number, groupSize: number}} options
- *     what the rows are sorted by, a neuron to outline, and head_dim for an
- *     attention-context site (0 otherwise)
+ * @param {{yTitle: string, selected: ?number, groupSize: number,
+ *     statusColours: boolean}} options what the rows are sorted by, a
+ *     neuron to outline, head_dim for an attention-context site (0
+ *     otherwise), and whether dormant and saturated cells take their colours
  */
-export function drawMatrix(canvas, series, order, limits, {yTitle, selected = null, groupSize = 0}) {
+export function drawMatrix(canvas, series, order, limits, {yTitle, selected = null, groupSize = 0, statusColours = true}) {
   const geo = geometry(series, groupSize);
   const context = setUp(canvas, geo.width, geo.height);
 
@@ -80,14 +86,16 @@ export function drawMatrix(canvas, series, order, limits, {yTitle, selected = nu
   for (let row = 0; row < geo.rows; row++) {
     const neuron = order[row];
     for (let col = 0; col < geo.cols; col++) {
-      const colour = cellColour(valueAt(series, col, neuron), limits, frozenAt(series, col, neuron));
+      const state = cellState(series, col, neuron);
+      const colour = stateColour(state, valueAt(series, col, neuron), limits, statusColours);
       const at = 4 * (row * geo.cols + col);
       cells.data[at] = colour[0]; // a Uint8ClampedArray rounds
       cells.data[at + 1] = colour[1];
       cells.data[at + 2] = colour[2];
       cells.data[at + 3] = 255;
     }
-    marks.data.set(deadAt(series, last, neuron) ? [...DEAD, 255] : [0, 0, 0, 0], 4 * row);
+    const mark = MARKS[cellState(series, last, neuron)];
+    marks.data.set(mark ? [...mark, 255] : [0, 0, 0, 0], 4 * row);
   }
   const scratch = document.createElement('canvas');
   scratch.width = geo.cols + 1;
@@ -176,9 +184,9 @@ export function setUp(canvas, width, height) {
 /**
  * The colour scale of a layer: its limits, and the dead and NaN swatches
  * (and the frozen one when the layer has neurons with nothing trainable
- * upstream).
+ * upstream, the dormant and saturated ones when `health` is true).
  */
-export function legend(limits, frozen = false) {
+export function legend(limits, frozen = false, health = false) {
   const box = document.createElement('div');
   box.className = 'legend';
   if (limits) {
@@ -201,6 +209,9 @@ export function legend(limits, frozen = false) {
   }
   box.append(swatch(DEAD, 'dead (exactly 0)'), swatch(NONFINITE, 'NaN or Inf'));
   if (frozen) box.append(swatch(FROZEN, 'nothing trainable upstream (0, not dead)'));
+  if (health) {
+    box.append(swatch(DORMANT, 'dormant (τ-score ≤ τ)'), swatch(SATURATED, 'saturated (fires, flat activation)'));
+  }
   return box;
 }
 

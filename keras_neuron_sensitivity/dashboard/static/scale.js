@@ -16,6 +16,11 @@ export const DEAD = [255, 0, 255];
 export const NONFINITE = [128, 128, 128];
 // Nothing trainable upstream: zero to weights, but not dead (as the PNGs).
 export const FROZEN = [190, 215, 235];
+// Neuron health: dormant (barely active: tau-score at most tau) and
+// saturated (firing where its activation is flat), away from viridis's hues.
+export const DORMANT = [245, 150, 40];
+export const SATURATED = [215, 40, 40];
+const STATE_COLOURS = {nan: NONFINITE, frozen: FROZEN, dead: DEAD, dormant: DORMANT, saturated: SATURATED};
 export const LOW_QUANTILE = 0.05;
 export const HIGH_QUANTILE = 0.95;
 
@@ -57,12 +62,19 @@ export function position(value, limits) {
   return (Math.log10(value) - limits.low) / (limits.high - limits.low);
 }
 
-/** The `[r, g, b]` of one cell; `frozen`: nothing trainable upstream. */
-export function cellColour(value, limits, frozen = false) {
-  if (!Number.isFinite(value)) return NONFINITE;
-  if (value === 0) return frozen ? FROZEN : DEAD;
-  if (value < 0 || !limits) return NONFINITE; // a norm is never negative
-  return colourAt(position(value, limits));
+/**
+ * The `[r, g, b]` of a cell in state `state` (data.js `cellState`). With
+ * `statusColours` off, dormant and saturated cells show their value.
+ */
+export function stateColour(state, value, limits, statusColours = true) {
+  if (state === 'value' || (!statusColours && (state === 'dormant' || state === 'saturated'))) {
+    if (!Number.isFinite(value)) return NONFINITE;
+    if (!limits) return NONFINITE;
+    // A statistic may be 0 without the neuron being dead (a firing rate of
+    // 0 for a neuron that only goes negative): the low end of the scale.
+    return colourAt(value > 0 ? position(value, limits) : 0);
+  }
+  return STATE_COLOURS[state];
 }
 
 export function rgb(colour) {
