@@ -34,15 +34,20 @@ def digits_mlp():
 
 
 def print_summary(callback, log_dir):
-    """Per layer at the last logged epoch: neurons, dead, mean sensitivities."""
+    """Per layer at the last logged epoch: neurons, dead, dormant, saturated,
+    mean sensitivities."""
     last = max(callback.sensitivities)
     logged = callback.sensitivities[last]
-    print(f"\nNeuron sensitivity at the last logged epoch ({last}):")
-    print(f"{'layer':<16} {'neurons':>7} {'dead':>5} {'mean to weights':>16} {'mean to inputs':>15}")
+    health = callback.activities.get(last, {})
+    print(f"\nNeurons at the last logged epoch ({last}):")
+    print(f"{'layer':<16} {'neurons':>7} {'dead':>5} {'dormant':>8} {'saturated':>10} "
+          f"{'mean to weights':>16} {'mean to inputs':>15}")
     for key, to_weights in logged["weights"].items():
         to_inputs = logged["inputs"][key]
+        status = health[key]["status"] if key in health else np.array([])
         print(
             f"{key:<16} {to_weights.size:>7} {int(np.sum(to_weights == 0)):>5} "
+            f"{int(np.sum(status == 'dormant')):>8} {int(np.sum(status == 'saturated')):>10} "
             f"{to_weights.mean():>16.4g} {to_inputs.mean():>15.4g}"
         )
     tensorboard = shutil.which("tensorboard", path=os.path.dirname(sys.executable))
