@@ -368,3 +368,15 @@ def test_the_callback_logs_what_neuron_activity_gives_on_the_epochs_weights(tmp_
                 np.testing.assert_allclose(got[key][name], value, rtol=1e-6, err_msg=f"{key} {name}")
     # Training moved the weights: an earlier epoch's activity differs.
     assert not np.allclose(callback.activities[0]["h"]["utility"], got["h"]["utility"])
+
+
+def test_the_docstring_example_runs():
+    import doctest
+
+    from keras_neuron_sensitivity import api
+
+    finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner()
+    for test in finder.find(api.neuron_activity, "neuron_activity", globs={"keras": keras, "np": np, "neuron_activity": neuron_activity}):
+        runner.run(test)
+    assert runner.summarize(verbose=False).attempted >= 3
+    assert runner.summarize(verbose=False).failed == 0
