@@ -87,12 +87,16 @@ class Results(dict):
 
     Attributes:
         activity: `{key: {statistic: (C,) array}}` from the probe forward
-            (`activity.summarize`), or None when not asked for.
+            (`activity.summarize`), or None when not asked for or failed.
+        activity_error: the exception the activity's forward raised, or
+            None: the sensitivities do not depend on it, so the caller
+            decides (the callback logs them without it and says why).
     """
 
-    def __init__(self, results, activity=None):
+    def __init__(self, results, activity=None, activity_error=None):
         super().__init__(results)
         self.activity = activity
+        self.activity_error = activity_error
 
 
 def compute(
@@ -124,8 +128,13 @@ def compute(
             results.update(runner(problem.inputs, seed, snapshot))
     if "weights" in results:
         results["weights"].frozen = _frozen(problem)
-    stats = _activity(problem, snapshot) if activity else None
-    return Results({w: results[w] for w in problem.wrt}, stats)
+    stats = error = None
+    if activity:
+        try:
+            stats = _activity(problem, snapshot)
+        except Exception as caught:  # noqa: BLE001 - handed to the caller
+            error = caught
+    return Results({w: results[w] for w in problem.wrt}, stats, error)
 
 
 def _activity(problem, snapshot):

@@ -164,6 +164,8 @@ def neuron_activity(
         memory_budget_mb=memory_budget_mb,
         activity=True,
     )
+    if results.activity_error is not None:
+        raise results.activity_error
     return health.NeuronActivity.build(
         results.activity,
         results["weights"].reduce("mean"),

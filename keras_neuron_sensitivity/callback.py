@@ -218,6 +218,7 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         self._step_offset = None
         self._first_epoch = None
         self._warned = set()  # kinds of warnings given, once each
+        self._notices = []  # (kind, message) from the background, said on this thread
         self._write_failed = False
 
     # --- Keras hooks --------------------------------------------------------
@@ -374,6 +375,16 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         methods = {w: describe_method(s) for w, s in reduced.items()}
         self.sensitivities[step] = reduced
         activity = None
+        if results.activity_error is not None:
+            if self.on_error == "raise":
+                raise results.activity_error
+            error = results.activity_error
+            self._notices.append((
+                "activity",
+                f"could not compute the neuron health ({type(error).__name__}: {error}); "
+                "the sensitivities are logged without it. Pass activity=False to "
+                "silence this, or on_error='raise' to stop instead.",
+            ))
         if results.activity is not None:
             # Dead is the sensitivity to weights' zeros (to the inputs' when
             # only those are logged), as the dead fractions say.
@@ -456,8 +467,8 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         )
 
     def _report_notices(self):
-        while self._writer.notices:
-            kind, message = self._writer.notices.pop(0)
+        while self._writer.notices or self._notices:
+            kind, message = (self._writer.notices or self._notices).pop(0)
             self._warn_once(kind, f"NeuronSensitivityCallback: {message}")
 
     def _warn_once(self, kind, message):

@@ -380,3 +380,26 @@ def test_the_docstring_example_runs():
         runner.run(test)
     assert runner.summarize(verbose=False).attempted >= 3
     assert runner.summarize(verbose=False).failed == 0
+
+
+def test_a_failed_activity_forward_costs_the_health_not_the_sensitivities(tmp_path, monkeypatch):
+    from keras_neuron_sensitivity import load_sensitivity
+    from keras_neuron_sensitivity.engine import activity
+
+    def broken(self, inputs, snapshot=None):
+        raise RuntimeError("no activity here")
+
+    monkeypatch.setattr(activity.ActivityForward, "__call__", broken)
+    x = RNG.normal(size=(16, 3)).astype("float32")
+    model = keras.Sequential([keras.Input((3,)), L.Dense(2, name="d")])
+    model.compile("sgd", "mse")
+    callback = NeuronSensitivityCallback(x, log_dir=tmp_path)
+    with pytest.warns(UserWarning, match="could not compute the neuron health.*no activity here"):
+        model.fit(x, np.zeros((16, 2)), epochs=2, verbose=0, callbacks=[callback])
+    assert sorted(callback.sensitivities) == [0, 1] and callback.activities == {}
+    assert sorted(load_sensitivity(tmp_path)["weights"]["d"]) == [0, 1]
+    strict = NeuronSensitivityCallback(x, log_dir=tmp_path / "strict", on_error="raise")
+    with pytest.raises(RuntimeError, match="no activity here"):
+        model.fit(x, np.zeros((16, 2)), epochs=1, verbose=0, callbacks=[strict])
+    with pytest.raises(RuntimeError, match="no activity here"):
+        neuron_activity(model, x)
