@@ -16,6 +16,7 @@ import weakref
 
 from keras_neuron_sensitivity import _batch, probe
 from keras_neuron_sensitivity.engine import backend, methods, upstream
+from keras_neuron_sensitivity.engine.replay import snapshot_scope
 from keras_neuron_sensitivity.errors import UnsupportedModelError
 
 
@@ -93,16 +94,16 @@ def compute(problem, *, method, num_probes, seed, memory_budget_mb, snapshot=Non
             the background), or None for the variables' values now.
     """
     num_probes = num_probes or methods.DEFAULT_NUM_PROBES
-    chosen = {w: choose(problem, w, method, num_probes) for w in problem.wrt}
     seed = secrets.randbits(62) if seed is None else seed
-    results = {}
-    for name in dict.fromkeys(chosen.values()):
-        wrt = tuple(w for w in problem.wrt if chosen[w] == name)
-        runner = _cached(problem, name, wrt, num_probes, memory_budget_mb)
-        with backend.exact_kernels():
+    with snapshot_scope(problem.graph.calls, snapshot), backend.exact_kernels():
+        chosen = {w: choose(problem, w, method, num_probes) for w in problem.wrt}
+        results = {}
+        for name in dict.fromkeys(chosen.values()):
+            wrt = tuple(w for w in problem.wrt if chosen[w] == name)
+            runner = _cached(problem, name, wrt, num_probes, memory_budget_mb)
             results.update(runner(problem.inputs, seed, snapshot))
-    if "weights" in results:
-        results["weights"].frozen = _frozen(problem)
+        if "weights" in results:
+            results["weights"].frozen = _frozen(problem)
     return {w: results[w] for w in problem.wrt}
 
 
