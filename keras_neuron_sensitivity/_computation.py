@@ -3,7 +3,7 @@
 `neuron_sensitivity` and `NeuronSensitivityCallback` both call `prepare`
 (model graph -> probe batch -> layer keys -> integer-input warning) and then
 `compute`, which picks the method per `wrt` (`"auto"`: the cheaper by the
-prediction of `methods.predict_costs`) and runs one method object per method,
+prediction of `cost.predict_costs`) and runs one method object per method,
 made once per model and configuration and reused at every call (the cache
 at the end of this module; `clear_cache` empties it).
 """
@@ -15,7 +15,7 @@ import threading
 import weakref
 
 from keras_neuron_sensitivity import _batch, probe
-from keras_neuron_sensitivity.engine import backend, methods, upstream
+from keras_neuron_sensitivity.engine import backend, cost, methods, upstream
 from keras_neuron_sensitivity.engine.replay import snapshot_scope
 from keras_neuron_sensitivity.errors import UnsupportedModelError
 
@@ -122,8 +122,8 @@ def choose(problem, wrt, method, num_probes):
         return method
 
     def pick():
-        costs = methods.predict_costs(problem.graph, problem.keys, wrt, problem.inputs, num_probes)
-        return methods.choose(costs)
+        costs = cost.predict_costs(problem.graph, problem.keys, wrt, problem.inputs, num_probes)
+        return cost.choose(costs)
 
     return _entry(problem, ("auto", wrt, num_probes), pick)
 

@@ -20,7 +20,7 @@ so a neuron with a measured sensitivity is never called frozen.
 import keras
 import numpy as np
 
-from keras_neuron_sensitivity.engine.base import weights_as
+from keras_neuron_sensitivity.engine.rules.base import weights_as
 from keras_neuron_sensitivity.engine.replay import Replay, float32_compute, primary_variables
 
 
