@@ -61,7 +61,7 @@ def build(name):
 
 
 def rules():
-    from keras_neuron_sensitivity.engine import base, registry
+    from keras_neuron_sensitivity.engine.rules import base, table
     from keras_neuron_sensitivity.probe import build_graph
 
     for name in ARCHITECTURES:
@@ -70,7 +70,7 @@ def rules():
         counts = collections.Counter()
         generic = []
         for call in graph.calls:
-            rule = registry.rule_for(call.layer)
+            rule = table.rule_for(call.layer)
             counts[type(rule).__name__] += 1
             if rule is base.GENERIC_RULE:
                 generic.append(f"{call.key} ({type(call.layer).__name__})")
@@ -87,16 +87,16 @@ def speed(table, calls):
     import numpy as np
 
     from keras_neuron_sensitivity import neuron_sensitivity
-    from keras_neuron_sensitivity.engine import base, registry
+    from keras_neuron_sensitivity.engine.rules import base, table
 
     if table == "before":
-        closed = registry.rule_for
+        closed = table.rule_for
 
         def before(layer):
             rule = closed(layer)
             return base.GENERIC_RULE if type(rule).__name__ in NEW_RULES else rule
 
-        registry.rule_for = before
+        table.rule_for = before
 
     model = build("MobileNetV2")
     rng = np.random.default_rng(0)

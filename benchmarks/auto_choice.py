@@ -5,7 +5,7 @@ and each `wrt`: the steady time of `neuron_sensitivity(method="exact")` and
 of `method="estimate"` (median of up to three calls after a warm-up call),
 both as multiples of one training step of batch 32 of the same model
 (Adam, random labels, measured in the same process), the costs that
-`methods.predict_costs` predicts, and what `auto` picks. Auto should pick
+`cost.predict_costs` predicts, and what `auto` picks. Auto should pick
 exact wherever exact measures at most `EXACT_PREFERENCE` (2) times the
 estimate; the last column says whether it did.
 
@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 
 from _machine import cpu_model, loadavg  # noqa: E402
 from keras_neuron_sensitivity import _computation, neuron_sensitivity  # noqa: E402
-from keras_neuron_sensitivity.engine import methods  # noqa: E402
+from keras_neuron_sensitivity.engine import methods, cost  # noqa: E402
 
 
 def mlp(widths):
@@ -106,12 +106,12 @@ def main(names):
                 for method in ("exact", "estimate")
             }
             problem = _computation.prepare(model, x, wrt=(wrt,), layers=None)
-            costs = methods.predict_costs(
+            costs = cost.predict_costs(
                 problem.graph, problem.keys, wrt, problem.inputs, methods.DEFAULT_NUM_PROBES
             )
             auto = neuron_sensitivity(model, x, wrt=wrt, method="auto").method
             ratio = measured["exact"] / measured["estimate"]
-            should = "exact" if ratio <= methods.EXACT_PREFERENCE else "estimate"
+            should = "exact" if ratio <= cost.EXACT_PREFERENCE else "estimate"
             cells = [
                 f"{1000 * measured[m]:,.0f} ms ({measured[m] / step:,.1f} steps)"
                 for m in ("exact", "estimate")

@@ -213,7 +213,7 @@ def warm_up_engine():
 def auto_picks(name):
     """`{wrt: {probe B: {"pick", "ratio"}}}` on a second instance of the model."""
     from keras_neuron_sensitivity import _computation
-    from keras_neuron_sensitivity.engine import methods
+    from keras_neuron_sensitivity.engine import cost
 
     model, x, _ = build(name)
     sizes = sorted({PROBE[name][0], PROBE[name][1][os.environ["KERAS_BACKEND"]]})
@@ -222,7 +222,7 @@ def auto_picks(name):
         out[wrt] = {}
         for b in sizes:
             problem = _computation.prepare(model, x[:b], wrt=(wrt,), layers=None)
-            costs = methods.predict_costs(problem.graph, problem.keys, wrt, problem.inputs, NUM_PROBES)
+            costs = cost.predict_costs(problem.graph, problem.keys, wrt, problem.inputs, NUM_PROBES)
             pick = _computation.choose(problem, wrt, "auto", NUM_PROBES)
             out[wrt][str(b)] = {"pick": pick, "ratio": costs["exact"] / costs["estimate"]}
     neurons = None
@@ -595,7 +595,7 @@ def print_model(name, results, opts):
                 cols = f"{status:>9} {'':>9}  {'':>9} {'':>9} {'':>5}"
                 note = run.get("note", "")
             if r["backend"] in ("jax", "torch") and name == "mobilenet" and run["method"] == "exact":
-                note = (f"B=1, not TensorFlow's 4 (one backward pass per neuron and sample); " + note).rstrip("; ")
+                note = ("B=1, not TensorFlow's 4 (one backward pass per neuron and sample); " + note).rstrip("; ")
             note_lines = note.splitlines() or [""]
             print(
                 f"  {r['backend'] if i == 0 else '':<10} {fmt_time(step) if i == 0 else '':>10}  "

@@ -10,11 +10,11 @@ each wrt on its own:
             the first call (tracing) and the median of later calls, each with
             a different seed
   exact     neuron_sensitivity(method="exact") on every default layer when
-            the cost model (methods.predict_costs, scaled by the estimator's
+            the cost model (cost.predict_costs, scaled by the estimator's
             measured seconds per unit) predicts at most 2/3 of --exact-limit
             seconds, stopped at the limit; otherwise "not run", with the
             layers and neurons it would need and the predicted time
-  auto      the method method="auto" picks, with methods.predict_costs
+  auto      the method method="auto" picks, with cost.predict_costs
   error     the estimator's relative error |estimate - exact| / exact of the
             per-neuron mean value (reduction="mean") over neurons with
             exact > 0: median and 95th percentile per layer, for every seed
@@ -155,10 +155,10 @@ def widths_of(problem):
 
 def layer_costs(problem, wrt, num_probes, keys=None):
     """`{key: predicted exact cost}`, each layer (default: every default layer) on its own."""
-    from keras_neuron_sensitivity.engine import methods
+    from keras_neuron_sensitivity.engine import cost
 
     return {
-        key: methods.predict_costs(problem.graph, [key], wrt, problem.inputs, num_probes)["exact"]
+        key: cost.predict_costs(problem.graph, [key], wrt, problem.inputs, num_probes)["exact"]
         for key in (problem.keys if keys is None else keys)
     }
 
@@ -192,7 +192,7 @@ def worker_estimate(opts):
     import numpy as np
 
     from keras_neuron_sensitivity import _computation, neuron_sensitivity
-    from keras_neuron_sensitivity.engine import methods
+    from keras_neuron_sensitivity.engine import cost, methods
 
     model, x, from_logits = build(opts.model)
     step, step_count = train_step_seconds(model, x, from_logits)
@@ -205,7 +205,7 @@ def worker_estimate(opts):
     num_probes = methods.DEFAULT_NUM_PROBES
     for wrt in ("weights", "inputs"):
         problem = problem_of(model, x, wrt)
-        costs = methods.predict_costs(problem.graph, problem.keys, wrt, problem.inputs, num_probes)
+        costs = cost.predict_costs(problem.graph, problem.keys, wrt, problem.inputs, num_probes)
         auto = _computation.choose(problem, wrt, "auto", num_probes)
         seeds, times, values, errors = [], [], [], []
 
@@ -546,7 +546,7 @@ def print_model(name, model, opts, checks, autos):
     print(
         f"  (estimate = median of {len(w['times'])} later calls, each with its own seed; exact = median of later "
         "calls, or the first if slow; (steps) = time / one training step of batch 32 in the same process; "
-        "pred. = methods.predict_costs on the default layers (auto picks exact when pred. ratio <= 2); "
+        "pred. = cost.predict_costs on the default layers (auto picks exact when pred. ratio <= 2); "
         f"measured = exact / estimate, measured; peak RSS of the processes: {rss})"
     )
 

@@ -148,7 +148,7 @@ def worker(opts):
 
     from keras_neuron_sensitivity import _batch, probe
     from keras_neuron_sensitivity._computation import model_graph
-    from keras_neuron_sensitivity.engine import registry
+    from keras_neuron_sensitivity.engine.rules import table
     from keras_neuron_sensitivity.engine.sweep import Sweep
 
     model, shape = build(opts.model)
@@ -204,7 +204,7 @@ def worker(opts):
     layers = collections.Counter()
     for call in sweep.graph.calls[: max(sweep_targets(sweep, keys)) + 1]:
         family = type(call.layer).__name__
-        rules[family][type(registry.rule_for(call.layer)).__name__] += 1
+        rules[family][type(table.rule_for(call.layer)).__name__] += 1
         layers[family] += 1
 
     result = {

@@ -92,7 +92,7 @@ MODELS = {"bert": bert, "gpt2": gpt2, "mha": mha_classifier}
 def _generic_rules(model):
     """Routes the text layers' calls through the generic rule."""
     from keras_neuron_sensitivity import _computation
-    from keras_neuron_sensitivity.engine import attention, base, registry, token_embedding
+    from keras_neuron_sensitivity.engine.rules import attention, base, table, token_embedding
 
     _computation.model_graph(model)  # registers keras_hub's rules, to be replaced
     text_rules = (
@@ -104,8 +104,8 @@ def _generic_rules(model):
         token_embedding.TokenAndPositionEmbeddingRule,
     )
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(registry.rule_for(layer), text_rules):
-            registry.register_rule(type(layer), base.GenericRule())
+        if isinstance(table.rule_for(layer), text_rules):
+            table.register_rule(type(layer), base.GenericRule())
 
 
 def run(name, rules, repeats):

@@ -3,7 +3,7 @@
 `neuron_sensitivity` and `NeuronSensitivityCallback` both call `prepare`
 (model graph -> probe batch -> layer keys -> integer-input warning) and then
 `compute`, which picks the method per `wrt` (`"auto"`: the cheaper by the
-prediction of `methods.predict_costs`) and runs one method object per method,
+prediction of `cost.predict_costs`) and runs one method object per method,
 made once per model and configuration and reused at every call (the cache
 at the end of this module; `clear_cache` empties it). With `activity=True`,
 `compute` also reads every selected neuron's activity on the probe (one
@@ -17,8 +17,9 @@ import threading
 import weakref
 
 from keras_neuron_sensitivity import _batch, probe
-from keras_neuron_sensitivity.engine import backend, methods, upstream
+from keras_neuron_sensitivity.engine import backend, cost, methods, upstream
 from keras_neuron_sensitivity.engine.activity import ActivityForward
+from keras_neuron_sensitivity.engine.replay import snapshot_scope
 from keras_neuron_sensitivity.errors import UnsupportedModelError
 
 
@@ -118,22 +119,22 @@ def compute(
         activity: also read each neuron's activity on the probe.
     """
     num_probes = num_probes or methods.DEFAULT_NUM_PROBES
-    chosen = {w: choose(problem, w, method, num_probes) for w in problem.wrt}
     seed = secrets.randbits(62) if seed is None else seed
-    results = {}
-    for name in dict.fromkeys(chosen.values()):
-        wrt = tuple(w for w in problem.wrt if chosen[w] == name)
-        runner = _cached(problem, name, wrt, num_probes, memory_budget_mb)
-        with backend.exact_kernels():
+    with snapshot_scope(problem.graph.calls, snapshot), backend.exact_kernels():
+        chosen = {w: choose(problem, w, method, num_probes) for w in problem.wrt}
+        results = {}
+        for name in dict.fromkeys(chosen.values()):
+            wrt = tuple(w for w in problem.wrt if chosen[w] == name)
+            runner = _cached(problem, name, wrt, num_probes, memory_budget_mb)
             results.update(runner(problem.inputs, seed, snapshot))
-    if "weights" in results:
-        results["weights"].frozen = _frozen(problem)
-    stats = error = None
-    if activity:
-        try:
-            stats = _activity(problem, snapshot)
-        except Exception as caught:  # noqa: BLE001 - handed to the caller
-            error = caught
+        if "weights" in results:
+            results["weights"].frozen = _frozen(problem)
+        stats = error = None
+        if activity:
+            try:
+                stats = _activity(problem, snapshot)
+            except Exception as caught:  # noqa: BLE001 - handed to the caller
+                error = caught
     return Results({w: results[w] for w in problem.wrt}, stats, error)
 
 
@@ -162,8 +163,8 @@ def choose(problem, wrt, method, num_probes):
         return method
 
     def pick():
-        costs = methods.predict_costs(problem.graph, problem.keys, wrt, problem.inputs, num_probes)
-        return methods.choose(costs)
+        costs = cost.predict_costs(problem.graph, problem.keys, wrt, problem.inputs, num_probes)
+        return cost.choose(costs)
 
     return _entry(problem, ("auto", wrt, num_probes), pick)
 

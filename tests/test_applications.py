@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_neuron_sensitivity.engine import base, registry
+from keras_neuron_sensitivity.engine.rules import base, table
 from keras_neuron_sensitivity.engine.sweep import Sweep
 from keras_neuron_sensitivity.probe import build_graph
 
@@ -77,7 +77,7 @@ def _generic_calls(model):
     return [
         call
         for call in build_graph(model).calls
-        if registry.rule_for(call.layer) is base.GENERIC_RULE
+        if table.rule_for(call.layer) is base.GENERIC_RULE
     ]
 
 

@@ -16,7 +16,6 @@ Models: tiny `LlamaCausalLM`, `Gemma3CausalLM` (`preprocessor=None`) and a
 
 import warnings
 
-import keras
 import numpy as np
 import pytest
 

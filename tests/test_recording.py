@@ -7,7 +7,8 @@ import threading
 import keras
 import numpy as np
 
-from keras_neuron_sensitivity.probe import recording, subclassed
+from keras_neuron_sensitivity.engine import recording
+from keras_neuron_sensitivity.probe import subclassed
 
 L = keras.layers
 WAIT = 60  # seconds: a failure must not hang the suite

@@ -12,7 +12,8 @@ import tensorflow as tf
 
 import oracle
 from keras_neuron_sensitivity import Rule, neuron_sensitivity, register_rule
-from keras_neuron_sensitivity.engine import Site, base, registry
+from keras_neuron_sensitivity.engine import Site
+from keras_neuron_sensitivity.engine.rules import base, table
 from keras_neuron_sensitivity.engine.sweep import Sweep
 from keras_neuron_sensitivity.probe import build_graph
 
@@ -220,7 +221,7 @@ def _probe(spec, n=3):
 
 
 def _with_generic(monkeypatch):
-    monkeypatch.setattr(registry, "rule_for", lambda layer: base.GENERIC_RULE)
+    monkeypatch.setattr(table, "rule_for", lambda layer: base.GENERIC_RULE)
 
 
 @pytest.fixture(params=sorted(CASES), ids=sorted(CASES))
@@ -253,7 +254,7 @@ def test_rule_is_picked(case):
         layers = [model.get_layer(layer_name)]
     else:  # every call, plain Keras operations included
         layers = [call.layer for call in build_graph(model).calls]
-    names = {type(registry.rule_for(layer)).__name__ for layer in layers}
+    names = {type(table.rule_for(layer)).__name__ for layer in layers}
     assert rule_name in names
 
 
@@ -308,7 +309,7 @@ def test_weight_rows_are_per_row_gradients(case_id):
     layer = model.get_layer(WEIGHT_ROWS[case_id])
     layer_input = tf.constant(keras.Model(model.inputs[0], layer.input)(x))
     site = Site(build_graph(model).call(layer.name), [layer_input], need_weights=True)
-    rule = registry.rule_for(layer)
+    rule = table.rule_for(layer)
     site.outputs, cache = rule.forward(site)
     k, n = 3, x.shape[0]
     g = tf.random.stateless_normal((k, *site.outputs[0].shape), seed=[1, 2])
@@ -348,7 +349,7 @@ CHANNELS_FIRST = [
 def test_channels_first_gets_generic_rule(layer):
     # The closed forms unfold and route along the last axis: channels first
     # is left to the generic rule (checked for values in CASES above).
-    assert registry.rule_for(layer) is base.GENERIC_RULE
+    assert table.rule_for(layer) is base.GENERIC_RULE
 
 
 def test_subclass_overriding_call_gets_generic_rule():
@@ -359,8 +360,8 @@ def test_subclass_overriding_call_gets_generic_rule():
     class Renamed(L.Dense):
         pass
 
-    assert registry.rule_for(Doubled(3)) is base.GENERIC_RULE
-    assert type(registry.rule_for(Renamed(3))).__name__ == "DenseRule"
+    assert table.rule_for(Doubled(3)) is base.GENERIC_RULE
+    assert type(table.rule_for(Renamed(3))).__name__ == "DenseRule"
 
 
 class Scale(L.Layer):
@@ -389,7 +390,7 @@ class ScaleRule(Rule):
 
 
 def test_user_registered_rule_is_used_and_exact(monkeypatch):
-    monkeypatch.setattr(registry, "_RULES", dict(registry._RULES))
+    monkeypatch.setattr(table, "_RULES", dict(table._RULES))
     register_rule(Scale, ScaleRule())
     model = _seq((3,), L.Dense(3, name="d"), Scale(name="s"), L.Dense(2, name="o"))
     model.get_layer("s").w.assign([0.5, -2.0, 3.0])
@@ -453,7 +454,7 @@ def test_one_trace_across_calls_when_chunked():
         neuron_sensitivity(model, x, memory_budget_mb=0.0005)  # 524 bytes: chunks
         model.layers[0].kernel.assign(model.layers[0].kernel * 1.1)
     (sweep,) = _sweeps(model).values()
-    assert sweep._plan[0] < 6 or max(sweep._plan[1]) < 5  # really chunked
+    assert sweep.plan.samples < 6 or max(sweep.plan.rows) < 5  # really chunked
     assert sweep._forward_fn.experimental_get_tracing_count() == 1
     assert sweep._reverse_fn.experimental_get_tracing_count() == 1
 
@@ -465,8 +466,8 @@ def test_wide_layer_under_small_budget_equals_unchunked():
     x = np.random.default_rng(3).normal(size=(64, 4096)).astype("float32")
     small = neuron_sensitivity(model, x, wrt="inputs", reduction=None, memory_budget_mb=128)
     big = neuron_sensitivity(model, x, wrt="inputs", reduction=None, memory_budget_mb=8192)
-    plans = {budget: sweep._plan for budget, sweep in _sweeps(model).items()}
-    assert max(plans[128 * 2**20][1]) < 4096  # really chunked
+    plans = {budget: sweep.plan for budget, sweep in _sweeps(model).items()}
+    assert max(plans[128 * 2**20].rows) < 4096  # really chunked
     for key in big:
         np.testing.assert_allclose(small[key], big[key], rtol=1e-5, atol=1e-7)
     # And against the literal first-layer answer: |relu'(z_k)| * ||W[:, k]||.

@@ -11,7 +11,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from keras_neuron_sensitivity import NeuronSensitivityCallback
 from keras_neuron_sensitivity import _background
-from keras_neuron_sensitivity.engine import GenericRule, registry
+from keras_neuron_sensitivity.engine import GenericRule
+from keras_neuron_sensitivity.engine.rules import table
 
 L = keras.layers
 
@@ -95,7 +96,7 @@ class FailingRule(GenericRule):
 
 @pytest.fixture
 def fragile_model(monkeypatch):
-    monkeypatch.setattr(registry, "_RULES", {**registry._RULES, Fragile: FailingRule()})
+    monkeypatch.setattr(table, "_RULES", {**table._RULES, Fragile: FailingRule()})
     model = keras.Sequential([keras.Input((6,)), L.Dense(4, name="hidden"), Fragile(), L.Dense(3, activation="softmax")])
     model.compile("adam", "sparse_categorical_crossentropy")
     return model

@@ -81,7 +81,7 @@ def test_rows_stop_at_gram_cuts_and_match_brute_force(wrt):
     model, x = bottleneck_net()
     sweep = _sweep(model, (wrt,))
     _check(model, x, sweep, wrt)
-    cuts = [sweep._calls[cut.call].key for cut in sweep._cuts]
+    cuts = [sweep.plan.calls[cut.call].key for cut in sweep.plan.cuts]
     assert {"narrow", "narrow2"} <= set(cuts), cuts
 
 
@@ -90,7 +90,7 @@ def test_gram_cuts_with_weights_and_inputs_at_once():
     model, x = bottleneck_net()
     sweep = _sweep(model, ("weights", "inputs"))
     got = sweep([tf.constant(x)])
-    assert len(sweep._cuts) >= 2
+    assert len(sweep.plan.cuts) >= 2
     for wrt in ("weights", "inputs"):
         for key in ("c1", "dw", "narrow", "wide2"):
             values = got[wrt][key]
@@ -106,7 +106,7 @@ def test_gram_cuts_under_a_small_budget_give_the_same_values():
     whole = _sweep(model, ("weights",))([tf.constant(x)])["weights"]
     sweep = _sweep(model, ("weights",), budget_mb=0.05)
     chunked = sweep([tf.constant(x)])["weights"]
-    samples, neurons = sweep._plan
+    samples, neurons = sweep.plan.samples, sweep.plan.rows
     assert samples < 3 or max(neurons) < 24  # really chunked
     for key in whole:
         np.testing.assert_allclose(chunked[key], whole[key], rtol=1e-5, atol=1e-7)
@@ -125,7 +125,7 @@ def test_no_cut_splits_a_shared_layer_and_values_stay_exact():
     x = np.random.default_rng(1).normal(size=(3, 6)).astype("float32")
     weights = _sweep(model, ("weights",), layers=["narrow", "wide", "out"])
     _check(model, x, weights, "weights")
-    assert weights._cuts == []
+    assert weights.plan.cuts == []
     inputs = _sweep(model, ("inputs",), layers=["narrow", "wide", "out"])
     _check(model, x, inputs, "inputs")
 
@@ -157,7 +157,7 @@ def test_dead_relu_rows_are_packed_out_and_exact(wrt):
     # A small budget: several rounds, where packing pays.
     sweep = _sweep(model, (wrt,), budget_mb=0.02)
     got = _check(model, x, sweep, wrt, exact_zero={"conv_relu", "relu", "dense_relu"})
-    assert any(sweep._packed), sweep._packed
+    assert any(sweep.plan.packed), sweep.plan.packed
     assert np.all(got["dense_relu"][:, :4] == 0.0)
 
 
@@ -201,7 +201,7 @@ def test_ghost_norm_of_rows_in_one_channel(wrt):
     c = L.Conv2D(64, 3, activation="tanh", name="wide_patches")(x)
     y = L.Dense(2, name="out")(L.Flatten()(c))
     model = keras.Model(x, y)
-    from keras_neuron_sensitivity.engine import base
+    from keras_neuron_sensitivity.engine.rules import base
 
     assert base.ghost_is_cheaper(64, 4, 72, 1)
     probe = np.random.default_rng(6).normal(size=(2, 4, 4, 8)).astype("float32")

@@ -26,7 +26,7 @@ from keras_neuron_sensitivity import (
     neuron_jacobian,
     neuron_sensitivity,
 )
-from keras_neuron_sensitivity.engine import registry
+from keras_neuron_sensitivity.engine.rules import table
 
 keras_hub = pytest.importorskip("keras_hub")
 
@@ -503,7 +503,7 @@ def test_attention_rule_matches_brute_force(case):
             expected = _expected(model, x, key, wrt, embedded)
             np.testing.assert_allclose(values, expected, rtol=RTOL, atol=ATOL, err_msg=f"{key} {wrt}")
     layer = model.get_layer(UNDER_TEST.get(case, "mha"))
-    assert type(registry.rule_for(layer)).__name__ == rule
+    assert type(table.rule_for(layer)).__name__ == rule
 
 
 @pytest.mark.parametrize(
@@ -518,4 +518,4 @@ def test_attention_variants_without_closed_form_use_the_generic_rule(mha, shape)
     layer = mha()
     x = keras.Input(shape)
     layer(x, x)
-    assert type(registry.rule_for(layer)).__name__ == "GenericRule"
+    assert type(table.rule_for(layer)).__name__ == "GenericRule"

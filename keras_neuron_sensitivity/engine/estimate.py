@@ -31,7 +31,7 @@ import numpy as np
 from keras import ops
 
 from keras_neuron_sensitivity.engine import backend
-from keras_neuron_sensitivity.engine.base import primal_weights, weights_as
+from keras_neuron_sensitivity.engine.rules.base import primal_weights, weights_as
 from keras_neuron_sensitivity.engine.replay import (
     Replay,
     Variables,

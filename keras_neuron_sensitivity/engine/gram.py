@@ -28,13 +28,10 @@ import math
 
 from keras import ops
 
-from keras_neuron_sensitivity.engine import backend, base
+from keras_neuron_sensitivity.engine import backend
 
-# Relative cost of one multiply-add in a matrix product against one float
-# read or written by an elementwise op (what most hops are), on CPU.
-_MAC_COST = 1 / 16
-# A rule without a closed-form `weight_rows` takes one gradient per row.
-_PER_ROW_LOOP_COST = 200.0
+from keras_neuron_sensitivity.engine.rules import base
+
 
 
 @dataclasses.dataclass

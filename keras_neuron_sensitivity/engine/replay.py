@@ -159,6 +159,21 @@ def snapshot_values(calls):
     return {id(v): value for v, value in zip(variables.all, variables.values())}
 
 
+@contextlib.contextmanager
+def snapshot_scope(calls, snapshot):
+    """Inside, every variable `calls` read reads its value in `snapshot`
+    (`snapshot_values`), or its own value for a snapshot of None: a
+    computation in the background reads nothing that training changes (on
+    JAX, Keras's trainer even empties the variables during an epoch)."""
+    if snapshot is None:
+        yield
+        return
+    variables = Variables(calls)
+    mapping = [(v, snapshot[id(v)]) for v in variables.all if id(v) in snapshot]
+    with keras.StatelessScope(state_mapping=mapping):
+        yield
+
+
 def neuron_values(y):
     """`(n, ..., C)` -> `(n, C)`: each channel averaged over positions."""
     if len(y.shape) == 2:

@@ -1,9 +1,99 @@
-"""`Site`: one call of one layer in a computation, as a `Rule` sees it."""
+"""`Call` and `Site`: one call of one layer, as the graph records it and as a
+`Rule` sees it in a computation."""
+
+import dataclasses
 
 import keras
 from keras.src.backend import get_keras_mask, set_keras_mask
 
-from keras_neuron_sensitivity.probe.inside import exposing
+from keras_neuron_sensitivity.engine.inside import exposing
+
+
+def is_tf_keras(obj):
+    """Whether `obj` (a model or layer) comes from `tf_keras` (Keras 2)."""
+    return type(obj).__module__.startswith("tf_keras")
+
+
+def trainable_variables(layer, root=None):
+    """The variables of `layer` (sub-layers included) that the optimizer
+    trains: those of `root.trainable_weights`, whatever the `trainable` flag
+    of the layers that contain them.
+
+    Keras's `layer.trainable_weights` is empty for a layer set
+    `trainable=False`, even when a layer inside it was set trainable again
+    after (keras_hub's `enable_lora` freezes every layer, then unfreezes the
+    LoRA factors of the attention projections); the model's own
+    `trainable_weights` filters each variable by its own flag, which
+    `layer.trainable = ...` sets on every variable below it.
+    """
+    if is_tf_keras(layer):
+        return list(layer.trainable_weights)
+    if not isinstance(layer, keras.layers.Layer):
+        return []  # a plain Keras operation
+    if root is not None and not getattr(root, "trainable", True):
+        return []
+    return [v for v in layer.weights if v.trainable]
+
+
+@dataclasses.dataclass(eq=False)
+class Call:
+    """One call of one layer: what it reads and writes, by tensor id.
+
+    A call may expose tensors computed inside it (the sites inside a
+    transformer block, `inside.py`): `inside` says where each is read, and
+    their ids follow the layer's own outputs in `outputs`.
+    """
+
+    layer: keras.layers.Layer
+    key: str
+    inputs: tuple  # tensor ids, in the order of the call's flattened tensors
+    outputs: tuple  # tensor ids of the call's flattened outputs, then `inside`'s
+    arguments: object = None  # Keras `SymbolicArguments`; None: one positional
+    keras_ids: dict = dataclasses.field(default_factory=dict)
+    root: object = None  # the model the call belongs to
+    inside: tuple = ()  # `inside.Inside` per exposed tensor
+
+    @property
+    def weights(self):
+        """The weights the optimizer trains that the call reads (none for a
+        plain Keras op): see `trainable_variables`."""
+        return trainable_variables(self.layer, self.root)
+
+    @property
+    def num_layer_outputs(self):
+        """How many of `outputs` the layer itself returns (the rest are
+        exposed from inside it)."""
+        return len(self.outputs) - len(self.inside)
+
+    def fill(self, values):
+        """Returns `(args, kwargs)` for this call given `{tensor id: value}`."""
+        if self.arguments is None:
+            return (values[self.inputs[0]],), {}
+        return self.arguments.fill_in(
+            {kid: values[tid] for kid, tid in self.keras_ids.items()}
+        )
+
+
+class Placeholder:
+    """Stands for a tensor in a recorded (or detached) call's arguments."""
+
+
+class RecordedArguments:
+    """A call's `(args, kwargs)` with `Placeholder`s, filled like Keras's
+    `SymbolicArguments` (`Call.fill`)."""
+
+    def __init__(self, args, kwargs):
+        self.args = args
+        self.kwargs = kwargs
+
+    def fill_in(self, tensor_dict):
+        def fill(x):
+            return tensor_dict[id(x)] if isinstance(x, Placeholder) else x
+
+        return (
+            keras.tree.map_structure(fill, self.args),
+            keras.tree.map_structure(fill, self.kwargs),
+        )
 
 
 class Site:

@@ -2,7 +2,7 @@
 
 Every neuron of every selected layer (target) is one cotangent per sample, a
 row, pushed back through the per-layer rules (the table is in
-`registry.py`). At every trainable layer on the way the squared norm of the
+`table.py`). At every trainable layer on the way the squared norm of the
 row's per-sample weight gradient is added; at the model's inputs the squared
 norm of the row's input cotangent is read. Gradients with respect to weights
 are never formed for layers with a closed-form rule, and never the `(n, k, P)`
@@ -40,8 +40,12 @@ import numpy as np
 from keras import ops
 from keras.src.backend import get_keras_mask
 
-from keras_neuron_sensitivity.engine import backend, base, gram, registry
-from keras_neuron_sensitivity.engine.base import Channelwise
+from keras_neuron_sensitivity.engine import backend, gram
+from keras_neuron_sensitivity.engine.cost import MAC_COST, PER_ROW_LOOP_COST
+
+from keras_neuron_sensitivity.engine.rules import base, table
+from keras_neuron_sensitivity.engine.rules.base import Channelwise
+from keras_neuron_sensitivity.engine.plan import Plan
 from keras_neuron_sensitivity.engine.replay import Variables, float32_compute, primary_variables
 from keras_neuron_sensitivity.engine.site import Site
 
@@ -76,34 +80,38 @@ class Sweep:
         self.memory_budget = int(memory_budget)
         # Calls holding a selected site inside them expose it as an extra
         # output (`probe.Graph.expose`); a target is a call's output.
-        self._calls, tensors = graph.expose(self.keys)
+        calls, tensors = graph.expose(self.keys)
         producer = {
-            t: (i, o) for i, call in enumerate(self._calls) for o, t in enumerate(call.outputs)
+            t: (i, o) for i, call in enumerate(calls) for o, t in enumerate(call.outputs)
         }
-        self._targets = [producer[t][0] for t in tensors]
-        self._target_outputs = [producer[t][1] for t in tensors]
-        with float32_compute([call.layer for call in self._calls]):
-            self._rules = [registry.rule_for_call(call) for call in self._calls]
+        targets = [producer[t][0] for t in tensors]
+        with float32_compute([call.layer for call in calls]):
+            rules = [table.rule_for_call(call) for call in calls]
         # Where the sensitivity to inputs is read: the float inputs, and the
         # embedded inputs (outputs of calls such as Embedding), see probe.py.
         sensitivity_inputs = set(graph.sensitivity_inputs)
-        self._float_inputs = [t for t in graph.inputs if t in sensitivity_inputs]
-        self._embedded = sensitivity_inputs.difference(graph.inputs)
-        self._live = self._liveness()
-        self._shared = self._shared_layers()
         # Targets (indices into self.keys) in canonical order: deepest first.
-        self._order = sorted(range(len(self._targets)), key=lambda j: -self._targets[j])
-        self._rank = {j: r for r, j in enumerate(self._order)}
-        self._seeds = {}
-        for j, i in enumerate(self._targets):
-            self._seeds.setdefault(i, []).append(j)
-        self._plan = None  # (samples per chunk, neurons per round per target)
-        self._widths = None  # neurons per target
-        self._packed = None  # per target: rows packed by liveness (see _pack)
-        self._cuts = []  # gram.Cut, in call order
-        self._cut_of = {}  # tensor id -> index into self._cuts
+        order = sorted(range(len(targets)), key=lambda j: -targets[j])
+        seeds = {}
+        for j, i in enumerate(targets):
+            seeds.setdefault(i, []).append(j)
+        self.plan = Plan(
+            wrt=self.wrt,
+            inputs=list(graph.inputs),
+            calls=calls,
+            rules=rules,
+            targets=targets,
+            target_outputs=[producer[t][1] for t in tensors],
+            seeds=seeds,
+            rank={j: r for r, j in enumerate(order)},
+            live={},
+            shared=_shared_layers(calls),
+            float_inputs=[t for t in graph.inputs if t in sensitivity_inputs],
+            embedded=sensitivity_inputs.difference(graph.inputs),
+        )
+        self.plan.live = _liveness(self.plan)
         self._forward_fn = self._reverse_fn = self._whole_fn = None
-        self.variables = Variables(self._calls)
+        self.variables = Variables(calls)
         self._called = set()  # compiled functions called once (traced)
         self.timings = {}
 
@@ -118,22 +126,22 @@ class Sweep:
                 (`replay.snapshot_values`), or None for the variables' values
                 now.
         """
-        with float32_compute([call.layer for call in self._calls]), primary_variables():
+        with float32_compute([call.layer for call in self.plan.calls]), primary_variables():
             values = self.variables.values(snapshot)
             return self._compute(values, inputs)
 
     def _compute(self, values, inputs):
-        if self._plan is None:
+        if not self.plan.ready:
             start = time.perf_counter()
             with self.variables.scope(values):
-                self._plan = self._make_plan(inputs)
+                self._make_plan(inputs)
             self.timings["planning"] = time.perf_counter() - start
             self._forward_fn = backend.compile(self._forward_tensors)
             self._reverse_fn = backend.compile(self._reverse_round)
             self._whole_fn = backend.compile(self._whole)
-        samples, neurons = self._plan
+        samples, neurons = self.plan.samples, self.plan.rows
         rounds = max(
-            math.ceil(c / k) for c, k in zip(self._widths, neurons, strict=True)
+            math.ceil(c / k) for c, k in zip(self.plan.widths, neurons, strict=True)
         )
         if rounds == 1 and samples >= int(inputs[0].shape[0]):
             # Everything fits at once: one compiled call, no caches passed
@@ -172,10 +180,10 @@ class Sweep:
             # One forward pass per sample chunk, shared by every round.
             outputs, caches, grams, live = self._timed(self._forward_fn, values, chunk)
             live = [None if v is None else backend.to_host(v).T for v in live]  # (C, n)
-            if self._packed is None:
+            if self.plan.packed is None:
                 self._pack(live, samples)
             rows = self._rows(live, samples)
-            sums = {w: [np.zeros((c, samples)) for c in self._widths] for w in self.wrt}
+            sums = {w: [np.zeros((c, samples)) for c in self.plan.widths] for w in self.wrt}
             for r in range(max(len(ids) for ids in rows)):
                 ids = [
                     per_round[r] if r < len(per_round) else self._idle(j, samples)
@@ -200,25 +208,25 @@ class Sweep:
         neurons side by side, `(k, n)` neuron ids per round, and no row for a
         dead one. Rows per round are planned again for the live counts.
         """
-        widths = list(self._widths)
-        self._packed = [False] * len(widths)
+        widths = list(self.plan.widths)
+        self.plan.packed = [False] * len(widths)
         for j, mask in enumerate(live):
-            if mask is None or not _channel_path(self._rules[self._targets[j]]):
+            if mask is None or not _channel_path(self.plan.rules[self.plan.targets[j]]):
                 continue
             most = int(mask.sum(0).max())
             if most <= 0.9 * widths[j]:
-                self._packed[j] = True
+                self.plan.packed[j] = True
                 widths[j] = max(1, most)
-        if any(self._packed):
+        if any(self.plan.packed):
             parts = self._parts(widths, samples)
-            self._plan = (self._plan[0], [math.ceil(c / parts) for c in widths])
+            self.plan.rows = [math.ceil(c / parts) for c in widths]
 
     def _rows(self, live, samples):
         """Per target, the neuron ids of each round: `(k,)`, or `(k, n)` (-1:
         no row) for packed targets."""
         out = []
-        for j, (c, k) in enumerate(zip(self._widths, self._plan[1])):
-            if not self._packed[j]:
+        for j, (c, k) in enumerate(zip(self.plan.widths, self.plan.rows)):
+            if not self.plan.packed[j]:
                 out.append(
                     [np.arange(r * k, r * k + k, dtype=np.int32) for r in range(math.ceil(c / k))]
                 )
@@ -233,39 +241,20 @@ class Sweep:
 
     def _idle(self, j, samples):
         """Neuron ids of a round in which target `j` has no rows left."""
-        k = self._plan[1][j]
-        if self._packed[j]:
+        k = self.plan.rows[j]
+        if self.plan.packed[j]:
             return -np.ones((k, samples), np.int32)
-        return np.full((k,), self._widths[j], np.int32)
+        return np.full((k,), self.plan.widths[j], np.int32)
 
     # --- planning -----------------------------------------------------------
-
-    def _liveness(self):
-        """Tensor id -> whether a cotangent there is worth computing."""
-        want_weights = "weights" in self.wrt
-        read = set(self._float_inputs) | self._embedded if "inputs" in self.wrt else set()
-        live = {t: t in read for t in self.graph.inputs}
-        for call in self._calls:
-            owns = want_weights and bool(call.weights)
-            flows = any(live.get(t, False) for t in call.inputs)
-            for t in call.outputs:
-                live[t] = owns or flows or t in read
-        return live
-
-    def _shared_layers(self):
-        counts = {}
-        for call in self._calls:
-            if call.weights:
-                counts[id(call.layer)] = counts.get(id(call.layer), 0) + 1
-        return {layer for layer, n in counts.items() if n > 1}
 
     def _reaching(self, cuts=()):
         """Per call: the targets whose rows cross it (it is upstream of them,
         and no cut tensor stops them on the way)."""
-        producer = {t: i for i, call in enumerate(self._calls) for t in call.outputs}
+        producer = {t: i for i, call in enumerate(self.plan.calls) for t in call.outputs}
         stops = {cut.tensor for cut in cuts}
-        reach = [set() for _ in self._calls]
-        for j, target in enumerate(self._targets):
+        reach = [set() for _ in self.plan.calls]
+        for j, target in enumerate(self.plan.targets):
             stack = [target]
             while stack:
                 i = stack.pop()
@@ -274,7 +263,7 @@ class Sweep:
                 reach[i].add(j)
                 stack.extend(
                     producer[t]
-                    for t in self._calls[i].inputs
+                    for t in self.plan.calls[i].inputs
                     if t in producer and t not in stops
                 )
         return reach
@@ -282,17 +271,17 @@ class Sweep:
     def _make_plan(self, inputs):
         # One eager forward on one sample gives every tensor's size.
         values, _ = self._forward([x[:1] for x in inputs])
-        self._widths = []
-        for j, i in enumerate(self._targets):
-            y = values[self._calls[i].outputs[self._target_outputs[j]]]
+        self.plan.widths = []
+        for j, i in enumerate(self.plan.targets):
+            y = values[self.plan.calls[i].outputs[self.plan.target_outputs[j]]]
             if len(y.shape) < 2 or not backend.is_float(y):
                 raise ValueError(
-                    f"Layer {self._calls[i].key!r} has an output of shape "
+                    f"Layer {self.plan.calls[i].key!r} has an output of shape "
                     f"{tuple(y.shape)} and dtype {y.dtype.name}. Expected a "
                     "floating-point output with a channel axis (rank >= 2). "
                     "Leave this layer out of `layers`."
                 )
-            self._widths.append(int(y.shape[-1]))
+            self.plan.widths.append(int(y.shape[-1]))
 
         def size(t):
             v = values.get(t)
@@ -300,11 +289,11 @@ class Sweep:
 
         # Bytes per row and sample while each call is crossed.
         per_row = []
-        for call, rule in zip(self._calls, self._rules):
+        for call, rule in zip(self.plan.calls, self.plan.rules):
             io = sum(size(t) for t in call.inputs) + sum(size(t) for t in call.outputs)
             params = sum(int(np.prod(v.shape)) for v in call.weights) * 4
             extra = 0
-            if rule is base.GENERIC_RULE or id(call.layer) in self._shared:
+            if rule is base.GENERIC_RULE or id(call.layer) in self.plan.shared:
                 extra = 2 * params + sum(size(t) for t in call.inputs)
             elif call.weights:
                 y = values[call.outputs[0]]
@@ -313,20 +302,20 @@ class Sweep:
                 extra = min(params, positions * positions * 4)
             per_row.append(_ROW_OVERHEAD * io + extra)
         batch = int(inputs[0].shape[0])
-        self._cuts = self._plan_cuts(values, per_row, batch)
-        self._cut_of = {cut.tensor: b for b, cut in enumerate(self._cuts)}
-        self._memory = (per_row, self._reaching(self._cuts), self._basis_bytes(per_row))
+        self.plan.cuts = self._plan_cuts(values, per_row, batch)
+        self.plan.cut_of = {cut.tensor: b for b, cut in enumerate(self.plan.cuts)}
+        self._memory = (per_row, self._reaching(self.plan.cuts), self._basis_bytes(per_row))
         # The Gram passes take all their rows at once: they bound the samples
         # per chunk; the targets' rows are then split in rounds.
         samples = min(batch, max(1, int(self.memory_budget // max(1, self._memory[2]))))
-        parts = self._parts(self._widths, samples)
-        if self._peak(self._widths, parts, samples) > self.memory_budget:
+        parts = self._parts(self.plan.widths, samples)
+        if self._peak(self.plan.widths, parts, samples) > self.memory_budget:
             samples = max(
-                1, int(self.memory_budget // self._peak(self._widths, parts, 1))
+                1, int(self.memory_budget // self._peak(self.plan.widths, parts, 1))
             )
-            parts = self._parts(self._widths, samples)
-        neurons = [math.ceil(c / parts) for c in self._widths]
-        return min(samples, batch), neurons
+            parts = self._parts(self.plan.widths, samples)
+        self.plan.samples = min(samples, batch)
+        self.plan.rows = [math.ceil(c / parts) for c in self.plan.widths]
 
     def _peak(self, widths, parts, samples):
         """Bytes of one round of target rows, or of a Gram pass."""
@@ -355,7 +344,7 @@ class Sweep:
         peak, below = 0, -1
         kinds = ("weights" in self.wrt) + ("inputs" in self.wrt)
         matrices = 0
-        for cut in self._cuts:
+        for cut in self.plan.cuts:
             crossed = max(per_row[below + 1 : cut.call + 1], default=0)
             peak = max(peak, cut.size * crossed)
             matrices += kinds * 4 * cut.size * cut.size
@@ -372,7 +361,7 @@ class Sweep:
             return 0 if v is None else int(np.prod(v.shape[1:]))
 
         call_cost, gram_cost, row_loop = [], [], []
-        for call, rule in zip(self._calls, self._rules):
+        for call, rule in zip(self.plan.calls, self.plan.rules):
             io = sum(floats(t) for t in call.inputs + call.outputs)
             params = sum(int(np.prod(v.shape)) for v in call.weights) if want_weights else 0
             y = values.get(call.outputs[0])
@@ -381,15 +370,15 @@ class Sweep:
             )
             macs = positions * params * 2
             if params and (rule is base.GENERIC_RULE or not _overrides(rule, "weight_rows")):
-                row_loop.append(params * gram._PER_ROW_LOOP_COST)
+                row_loop.append(params * PER_ROW_LOOP_COST)
             else:
                 row_loop.append(0.0)
-            call_cost.append(io + macs * gram._MAC_COST + (row_loop[-1] if rule is base.GENERIC_RULE else 0))
-            gram_cost.append(params * gram._MAC_COST)
+            call_cost.append(io + macs * MAC_COST + (row_loop[-1] if rule is base.GENERIC_RULE else 0))
+            gram_cost.append(params * MAC_COST)
         call_cost = [float(c) for c in call_cost]
-        input_size = sum(floats(t) for t in self._float_inputs)
+        input_size = sum(floats(t) for t in self.plan.float_inputs)
         candidates = gram.candidates(
-            self._calls, self.graph, self.wrt, values, self._live, batch, self.memory_budget / 4
+            self.plan.calls, self.graph, self.wrt, values, self.plan.live, batch, self.memory_budget / 4
         )
         if not candidates:
             return []
@@ -403,15 +392,15 @@ class Sweep:
             cost = sum(d * d * gram_cost[i] + d * row_loop[i] for i in between)
             if low is not None:
                 e = low.size
-                cost += kinds * (d * e * e + d * d * e) * gram._MAC_COST
+                cost += kinds * (d * e * e + d * d * e) * MAC_COST
             elif "inputs" in self.wrt:
-                cost += d * d * input_size * gram._MAC_COST
+                cost += d * d * input_size * MAC_COST
             return cost
 
         def quad_cost(cut):
-            return kinds * cut.size * cut.size * gram._MAC_COST + cut.size
+            return kinds * cut.size * cut.size * MAC_COST + cut.size
 
-        targets = [(i, c) for i, c in zip(self._targets, self._widths)]
+        targets = [(i, c) for i, c in zip(self.plan.targets, self.plan.widths)]
         input_quad = input_size if "inputs" in self.wrt else 0.0
         return gram.choose_cuts(
             candidates, targets, call_cost, basis_cost, quad_cost, input_quad
@@ -427,9 +416,9 @@ class Sweep:
         )
 
     def _forward(self, inputs):
-        values = dict(zip(self.graph.inputs, inputs))
+        values = dict(zip(self.plan.inputs, inputs))
         sites = []
-        for call, rule in zip(self._calls, self._rules):
+        for call, rule in zip(self.plan.calls, self.plan.rules):
             site = self._site(call, values)
             with backend.name_scope(_scope("kns_forward", call)):
                 outputs, cache = rule.forward(site)
@@ -447,11 +436,11 @@ class Sweep:
 
     def _forward_parts(self, inputs):
         values, sites = self._forward(inputs)
-        grams = _Grams(self, values, sites).run()
+        grams = _Grams(self.plan, values, sites).run()
         live = []
-        for i, output in zip(self._targets, self._target_outputs):
+        for i, output in zip(self.plan.targets, self.plan.target_outputs):
             site, cache = sites[i]
-            rule = self._rules[i]
+            rule = self.plan.rules[i]
             # A rule's `live_neurons` speaks of the layer's first output.
             known = output == 0 and _overrides(rule, "live_neurons")
             live.append(rule.live_neurons(site, cache) if known else None)
@@ -479,12 +468,12 @@ class Sweep:
         None: every neuron of every target (a single round).
         """
         values, sites = self._sites(inputs, outputs, caches)
-        return _Reverse(self, values, sites, ids, grams).run()
+        return _Reverse(self.plan, values, sites, ids, grams).run()
 
     def _sites(self, inputs, outputs, caches):
-        values = dict(zip(self.graph.inputs, inputs))
+        values = dict(zip(self.plan.inputs, inputs))
         sites = []
-        for call, call_outputs, cache in zip(self._calls, outputs, caches):
+        for call, call_outputs, cache in zip(self.plan.calls, outputs, caches):
             site = self._site(call, values)
             site.outputs = call_outputs
             values.update(zip(call.outputs, call_outputs))
@@ -495,29 +484,29 @@ class Sweep:
 class _Grams:
     """The Gram matrices of every cut, bottom up (see `gram.py`)."""
 
-    def __init__(self, sweep, values, sites):
-        self.sweep = sweep
+    def __init__(self, plan, values, sites):
+        self.plan = plan
         self.values = values
         self.sites = sites
 
     def run(self):
         out = []
         below = None
-        for cut in self.sweep._cuts:
+        for cut in self.plan.cuts:
             out.append(self._cut(cut, below, out[-1] if out else None))
             below = cut
         return out
 
     def _cut(self, cut, below, below_grams):
-        sweep = self.sweep
-        want_weights = "weights" in sweep.wrt
+        plan = self.plan
+        want_weights = "weights" in plan.wrt
         y = self.values[cut.tensor]
         n = base.shape_of(y)[0]
         pending = {cut.tensor: gram.identity_rows(y)}
         stop = -1 if below is None else below.call
         weight_gram = None
         for i in range(cut.call, stop, -1):
-            call = sweep._calls[i]
+            call = plan.calls[i]
             outs = [pending.pop(t, None) for t in call.outputs]
             if all(g is None for g in outs):
                 continue
@@ -528,8 +517,8 @@ class _Grams:
                 )
                 for g, v in zip(outs, site.outputs)
             ] if len(outs) > 1 else outs
-            rule = sweep._rules[i]
-            need_inputs = any(sweep._live.get(t, False) for t in call.inputs)
+            rule = plan.rules[i]
+            need_inputs = any(plan.live.get(t, False) for t in call.inputs)
             need_weights = want_weights and bool(call.weights)
             with backend.name_scope(_scope("kns_gram", call)):
                 if need_weights:
@@ -539,7 +528,7 @@ class _Grams:
                     continue
                 input_cots, _ = rule.backward(site, cache, outs, True, False)
             for t, g in zip(call.inputs, input_cots or ()):
-                if g is None or not sweep._live.get(t, False):
+                if g is None or not plan.live.get(t, False):
                     continue
                 if isinstance(g, Channelwise):
                     g = g.dense(self.values[t].shape[-1])
@@ -548,16 +537,16 @@ class _Grams:
             zeros = ops.zeros([n, cut.size, cut.size], _float_dtype(self.values))
             grams = {}
             if below is None:
-                if "inputs" in sweep.wrt:
+                if "inputs" in plan.wrt:
                     terms = [
                         gram.outer(ops.reshape(_cast(pending[t]), [cut.size, n, -1]))
-                        for t in sweep._float_inputs
+                        for t in plan.float_inputs
                         if t in pending
                     ]
                     grams["inputs"] = sum(terms) if terms else zeros
             else:
                 g = pending.get(below.tensor)
-                for w in sweep.wrt:
+                for w in plan.wrt:
                     grams[w] = zeros if g is None else gram.sandwich(_cast(g), below_grams[w])
             if want_weights:
                 grams["weights"] = _add(grams.get("weights"), weight_gram)
@@ -591,16 +580,16 @@ class _Block:
 class _Reverse:
     """One round of the reverse sweep, traced into the caller's graph."""
 
-    def __init__(self, sweep, values, sites, ids, grams):
-        self.sweep = sweep
+    def __init__(self, plan, values, sites, ids, grams):
+        self.plan = plan
         self.values = values
         self.sites = sites
         self.ids = ids
         self.grams = grams
-        self.rows = sweep._plan[1]  # k_j per target
-        self.n = base.shape_of(values[sweep.graph.inputs[0]])[0]
-        self.want_weights = "weights" in sweep.wrt
-        self.harvest = {w: [] for w in sweep.wrt}
+        self.rows = plan.rows  # k_j per target
+        self.n = base.shape_of(values[plan.inputs[0]])[0]
+        self.want_weights = "weights" in plan.wrt
+        self.harvest = {w: [] for w in plan.wrt}
         self.shared = {}
 
     # --- rows -------------------------------------------------------------
@@ -615,7 +604,7 @@ class _Reverse:
     def _runs(self, a, b):
         """Maximal runs of the union of two segment lists, with where each
         run sits in `a` and in `b` (row offset, or None when absent)."""
-        rank = self.sweep._rank
+        rank = self.plan.rank
         union = sorted(set(a) | set(b), key=rank.__getitem__)
         off_a, off_b = self._offsets(a), self._offsets(b)
         runs = []
@@ -735,23 +724,23 @@ class _Reverse:
     # --- the sweep ----------------------------------------------------------
 
     def run(self):
-        sweep = self.sweep
+        plan = self.plan
         pending = {}
-        for i in range(len(sweep._calls) - 1, -1, -1):
-            call = sweep._calls[i]
+        for i in range(len(plan.calls) - 1, -1, -1):
+            call = plan.calls[i]
             arriving = [pending.pop(t, []) for t in call.outputs]
             for t, blocks in zip(call.outputs, arriving):
-                if t in sweep._cut_of and blocks:
-                    with backend.name_scope(f"kns_reverse/cut_{sweep._cut_of[t]}/"):
+                if t in plan.cut_of and blocks:
+                    with backend.name_scope(f"kns_reverse/cut_{plan.cut_of[t]}/"):
                         self._stop_at_cut(t, blocks)
                     blocks.clear()
-            seeds = sweep._seeds.get(i, [])
-            if "inputs" in sweep.wrt and sweep._embedded.intersection(call.outputs):
+            seeds = plan.seeds.get(i, [])
+            if "inputs" in plan.wrt and plan.embedded.intersection(call.outputs):
                 with backend.name_scope("kns_reverse/embedded/"):
                     self._read_embedded(call, arriving, seeds)
             if not seeds and not any(arriving):
                 continue
-            need_inputs = any(sweep._live.get(t, False) for t in call.inputs)
+            need_inputs = any(plan.live.get(t, False) for t in call.inputs)
             need_weights = self.want_weights and bool(call.weights)
             if not (need_inputs or need_weights):
                 for blocks in arriving:
@@ -763,7 +752,7 @@ class _Reverse:
             for input_cots, sq, segments in results:
                 attached = False
                 for t, g in zip(call.inputs, input_cots or ()):
-                    if g is None or not sweep._live.get(t, False):
+                    if g is None or not plan.live.get(t, False):
                         continue
                     pending.setdefault(t, []).append(
                         _Block(g, segments, None if attached else sq)
@@ -772,14 +761,14 @@ class _Reverse:
                 if not attached:
                     self._harvest_sq(segments, sq)
         with backend.name_scope("kns_reverse/inputs/"):
-            for t in sweep._float_inputs:
+            for t in plan.float_inputs:
                 blocks = pending.pop(t, [])
                 if not blocks:
                     continue
                 width = self.values[t].shape[-1]
                 block = self._merge_all(blocks, width)
                 self._harvest_sq(block.segments, block.sq)
-                if "inputs" in sweep.wrt:
+                if "inputs" in plan.wrt:
                     self.harvest["inputs"].append((block.segments, _row_sqnorm(block.value)))
             for blocks in pending.values():
                 for block in blocks:
@@ -792,24 +781,24 @@ class _Reverse:
         """The sensitivity to an embedded input (an output of `call`): the
         rows arriving there, and the seeds of a target that is `call`."""
         for t, blocks in zip(call.outputs, arriving):
-            if t not in self.sweep._embedded:
+            if t not in self.plan.embedded:
                 continue
             if blocks:
                 block = self._merge_all(blocks, self.values[t].shape[-1])
                 blocks[:] = [block]
                 self.harvest["inputs"].append((block.segments, _row_sqnorm(block.value)))
             for j in seeds:
-                if t == call.outputs[self.sweep._target_outputs[j]]:
+                if t == call.outputs[self.plan.target_outputs[j]]:
                     seed = self._seed(j, self.values[t])
                     self.harvest["inputs"].append((seed.segments, _row_sqnorm(seed.value)))
 
     def _stop_at_cut(self, t, blocks):
         """Rows that reach a cut: everything below is their quadratic form."""
-        grams = self.grams[self.sweep._cut_of[t]]
+        grams = self.grams[self.plan.cut_of[t]]
         width = self.values[t].shape[-1]
         for block in self._streams(blocks, width):
             g = _cast(block.value)
-            for w in self.sweep.wrt:
+            for w in self.plan.wrt:
                 q = gram.quadratic(g, grams[w])
                 if w == "weights":
                     self._harvest_sq(block.segments, _add(block.sq, q))
@@ -822,12 +811,12 @@ class _Reverse:
 
     def _cross(self, i, arriving, seeds, need_inputs, need_weights):
         """Rows through call `i`: a list of `(input_cots, sq, segments)`."""
-        sweep = self.sweep
-        call = sweep._calls[i]
-        rule = sweep._rules[i]
+        plan = self.plan
+        call = plan.calls[i]
+        rule = plan.rules[i]
         site, cache = self.sites[i]
         outputs = site.outputs
-        is_shared = id(call.layer) in sweep._shared
+        is_shared = id(call.layer) in plan.shared
         widths = [y.shape[-1] if len(y.shape) else None for y in outputs]
         if len(outputs) > 1 or is_shared:
             return self._cross_merged(
@@ -890,15 +879,15 @@ class _Reverse:
     def _cross_merged(self, i, arriving, seeds, need_inputs, need_weights, widths):
         """Layers with several outputs, and layers called more than once:
         every row in one block, with full cotangents."""
-        sweep = self.sweep
-        call = sweep._calls[i]
-        rule = sweep._rules[i]
+        plan = self.plan
+        call = plan.calls[i]
+        rule = plan.rules[i]
         site, cache = self.sites[i]
         outputs = site.outputs
-        is_shared = id(call.layer) in sweep._shared
+        is_shared = id(call.layer) in plan.shared
         results = []
         parts = [[self._dense(b, w) for b in blocks] for blocks, w in zip(arriving, widths)]
-        position = sweep._target_outputs
+        position = plan.target_outputs
         for j in seeds:
             if not is_shared and position[j] == 0 and _overrides(rule, "seed_backward"):
                 input_cots, sq = rule.seed_backward(
@@ -955,7 +944,7 @@ class _Reverse:
     def _assemble(self):
         """`{wrt: [(k_j, n) per target, in the order of keys]}`."""
         out = {}
-        for w in self.sweep.wrt:
+        for w in self.plan.wrt:
             per_target = {}
             for segments, sq in self.harvest[w]:
                 sq = _cast(sq)
@@ -967,9 +956,31 @@ class _Reverse:
                 per_target[j]
                 if j in per_target
                 else ops.zeros([self.rows[j], self.n], _float_dtype(self.values))
-                for j in range(len(self.sweep._targets))
+                for j in range(len(self.plan.targets))
             ]
         return out
+
+
+def _liveness(plan):
+    """Tensor id -> whether a cotangent there is worth computing."""
+    want_weights = "weights" in plan.wrt
+    read = set(plan.float_inputs) | plan.embedded if "inputs" in plan.wrt else set()
+    live = {t: t in read for t in plan.inputs}
+    for call in plan.calls:
+        owns = want_weights and bool(call.weights)
+        flows = any(live.get(t, False) for t in call.inputs)
+        for t in call.outputs:
+            live[t] = owns or flows or t in read
+    return live
+
+
+def _shared_layers(calls):
+    """Ids of the layers with weights called more than once."""
+    counts = {}
+    for call in calls:
+        if call.weights:
+            counts[id(call.layer)] = counts.get(id(call.layer), 0) + 1
+    return {layer for layer, n in counts.items() if n > 1}
 
 
 def _row_sqnorm(value):

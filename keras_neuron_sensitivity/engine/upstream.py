@@ -20,6 +20,7 @@ so a neuron with a measured sensitivity is never called frozen.
 import keras
 import numpy as np
 
+from keras_neuron_sensitivity.engine.rules.base import weights_as
 from keras_neuron_sensitivity.engine.replay import Replay, float32_compute, primary_variables
 
 
@@ -33,7 +34,7 @@ def frozen_neurons(graph, keys, inputs):
         return None
     with float32_compute(replay.layers()), primary_variables():
         nan = [keras.ops.full(tuple(v.shape), float("nan"), dtype=v.dtype) for v in variables]
-        with keras.StatelessScope(state_mapping=list(zip(variables, nan))):
+        with weights_as(variables, nan):
             values = replay.run(inputs)
         outputs = replay.target_outputs(values)
     frozen = {}

@@ -23,6 +23,7 @@ import keras
 import numpy as np
 
 from keras_neuron_sensitivity.errors import UnsupportedModelError
+from keras_neuron_sensitivity.engine.site import Call, is_tf_keras
 from keras_neuron_sensitivity.probe import subclassed as _subclassed
 
 # Standalone activation layers are selected by default even though they own no
@@ -35,45 +36,6 @@ ACTIVATION_LAYERS = (
     keras.layers.PReLU,
     keras.layers.Softmax,
 )
-
-
-@dataclasses.dataclass(eq=False)
-class Call:
-    """One call of one layer: what it reads and writes, by tensor id.
-
-    A call may expose tensors computed inside it (the sites inside a
-    transformer block, `inside.py`): `inside` says where each is read, and
-    their ids follow the layer's own outputs in `outputs`.
-    """
-
-    layer: keras.layers.Layer
-    key: str
-    inputs: tuple  # tensor ids, in the order of the call's flattened tensors
-    outputs: tuple  # tensor ids of the call's flattened outputs, then `inside`'s
-    arguments: object = None  # Keras `SymbolicArguments`; None: one positional
-    keras_ids: dict = dataclasses.field(default_factory=dict)
-    root: object = None  # the model the call belongs to
-    inside: tuple = ()  # `inside.Inside` per exposed tensor
-
-    @property
-    def weights(self):
-        """The weights the optimizer trains that the call reads (none for a
-        plain Keras op): see `trainable_variables`."""
-        return trainable_variables(self.layer, self.root)
-
-    @property
-    def num_layer_outputs(self):
-        """How many of `outputs` the layer itself returns (the rest are
-        exposed from inside it)."""
-        return len(self.outputs) - len(self.inside)
-
-    def fill(self, values):
-        """Returns `(args, kwargs)` for this call given `{tensor id: value}`."""
-        if self.arguments is None:
-            return (values[self.inputs[0]],), {}
-        return self.arguments.fill_in(
-            {kid: values[tid] for kid, tid in self.keras_ids.items()}
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,36 +247,12 @@ def add_inside_sites(graph, inputs):
             outputs = call.layer(*args, **kwargs)
         values.update(zip(call.outputs, keras.tree.flatten(outputs)))
     graph.sites = sites
-    from keras_neuron_sensitivity.engine import hub
-
-    hub.register_rules([site.layer for site in sites])
 
 
 def _two_samples(x):
     if int(x.shape[0]) >= 2:
         return x[:2]
     return keras.ops.concatenate([x, x], axis=0)
-
-
-def trainable_variables(layer, root=None):
-    """The variables of `layer` (sub-layers included) that the optimizer
-    trains: those of `root.trainable_weights`, whatever the `trainable` flag
-    of the layers that contain them.
-
-    Keras's `layer.trainable_weights` is empty for a layer set
-    `trainable=False`, even when a layer inside it was set trainable again
-    after (keras_hub's `enable_lora` freezes every layer, then unfreezes the
-    LoRA factors of the attention projections); the model's own
-    `trainable_weights` filters each variable by its own flag, which
-    `layer.trainable = ...` sets on every variable below it.
-    """
-    if is_tf_keras(layer):
-        return list(layer.trainable_weights)
-    if not isinstance(layer, keras.layers.Layer):
-        return []  # a plain Keras operation
-    if root is not None and not getattr(root, "trainable", True):
-        return []
-    return [v for v in layer.weights if v.trainable]
 
 
 def trains_by_design(layer):
@@ -327,11 +265,6 @@ def trains_by_design(layer):
     if not isinstance(layer, keras.layers.Layer):
         return False
     return any(sub._trainable_variables for sub in layer._flatten_layers(include_self=True))
-
-
-def is_tf_keras(obj):
-    """Whether `obj` (a model or layer) comes from `tf_keras` (Keras 2)."""
-    return type(obj).__module__.startswith("tf_keras")
 
 
 def is_model(obj):
@@ -528,9 +461,6 @@ def _subclassed_graph(model, example):
 def _split(builder, input_ids, names, shapes):
     """The `Graph` of the recorded calls: preprocessing split off, the
     engine's inputs and the sensitivity inputs found."""
-    from keras_neuron_sensitivity.engine import hub
-
-    hub.register_rules([call.layer for call in builder.calls])
     dtypes = builder.dtypes
     model_inputs = [
         ModelInput(i, name, dtypes.get(i), shape)

@@ -13,29 +13,8 @@ be lost, so it is refused with an error that says where.
 import keras
 
 from keras_neuron_sensitivity.errors import UnsupportedModelError
-from keras_neuron_sensitivity.probe import recording
-
-
-class Placeholder:
-    """Stands for a tensor in a recorded (or detached) call's arguments."""
-
-
-class RecordedArguments:
-    """A call's `(args, kwargs)` with `Placeholder`s, filled like Keras's
-    `SymbolicArguments` (`Call.fill`)."""
-
-    def __init__(self, args, kwargs):
-        self.args = args
-        self.kwargs = kwargs
-
-    def fill_in(self, tensor_dict):
-        def fill(x):
-            return tensor_dict[id(x)] if isinstance(x, Placeholder) else x
-
-        return (
-            keras.tree.map_structure(fill, self.args),
-            keras.tree.map_structure(fill, self.kwargs),
-        )
+from keras_neuron_sensitivity.engine import recording
+from keras_neuron_sensitivity.engine.site import Placeholder, RecordedArguments
 
 
 def record_calls(model, inputs):

@@ -13,7 +13,6 @@ import sys
 import jax
 import keras
 import numpy as np
-import pytest
 
 import zoo
 from keras_neuron_sensitivity import NeuronSensitivityCallback, load_sensitivity

@@ -14,7 +14,7 @@ transposed convolution's own input gradient on all `k * n` rows at once.
 from keras import ops
 
 from keras_neuron_sensitivity.engine import backend
-from keras_neuron_sensitivity.engine.base import (
+from keras_neuron_sensitivity.engine.rules.base import (
     Rule,
     activation_backward,
     activation_forward,
@@ -24,7 +24,7 @@ from keras_neuron_sensitivity.engine.base import (
     plain_weights,
     shape_of,
 )
-from keras_neuron_sensitivity.engine.conv import unfold
+from keras_neuron_sensitivity.engine.rules.conv import unfold
 
 
 def _transpose_conv(layer, x):

@@ -24,7 +24,7 @@ from keras import ops
 
 from keras_neuron_sensitivity.engine import backend
 
-from keras_neuron_sensitivity.engine.base import (
+from keras_neuron_sensitivity.engine.rules.base import (
     Rule,
     activation_backward,
     activation_forward,

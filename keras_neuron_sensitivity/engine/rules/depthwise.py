@@ -20,7 +20,7 @@ import numpy as np
 from keras import ops
 
 from keras_neuron_sensitivity.engine import backend
-from keras_neuron_sensitivity.engine.base import (
+from keras_neuron_sensitivity.engine.rules.base import (
     Channelwise,
     Rule,
     activation_backward,
@@ -36,7 +36,7 @@ from keras_neuron_sensitivity.engine.base import (
     seed_cotangent,
     shape_of,
 )
-from keras_neuron_sensitivity.engine.conv import (
+from keras_neuron_sensitivity.engine.rules.conv import (
     per_channel_hop_fits,
     per_row_transpose_conv,
     unfold,

@@ -11,8 +11,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_neuron_sensitivity.engine import backend, base
-from keras_neuron_sensitivity.engine.base import (
+from keras_neuron_sensitivity.engine import backend
+
+from keras_neuron_sensitivity.engine.rules import base
+from keras_neuron_sensitivity.engine.rules.base import (
     ELEMENTWISE_ACTIVATIONS,
     Channelwise,
     Rule,

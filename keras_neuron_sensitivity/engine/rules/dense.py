@@ -4,7 +4,7 @@ from keras import ops
 
 from keras_neuron_sensitivity.engine import backend
 
-from keras_neuron_sensitivity.engine.base import (
+from keras_neuron_sensitivity.engine.rules.base import (
     Rule,
     activation_backward,
     activation_forward,
@@ -15,7 +15,7 @@ from keras_neuron_sensitivity.engine.base import (
     outer_sqnorm,
     shape_of,
 )
-from keras_neuron_sensitivity.engine.einsum_dense import exact_weights, lora_scale
+from keras_neuron_sensitivity.engine.rules.einsum_dense import exact_weights, lora_scale
 
 
 class DenseRule(Rule):

@@ -26,7 +26,7 @@ import keras
 from keras import ops
 
 from keras_neuron_sensitivity.engine import backend
-from keras_neuron_sensitivity.engine.base import (
+from keras_neuron_sensitivity.engine.rules.base import (
     Rule,
     _is_float,
     merge,
@@ -34,10 +34,9 @@ from keras_neuron_sensitivity.engine.base import (
     tile_rows,
     with_mask,
 )
-from keras_neuron_sensitivity.engine.site import Site
+from keras_neuron_sensitivity.engine.site import Call, Placeholder, RecordedArguments, Site
 from keras_neuron_sensitivity.errors import UnsupportedLayerError
-from keras_neuron_sensitivity.probe.inside import exposing, path_key
-from keras_neuron_sensitivity.probe.subclassed import Placeholder, RecordedArguments
+from keras_neuron_sensitivity.engine.inside import exposing, path_key
 
 
 @dataclasses.dataclass(eq=False)
@@ -203,8 +202,6 @@ def _owner_site(owner, entry):
 def _owner_call(site, path, layer, args, kwargs):
     """A `probe.Call` of an owner, its tensors replaced by placeholders, and
     the tensors themselves (its inputs, as a rule's `Site` has them)."""
-    from keras_neuron_sensitivity.probe import Call
-
     keras_ids, inputs = {}, []
 
     def replace(x):

@@ -6,7 +6,7 @@ is `sum_{t, s: id_t = id_s} <g_t, g_s>`, a Gram form over positions.
 
 from keras import ops
 
-from keras_neuron_sensitivity.engine.base import Rule, plain_weights, shape_of
+from keras_neuron_sensitivity.engine.rules.base import Rule, plain_weights, shape_of
 
 
 class EmbeddingRule(Rule):

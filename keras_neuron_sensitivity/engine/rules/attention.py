@@ -30,8 +30,8 @@ import keras
 from keras import ops
 from keras.src.backend import get_keras_mask, set_keras_mask
 
-from keras_neuron_sensitivity.engine import registry
-from keras_neuron_sensitivity.engine.base import (
+from keras_neuron_sensitivity.engine.rules import table
+from keras_neuron_sensitivity.engine.rules.base import (
     GENERIC_RULE,
     Rule,
     concat_shapes,
@@ -39,8 +39,7 @@ from keras_neuron_sensitivity.engine.base import (
     plain_weights,
     shape_of,
 )
-from keras_neuron_sensitivity.engine.site import Site
-from keras_neuron_sensitivity.probe import Call
+from keras_neuron_sensitivity.engine.site import Call, Site
 
 _MHA = keras.layers.MultiHeadAttention
 
@@ -305,14 +304,14 @@ class _Steps:
     def forward(self, layer, x):
         """`(y, (x, cache))` of one sub-layer called on `x`."""
         site = self.sub_site(layer, x)
-        (y,), cache = registry.rule_for(layer).forward(site)
+        (y,), cache = table.rule_for(layer).forward(site)
         return y, (x, cache)
 
     def backward(self, layer, saved, g):
         """`(g_x, weight_sqnorm or None)` of one sub-layer."""
         x, cache = saved
         site = self.sub_site(layer, x)
-        cots, sq = registry.rule_for(layer).backward(site, cache, [g], True, site.need_weights)
+        cots, sq = table.rule_for(layer).backward(site, cache, [g], True, site.need_weights)
         return cots[0], sq
 
 
@@ -322,7 +321,7 @@ def _sum(terms):
 
 
 def _sub_rules_exact(layers):
-    return all(registry.rule_for(layer) is not GENERIC_RULE for layer in layers)
+    return all(table.rule_for(layer) is not GENERIC_RULE for layer in layers)
 
 
 class _TransformerRule(Rule):

@@ -1,16 +1,29 @@
-"""The table that maps layer classes to rules, with a generic fallback."""
+"""The rule table's contents: Keras's layers and operations, and keras_hub's.
 
-import keras
+`table.py` holds the table and its lookup; this module fills it, once, when
+the engine is imported. keras_hub takes seconds to import, so its classes
+are named by their path (`module.Class`) and matched on lookup, against a
+layer's class and its bases: nothing is imported or registered when a model
+is built.
+"""
+
 from keras import layers
 
-from keras_neuron_sensitivity.engine.base import GENERIC_RULE, Rule
-from keras_neuron_sensitivity.engine.conv import ConvRule
-from keras_neuron_sensitivity.engine.dense import DenseRule
-from keras_neuron_sensitivity.engine.depthwise import (
+from keras_neuron_sensitivity.engine.rules import table
+from keras_neuron_sensitivity.engine.rules.attention import (
+    CachedMultiHeadAttentionRule,
+    MultiHeadAttentionRule,
+    TransformerDecoderRule,
+    TransformerEncoderRule,
+)
+from keras_neuron_sensitivity.engine.rules.conv import ConvRule
+from keras_neuron_sensitivity.engine.rules.dense import DenseRule
+from keras_neuron_sensitivity.engine.rules.depthwise import (
     DepthwiseConvRule,
     SeparableConvRule,
 )
-from keras_neuron_sensitivity.engine.elementwise import (
+from keras_neuron_sensitivity.engine.rules.einsum_dense import EinsumDenseRule
+from keras_neuron_sensitivity.engine.rules.elementwise import (
     ActivationRule,
     AddRule,
     AffineRule,
@@ -22,22 +35,27 @@ from keras_neuron_sensitivity.engine.elementwise import (
     ReshapeRule,
     SoftmaxRule,
 )
-from keras_neuron_sensitivity.engine.einsum_dense import EinsumDenseRule
-from keras_neuron_sensitivity.engine.embedding import EmbeddingRule
-from keras_neuron_sensitivity.engine.linear import LinearRule
-from keras_neuron_sensitivity.engine.normalization import (
+from keras_neuron_sensitivity.engine.rules.embedding import EmbeddingRule
+from keras_neuron_sensitivity.engine.rules.linear import LinearRule
+from keras_neuron_sensitivity.engine.rules.normalization import (
     BatchNormalizationRule,
     LayerNormalizationRule,
+    RMSScaleRule,
 )
-from keras_neuron_sensitivity.engine.pooling import (
+from keras_neuron_sensitivity.engine.rules.pooling import (
     GlobalAveragePoolingRule,
     GlobalMaxPoolingRule,
     MaxPoolingRule,
 )
-from keras_neuron_sensitivity.engine.spatial import CroppingRule, ZeroPaddingRule
-from keras_neuron_sensitivity.engine.transpose import ConvTransposeRule
+from keras_neuron_sensitivity.engine.rules.spatial import CroppingRule, ZeroPaddingRule
+from keras_neuron_sensitivity.engine.rules.token_embedding import (
+    PositionEmbeddingRule,
+    ReversibleEmbeddingRule,
+    TokenAndPositionEmbeddingRule,
+)
+from keras_neuron_sensitivity.engine.rules.transpose import ConvTransposeRule
 
-_RULES = {
+LAYERS = {
     layers.Dense: DenseRule(),
     layers.EinsumDense: EinsumDenseRule(),
     layers.Conv1D: ConvRule(),
@@ -103,6 +121,9 @@ _RULES = {
     layers.Resizing: LinearRule(exclude=lambda layer: layer.interpolation == "area"),
 }
 
+LAYERS[layers.MultiHeadAttention] = MultiHeadAttentionRule()
+LAYERS[layers.ReversibleEmbedding] = ReversibleEmbeddingRule()
+
 # Keras operations recorded in a functional graph (`x + 3.0`, `x * gate`,
 # `keras.ops.relu6(x)`): elementwise ones with broadcasting, and linear ones.
 # The classes live in `keras.src.ops`; the names that a Keras version lacks
@@ -126,91 +147,54 @@ _LINEAR_OPS = {
 }
 
 
-def _register_ops():
+def _operations():
     from keras.src.ops import nn, numpy
 
     modules = {"numpy": numpy, "nn": nn}
-    for table, rule in ((_ELEMENTWISE_OPS, BroadcastRule()), (_LINEAR_OPS, LinearRule())):
-        for module, names in table.items():
+    found = {}
+    for names_by_module, rule in ((_ELEMENTWISE_OPS, BroadcastRule()), (_LINEAR_OPS, LinearRule())):
+        for module, names in names_by_module.items():
             for name in names.split():
                 op = getattr(modules[module], name, None)
                 if op is not None:
-                    _RULES[op] = rule
+                    found[op] = rule
+    return found
 
 
-def _register_layer_scale():
+def _layer_scale():
     try:
         from keras.src.applications.convnext import LayerScale
     except ImportError:  # a Keras without ConvNeXt
-        return
-    _RULES[LayerScale] = LayerScaleRule()
+        return {}
+    return {LayerScale: LayerScaleRule()}
 
 
-_register_ops()
-_register_layer_scale()
+_MODELING = "keras_hub.src.layers.modeling"
+_MODELS = "keras_hub.src.models"
+# Decoder norms that compute `x / rms(x) * scale` (offset 0) or
+# `x / rms(x) * (1 + scale)` (offset 1) over the last axis, in float32.
+_RMS_NORMS = {
+    f"{_MODELS}.llama.llama_layernorm.LlamaLayerNorm": 0.0,
+    f"{_MODELS}.mistral.mistral_layer_norm.MistralLayerNormalization": 0.0,
+    f"{_MODELS}.mixtral.mixtral_layer_norm.MixtralLayerNormalization": 0.0,
+    f"{_MODELS}.qwen.qwen_layernorm.QwenLayerNorm": 0.0,
+    f"{_MODELS}.phi3.phi3_layernorm.Phi3LayerNorm": 0.0,
+    f"{_MODELS}.gemma.rms_normalization.RMSNormalization": 1.0,
+    f"{_MODELS}.gemma3.gemma3_layers.RMSNormalization": 1.0,
+}
+KERAS_HUB = {
+    f"{_MODELING}.cached_multi_head_attention.CachedMultiHeadAttention": CachedMultiHeadAttentionRule(),
+    f"{_MODELING}.transformer_encoder.TransformerEncoder": TransformerEncoderRule(),
+    f"{_MODELING}.transformer_decoder.TransformerDecoder": TransformerDecoderRule(),
+    f"{_MODELING}.position_embedding.PositionEmbedding": PositionEmbeddingRule(),
+    f"{_MODELING}.token_and_position_embedding.TokenAndPositionEmbedding": TokenAndPositionEmbeddingRule(),
+    **{path: RMSScaleRule(offset) for path, offset in _RMS_NORMS.items()},
+}
 
 
-# Attention and language-model embeddings (engine/attention.py,
-# engine/token_embedding.py). keras_hub's layers get their rules when a model
-# built from keras_hub is first seen (engine/hub.py): this package never
-# imports keras_hub itself.
-from keras_neuron_sensitivity.engine.attention import MultiHeadAttentionRule  # noqa: E402
-from keras_neuron_sensitivity.engine.token_embedding import ReversibleEmbeddingRule  # noqa: E402
-
-_RULES[layers.MultiHeadAttention] = MultiHeadAttentionRule()
-_RULES[layers.ReversibleEmbedding] = ReversibleEmbeddingRule()
-
-
-def has_rule(layer_class):
-    """Whether `layer_class` itself has an entry in the table."""
-    return layer_class in _RULES
-
-
-def register_rule(layer_class, rule):
-    """Makes `rule` handle `layer_class` (and subclasses that keep its `call`).
-
-    Args:
-        layer_class: a `keras.layers.Layer` subclass.
-        rule: a `Rule` instance.
-
-    Raises:
-        TypeError: if either argument is of the wrong kind.
-    """
-    if not (isinstance(layer_class, type) and issubclass(
-        layer_class, keras.layers.Layer
-    )):
-        raise TypeError(
-            f"Received layer_class={layer_class!r}. Expected a subclass of "
-            "`keras.layers.Layer`, for example `keras.layers.Dense`."
-        )
-    if not isinstance(rule, Rule):
-        raise TypeError(
-            f"Received rule={rule!r} of type {type(rule).__name__}. Expected "
-            "an instance of `keras_neuron_sensitivity.engine.Rule`."
-        )
-    _RULES[layer_class] = rule
-
-
-def rule_for_call(call):
-    """The rule for one call: a `BlockRule` of its own for a call that
-    exposes sites inside it (`Call.inside`), else its layer's rule."""
-    if call.inside:
-        from keras_neuron_sensitivity.engine.block import BlockRule
-
-        return BlockRule(rule_for)
-    return rule_for(call.layer)
-
-
-def rule_for(layer):
-    """The rule for this layer: its class's, else the generic rule.
-
-    A subclass inherits its parent's rule only if it keeps the parent's
-    `call`; a subclass that overrides `call` gets the generic rule.
-    """
-    for cls in type(layer).__mro__:
-        rule = _RULES.get(cls)
-        if rule is not None:
-            if type(layer).call is cls.call and rule.applies(layer):
-                return rule
-            return GENERIC_RULE
-    return GENERIC_RULE
+def fill():
+    """Puts the defaults in the table (the user's registrations stay)."""
+    for layer_class, rule in {**LAYERS, **_operations(), **_layer_scale()}.items():
+        table.set_default(layer_class, rule)
+    for path, rule in KERAS_HUB.items():
+        table.set_default(path, rule)

@@ -10,9 +10,9 @@ the reverse call is a `Dense` without bias at every position.
 
 from keras import ops
 
-from keras_neuron_sensitivity.engine.attention import bound_arguments
-from keras_neuron_sensitivity.engine.base import Rule, outer_sqnorm, plain_weights, shape_of
-from keras_neuron_sensitivity.engine.embedding import table_sqnorm
+from keras_neuron_sensitivity.engine.rules.attention import bound_arguments
+from keras_neuron_sensitivity.engine.rules.base import Rule, outer_sqnorm, plain_weights, shape_of
+from keras_neuron_sensitivity.engine.rules.embedding import table_sqnorm
 
 
 def _counted(site, need_weights, variable):

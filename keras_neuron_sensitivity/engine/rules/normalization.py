@@ -7,7 +7,7 @@ positions `t`), so their squared norms need no weight gradient at all.
 
 from keras import ops
 
-from keras_neuron_sensitivity.engine.base import (
+from keras_neuron_sensitivity.engine.rules.base import (
     Channelwise,
     Rule,
     gather_channels,

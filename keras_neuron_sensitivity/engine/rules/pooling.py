@@ -17,12 +17,12 @@ from keras import ops
 from keras.src.backend import get_keras_mask
 
 from keras_neuron_sensitivity.engine import backend
-from keras_neuron_sensitivity.engine.base import (
+from keras_neuron_sensitivity.engine.rules.base import (
     Rule,
     concat_shapes,
     shape_of,
 )
-from keras_neuron_sensitivity.engine.conv import unfold
+from keras_neuron_sensitivity.engine.rules.conv import unfold
 
 
 def _channels_last(layer):

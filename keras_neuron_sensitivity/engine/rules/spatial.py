@@ -5,7 +5,7 @@ Padding's hop crops the cotangent; cropping's hop pads it with zeros.
 
 from keras import ops
 
-from keras_neuron_sensitivity.engine.base import Rule
+from keras_neuron_sensitivity.engine.rules.base import Rule
 
 
 def _pairs(widths):

@@ -9,7 +9,7 @@ input, so the hop is one batched VJP of the layer replayed on zeros, for all
 from keras import ops
 
 from keras_neuron_sensitivity.engine import backend
-from keras_neuron_sensitivity.engine.base import Rule, input_vjp, merge, split, tile_rows, with_mask
+from keras_neuron_sensitivity.engine.rules.base import Rule, input_vjp, merge, split, tile_rows, with_mask
 
 
 class LinearRule(Rule):

@@ -21,7 +21,7 @@ import numpy as np
 from keras import ops
 
 from keras_neuron_sensitivity.engine import backend
-from keras_neuron_sensitivity.engine.base import (
+from keras_neuron_sensitivity.engine.rules.base import (
     Channelwise,
     Rule,
     activation_backward,
