@@ -1,7 +1,7 @@
 """The engine's time on each Keras backend, in training steps of that backend.
 
 `neuron_sensitivity` runs on TensorFlow (the rule table's sweep), and on JAX
-and PyTorch (before the one engine, engine/native.py: exact = one VJP per neuron and sample,
+and PyTorch (before the one engine, the former native engine: exact = one VJP per neuron and sample,
 vectorized over neurons; estimate = one JVP per probe). This script times it
 on each backend for four models:
 

@@ -1,7 +1,7 @@
 """Where the exact sweep's time goes: per phase and per layer family.
 
 For each model (keras.applications at 32x32x3, weights=None, 10 classes, or
-the README's small CNN) and each `wrt`, in a fresh process:
+docs/benchmarks.md's small CNN) and each `wrt`, in a fresh process:
 
   planning    building the sweep and its plan (one eager forward on a sample)
   tracing     tracing the compiled functions (Python building the graphs)

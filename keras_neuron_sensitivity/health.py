@@ -62,7 +62,7 @@ class NeuronActivity(dict):
 
     Per site, a dict of arrays, one value per neuron (a pandas `DataFrame`
     takes it as it is): `mean`, `mean_abs`, `std`, `firing_rate`,
-    `tau_score`, `utility`, `slope` (see the README's definitions) and
+    `tau_score`, `utility`, `slope` (see docs/definitions.md, section "Neuron health") and
     `status` (strings from `STATUSES`).
 
     Attributes:

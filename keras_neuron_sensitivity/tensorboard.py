@@ -1,6 +1,6 @@
 """Writing sensitivities to TensorBoard, and reading them back.
 
-Layout (the README repeats it): run `{log_dir}/sensitivity`; per layer key and
+Layout (docs/tensorboard.md repeats it): run `{log_dir}/sensitivity`; per layer key and
 `wrt` in ("weights", "inputs"):
 
 - histogram `sensitivity_to_{wrt}/{key}`: one value per neuron;
@@ -722,7 +722,7 @@ class _EventFile:
 
     TensorBoard's own `EventFileWriter` writes from a thread of its own: on a
     full disk it prints a traceback from that thread and raises
-    `ResourceExhaustedError` from `flush`/`close` (DESIGN.md §8). Here every
+    `ResourceExhaustedError` from `flush`/`close` (docs/how-it-computes.md, "Traps of the stack"). Here every
     event is one unbuffered `write`: when `append` returns, the event is
     with the operating system (any reader sees it); when it raises
     `OSError`, the file is cut back to its last whole event first, so what

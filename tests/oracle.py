@@ -5,7 +5,7 @@ Keras's own graph (`keras.Model(model.inputs, tensor)`), never from the
 package's graph replay, and the derivatives from one `tf.GradientTape` gradient
 per neuron and sample or from central finite differences.
 
-Definitions (DESIGN.md section 2): the neuron value `a_k(x)` is channel `k` of
+Definitions (docs/definitions.md): the neuron value `a_k(x)` is channel `k` of
 the layer output averaged over every axis that is neither batch nor channel;
 its sensitivity is the 2-norm of `d a_k(x_n) / d theta` over all trainable
 weights, or of `d a_k(x_n) / d x_n` over all floating-point inputs. For
@@ -213,7 +213,8 @@ def jacobians(model, x, fn, wrt, embedded=()):
     Row `k` of the Jacobian is one `tape.gradient` of neuron `k` on one sample:
     the plainest brute force there is. (`tape.jacobian` gives the same rows
     but traces a pfor graph on every call, ten times slower on these tiny
-    models; the weights are passed as `v.value`, see DESIGN.md section 8.)
+    models; the weights are passed as `v.value`, see docs/how-it-computes.md,
+    section "Traps of the stack".)
     """
     xs = _cast(model, x)
     # Keras 3 variables by `.value` (see above); tf_keras ones are tf.Variables.

@@ -3,7 +3,7 @@
 Each site's tensor comes from Keras's own graph (`keras.Model(model.inputs,
 tensor)`, or the inner layer's `call` patched for a site inside a layer:
 `oracle.site_fn`), never from the package's replay; the statistics are
-then computed here in float64 NumPy from their definitions (README,
+then computed here in float64 NumPy from their definitions (docs/definitions.md,
 "Neuron health"). Which positions a Keras mask keeps is written down per
 model from the token ids, not read from the package. The slope is checked
 against the activation's derivative at the pre-activation by

@@ -106,7 +106,7 @@ def _brute_force(model, x, layers):
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(xs)
             outputs = sub(xs, training=False)
-            # Channel values averaged over positions (DESIGN.md section 2).
+            # Channel values averaged over positions (docs/definitions.md, section "Probe batch and neurons").
             means = [tf.reduce_mean(tf.reshape(y, [-1, y.shape[-1]]), 0) for y in outputs]
             values = [[m[k] for k in range(CHANNELS)] for m in means]
         for name, value in zip(layers, values):

@@ -149,7 +149,7 @@ def test_same_seed_same_values_other_seed_other_values():
 @pytest.mark.parametrize("wrt", ["weights", "inputs"])
 def test_consecutive_seeds_share_no_tangent(wrt):
     # tf.random.Generator.from_seed(s + 1) replays s's stream shifted by a few
-    # draws (DESIGN.md §6b): no probe of seed 1 may repeat one of seed 0's.
+    # draws (docs/estimator.md, section "Tangents and seeds"): no probe of seed 1 may repeat one of seed 0's.
     model, x = _mlp_with_dead_units()
     graph = build_graph(model)
     estimator = Estimator(graph, ["h2"], (wrt,), num_probes=4, memory_budget=2**30)

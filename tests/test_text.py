@@ -2,7 +2,7 @@
 
 Token ids and strings have no derivative: the sensitivity to inputs is read
 at the embedded input, the output of the layer that first turns them into
-floats (README, "Models it works on"). The oracle (`oracle.py`) watches that
+floats (docs/definitions.md, "Sensitivity"). The oracle (`oracle.py`) watches that
 output in Keras's own forward pass and takes one `tape.gradient` per neuron
 and sample; it knows nothing of the package. Each test names the layers
 whose outputs are the embedded inputs.

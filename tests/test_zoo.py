@@ -2,7 +2,7 @@
 
 Every model's per-sample sensitivities (to weights and, where the inputs are
 floating point, to inputs) must equal the brute-force oracle for every
-selected layer, with the keys DESIGN.md specifies.
+selected layer, with the keys docs/definitions.md specifies (section "Default layers and keys").
 """
 
 import warnings

@@ -108,7 +108,7 @@ def outer_sqnorm(u, g):
 def ghost_is_cheaper(k, t, i, o):
     """Whether `<U U^T, G G^T>` costs less than forming `U^T G` for `k` rows.
 
-    Measured on CPU (README, Benchmarks), a multiply-add of the ghost form's
+    Measured on CPU (docs/benchmarks.md), a multiply-add of the ghost form's
     small Gram products costs about twice one of the direct form's batched
     product, hence the factor 2.
     """
