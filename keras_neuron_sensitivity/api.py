@@ -37,7 +37,7 @@ def neuron_sensitivity(
 
     Args:
         model: a built `keras.Sequential`, functional or subclassed
-            `keras.Model` (see the README for what a subclassed model may do).
+            `keras.Model` (see docs/models.md for what a subclassed model may do).
         x: the probe batch: an array, or a list/dict of arrays for a model with
             several inputs.
         wrt: `"weights"` or `"inputs"`. Defaults to `"weights"`.
@@ -71,12 +71,20 @@ def neuron_sensitivity(
 
     Example:
 
-    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    >>> s = neuron_sensitivity(model, np.ones((2, 4), "float32"))
-    >>> s["dense"].shape
-    (3,)
-    >>> s.method
-    'exact'
+    A `Dense` neuron's value is `x . w_k + b_k`: its derivative is `x` on its
+    kernel column and 1 on its bias, so its sensitivity to weights is
+    `sqrt(||x||^2 + 1)`, and to inputs the norm of its kernel column.
+
+    >>> layer = keras.layers.Dense(3, kernel_initializer="ones", name="hidden")
+    >>> model = keras.Sequential([keras.Input((4,)), layer])
+    >>> x = np.ones((2, 4), "float32")
+    >>> s = neuron_sensitivity(model, x)
+    >>> s["hidden"].shape, s.method
+    ((3,), 'exact')
+    >>> np.allclose(s["hidden"], np.sqrt(4 + 1))
+    True
+    >>> np.allclose(neuron_sensitivity(model, x, wrt="inputs")["hidden"], 2.0)
+    True
     """
     wrt = _arguments.check_wrt(wrt, allow_both=False)
     _arguments.check_reduction(reduction)
@@ -145,9 +153,19 @@ def neuron_activity(
 
     Example:
 
-    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="relu")])
+    Three ReLU neurons that output 4, 0.1 and 0 on every sample: the first
+    is active, the second dormant (its mean |activation| is under a tenth
+    of the layer's average), the third dead.
+
+    >>> layer = keras.layers.Dense(3, activation="relu", kernel_initializer="ones", name="hidden")
+    >>> model = keras.Sequential([keras.Input((4,)), layer])
+    >>> _ = layer.bias.assign([0.0, -3.9, -10.0])
     >>> a = neuron_activity(model, np.ones((2, 4), "float32"))
-    >>> sorted(a["dense"])
+    >>> a["hidden"]["status"].tolist()
+    ['active', 'dormant', 'dead']
+    >>> a["hidden"]["firing_rate"].tolist()
+    [1.0, 1.0, 0.0]
+    >>> sorted(a["hidden"])
     ['firing_rate', 'mean', 'mean_abs', 'slope', 'status', 'std', 'tau_score', 'utility']
     """
     dormant_threshold = _arguments.check_dormant_threshold(dormant_threshold)
@@ -199,10 +217,19 @@ def neuron_jacobian(model, x, layer, *, wrt="weights"):
 
     Example:
 
-    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    >>> j = neuron_jacobian(model, np.ones((2, 4), "float32"), "dense")
-    >>> j["sequential/dense/kernel"].shape
+    The derivative of neuron `k` of a `Dense` layer with respect to its
+    kernel is the sample `x` in column `k`, zero elsewhere:
+
+    >>> layer = keras.layers.Dense(3, name="hidden")
+    >>> model = keras.Sequential([keras.Input((4,)), layer], name="mlp")
+    >>> x = np.arange(8, dtype="float32").reshape(2, 4)
+    >>> j = neuron_jacobian(model, x, "hidden")
+    >>> j[layer.kernel.path].shape
     (2, 3, 4, 3)
+    >>> j[layer.kernel.path][1, 2, :, 2].tolist()
+    [4.0, 5.0, 6.0, 7.0]
+    >>> float(np.abs(j[layer.kernel.path][1, 2, :, :2]).max())
+    0.0
     """
     wrt_tuple = _arguments.check_wrt(wrt, allow_both=False)
     if isinstance(layer, (list, tuple)):
@@ -233,8 +260,11 @@ def clear_cache():
 
     Example:
 
-    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    >>> s = neuron_sensitivity(model, np.ones((2, 4), "float32"))
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="hidden")])
+    >>> x = np.ones((2, 4), "float32")
+    >>> before = neuron_sensitivity(model, x)["hidden"]
     >>> clear_cache()
+    >>> np.array_equal(neuron_sensitivity(model, x)["hidden"], before)  # traced again
+    True
     """
     _computation.clear_cache()

@@ -93,9 +93,9 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         asynchronous: True to compute and write each logged epoch in a
             background thread, on a copy of the weights, while training goes
             on; False to do it at the end of the epoch, before training goes
-            on. Models whose layers cannot be copied (or trained under a
-            `tf.distribute` strategy, or `tf_keras` models) are computed at
-            the end of the epoch either way. Defaults to True.
+            on. `tf_keras` models, and models trained under a
+            `tf.distribute` strategy, are computed at the end of the epoch
+            either way. Defaults to True.
         on_error: `"warn"` to report a failed computation or write and keep
             training, `"raise"` to stop training with the error (raised at
             the next logged epoch or when training ends, when asynchronous).
@@ -130,6 +130,25 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
     ])
     # tensorboard --logdir logs
     ```
+
+    On a tiny model, what was logged is also kept in memory:
+
+    >>> import tempfile
+    >>> model = keras.Sequential([
+    ...     keras.Input((4,)),
+    ...     keras.layers.Dense(3, activation="relu", name="hidden"),
+    ...     keras.layers.Dense(1, name="out"),
+    ... ])
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> x, y = np.ones((8, 4), "float32"), np.zeros((8, 1), "float32")
+    >>> callback = NeuronSensitivityCallback(x[:4], log_dir=tempfile.mkdtemp(), freq=[1])
+    >>> _ = model.fit(x, y, epochs=2, verbose=0, callbacks=[callback])
+    >>> list(callback.sensitivities)  # the logged epochs
+    [1]
+    >>> sorted(callback.sensitivities[1]["weights"])
+    ['hidden', 'out']
+    >>> callback.sensitivities[1]["weights"]["hidden"].shape
+    (3,)
     """
 
     def __init__(

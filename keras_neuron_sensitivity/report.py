@@ -83,9 +83,22 @@ def load_sensitivity(log_dir, *, as_frame=False):
 
     Example:
 
-    >>> logged = load_sensitivity("logs")
-    >>> logged["weights"]["dense"][0].shape
-    (64,)
+    A run read back holds exactly what the callback computed:
+
+    >>> import tempfile
+    >>> log_dir = tempfile.mkdtemp()
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="hidden")])
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> x, y = np.ones((8, 4), "float32"), np.zeros((8, 3), "float32")
+    >>> callback = NeuronSensitivityCallback(x[:4], log_dir=log_dir, wrt="weights")
+    >>> _ = model.fit(x, y, epochs=2, verbose=0, callbacks=[callback])
+    >>> logged = load_sensitivity(log_dir)
+    >>> sorted(logged["weights"]["hidden"])  # the steps
+    [0, 1]
+    >>> np.array_equal(logged["weights"]["hidden"][1], callback.sensitivities[1]["weights"]["hidden"])
+    True
+    >>> logged.status["hidden"][1].shape
+    (3,)
     """
     run_dir = _run_dir(log_dir)
     run = tensorboard.read_run(run_dir)
