@@ -67,6 +67,7 @@ _SCALE_ROWS = 6  # the colour strip's height
 _GAP_ROWS = 2  # white rows above the strip, and above and between its labels
 _FONT_SIZE = 13  # pixels: digits about 9 high
 _MIN_WIDTH = 128  # room for two labels in most runs; wider when they need it
+_LABEL_SPACE = 8  # pixels at least between the two labels
 
 
 def colour_limits(matrix):
@@ -92,7 +93,8 @@ def _colour(t):
 
 
 def _cells(matrix, frozen):
-    """`(C, E, 3)` uint8: one pixel per neuron and logged epoch."""
+    """`(cells, limits)`: `(C, E, 3)` uint8, one pixel per neuron and logged
+    epoch, and the scale's `colour_limits` (None: no positive value)."""
     finite = np.isfinite(matrix)
     positive = finite & (matrix > 0)
     cells = np.zeros(matrix.shape + (3,))
@@ -132,7 +134,7 @@ def heatmap(columns, frozen=None):
     label_widths = [font.getbbox(text)[2] for text in labels]
     neurons, epochs = matrix.shape
     cell_height = int(np.clip(192 // neurons, 1, 8))
-    needed = max(_MIN_WIDTH, sum(label_widths) + 4 * _GAP_ROWS)
+    needed = max(_MIN_WIDTH, sum(label_widths) + _LABEL_SPACE)
     cell_width = max(int(np.clip(256 // epochs, 1, 16)), -(-needed // epochs))
     width, height = epochs * cell_width, neurons * cell_height
     _, top, _, bottom = font.getbbox("0123456789.E-")
