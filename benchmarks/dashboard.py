@@ -55,7 +55,7 @@ import numpy as np  # noqa: E402
 
 from _machine import machine_info, median_seconds  # noqa: E402
 from keras_neuron_sensitivity.engine.summary import Sensitivities  # noqa: E402
-from keras_neuron_sensitivity.tensorboard import SensitivityWriter  # noqa: E402
+from keras_neuron_sensitivity.tensorboard.writer import SensitivityWriter  # noqa: E402
 
 PLUGIN = "keras_neuron_sensitivity"
 BLOCKS, EPOCHS, WIDE_EPOCHS = 8, 100, 300

@@ -36,7 +36,8 @@ from tensorboard.compat.proto import event_pb2  # noqa: E402
 from _machine import cpu_model, loadavg  # noqa: E402
 from fit_overhead import data, make_model  # noqa: E402
 from keras_neuron_sensitivity import NeuronSensitivityCallback, load_sensitivity  # noqa: E402
-from keras_neuron_sensitivity import tensorboard as kns_tensorboard  # noqa: E402
+from keras_neuron_sensitivity.tensorboard import pictures  # noqa: E402
+from keras_neuron_sensitivity.tensorboard.tags import WRT_PREFIX  # noqa: E402
 
 RSS_LIMIT_MIB = 40
 RSS_FROM_EPOCH = 50
@@ -80,7 +81,7 @@ def bytes_per_step(run_dir):
             size = len(record.numpy()) + 16  # length, CRCs
             tags = {v.tag for v in event.summary.value}
             epoch_bytes, heatmap_bytes = sizes.get(event.step, (0, 0))
-            if any(t.startswith(kns_tensorboard.WRT_PREFIX) for t in tags):
+            if any(t.startswith(WRT_PREFIX) for t in tags):
                 # The epoch's own event; its heat maps counted apart.
                 heat = sum(
                     len(v.SerializeToString()) + 4
@@ -154,12 +155,12 @@ def main():
           f"min {min(plain)} B, max {max(plain)} B")
     print("  heat-map drawings (step: bytes): " + ", ".join(f"{s}: {b}" for s, b in drawn.items()))
     largest = max(drawn.values())
-    print(f"  largest drawing: {largest} B ({kns_tensorboard.HEATMAP_COLUMNS} columns at most)")
+    print(f"  largest drawing: {largest} B ({pictures.HEATMAP_COLUMNS} columns at most)")
     print(
         f"  bound: bytes after N logged epochs <= {epoch_bytes[0]} + {max(plain)} N + {largest} x (drawings: "
-        f"log2 of min(N, {kns_tensorboard.HEATMAP_EVERY}) + 1 + N / {kns_tensorboard.HEATMAP_EVERY} + 1 per fit)"
+        f"log2 of min(N, {pictures.HEATMAP_EVERY}) + 1 + N / {pictures.HEATMAP_EVERY} + 1 per fit)"
     )
-    window = kns_tensorboard.HEATMAP_EVERY
+    window = pictures.HEATMAP_EVERY
     rows = []
     for begin in range(0, len(steps) - window + 1, window):
         chunk = steps[begin:begin + window]

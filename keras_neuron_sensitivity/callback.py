@@ -20,7 +20,7 @@ from keras_neuron_sensitivity import (
 )
 from keras_neuron_sensitivity.engine import backend
 from keras_neuron_sensitivity.engine.replay import snapshot_values
-from keras_neuron_sensitivity.tensorboard import SensitivityWriter
+from keras_neuron_sensitivity.tensorboard.writer import SensitivityWriter
 
 ON_ERROR_CHOICES = ("warn", "raise")
 

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from keras_neuron_sensitivity import tensorboard
+from keras_neuron_sensitivity.tensorboard import reader, tags
 
 _SPARKS = "▁▂▃▄▅▆▇█"
 
@@ -36,7 +36,7 @@ class LoggedRun(dict):
         self.activity, self.status = {}, {}
         for key, steps in (activity or {}).items():
             for step, rows in sorted(steps.items()):
-                statistics = tensorboard.activity_from_rows(rows)
+                statistics = tags.activity_from_rows(rows)
                 self.status.setdefault(key, {})[step] = statistics.pop("status")
                 for name, vector in statistics.items():
                     self.activity.setdefault(name, {}).setdefault(key, {})[step] = vector
@@ -101,7 +101,7 @@ def load_sensitivity(log_dir, *, as_frame=False):
     (3,)
     """
     run_dir = _run_dir(log_dir)
-    run = tensorboard.read_run(run_dir)
+    run = reader.read_run(run_dir)
     if not run:
         raise FileNotFoundError(
             f"No sensitivity values in {run_dir!r}. Expected event files "
@@ -112,8 +112,8 @@ def load_sensitivity(log_dir, *, as_frame=False):
             wrt: {key: dict(sorted(steps.items())) for key, steps in per_layer.items()}
             for wrt, per_layer in run.items()
         },
-        tensorboard.read_frozen(run_dir),
-        *tensorboard.read_activity(run_dir),
+        reader.read_frozen(run_dir),
+        *reader.read_activity(run_dir),
     )
     if not as_frame:
         return run
@@ -154,7 +154,7 @@ def _run_dir(log_dir):
     log_dir = os.fspath(log_dir)
     if not os.path.isdir(log_dir):
         raise FileNotFoundError(f"No such directory: {log_dir!r}.")
-    nested = os.path.join(log_dir, tensorboard.RUN_NAME)
+    nested = os.path.join(log_dir, tags.RUN_NAME)
     return nested if os.path.isdir(nested) else log_dir
 
 

@@ -1,4 +1,4 @@
-"""The Neurons dashboard in a real TensorBoard, and the heat-map images' colours.
+"""The Neurons dashboard in a real TensorBoard (the heat-map images: test_pictures.py).
 
 The runs are written with `SensitivityWriter` itself, from values set here:
 twelve logged epochs (more than the ten TensorBoard keeps of a third-party
@@ -32,7 +32,8 @@ import pytest
 
 from keras_neuron_sensitivity.engine.summary import Sensitivities
 from keras_neuron_sensitivity.health import STATUSES, NeuronActivity
-from keras_neuron_sensitivity.tensorboard import ACTIVITY_ROWS, SensitivityWriter, activity_rows, colour_limits, heatmap
+from keras_neuron_sensitivity.tensorboard.tags import ACTIVITY_ROWS, activity_rows
+from keras_neuron_sensitivity.tensorboard.writer import SensitivityWriter
 
 PLUGIN = "keras_neuron_sensitivity"
 STEPS = list(range(12))
@@ -1046,56 +1047,3 @@ def test_a_real_run_shows_its_neuron_health(real_run):
         finally:
             browser.close()
 
-
-# --- The static heat-map images ----------------------------------------------
-
-VIRIDIS = {0.0: [68, 1, 84], 0.5: [33, 145, 140], 0.75: [94, 201, 98], 1.0: [253, 231, 37]}
-
-
-def test_heatmap_colours_span_the_5th_to_95th_percentile():
-    # 21 values: numpy's 5th and 95th percentiles are then exactly the second
-    # smallest and second largest, 0.1 and 10. The outliers 1e-3 and 1e12 take
-    # the end colours instead of stretching the scale: under the old min-max
-    # rule, 1.0 would have sat at 3/15 of the palette, nearly dark purple.
-    regular = [0.1] * 3 + [10 ** -0.5] * 4 + [1.0] * 5 + [10 ** 0.5] * 4 + [10.0] * 3
-    values = np.array([1e-3, *regular, 1e12, 0.0, np.nan], np.float32)
-    low, high = colour_limits(values[:, None])
-    assert (low, high) == pytest.approx((-1.0, 1.0), abs=1e-6)
-
-    image = heatmap([values])
-    cells = image[: 8 * len(values): 8, 0]  # 23 neurons: 8 pixel rows each
-    expected = {
-        0: VIRIDIS[0.0],  # 1e-3, below the 5th percentile
-        1: VIRIDIS[0.0],  # 0.1
-        8: VIRIDIS[0.5],  # 1.0, the middle in log10
-        13: VIRIDIS[0.75],  # 10**0.5
-        19: VIRIDIS[1.0],  # 10
-        20: VIRIDIS[1.0],  # 1e12, above the 95th percentile
-        21: [255, 0, 255],  # dead
-        22: [128, 128, 128],  # NaN
-    }
-    for neuron, colour in expected.items():
-        np.testing.assert_allclose(cells[neuron], colour, atol=1, err_msg=f"neuron {neuron}")
-
-
-def test_heatmap_of_one_distinct_value_is_the_middle_colour_and_all_dead_has_no_scale():
-    image = heatmap([np.array([2.0, 2.0, 0.0], np.float32)])
-    np.testing.assert_allclose(image[0, 0], VIRIDIS[0.5], atol=1)
-    assert colour_limits(np.zeros((3, 2))) is None
-    dead = heatmap([np.zeros(3, np.float32)])
-    assert (dead[:3 * 8:8, 0] == [255, 0, 255]).all()  # 8 pixel rows a neuron
-
-
-def test_heatmap_writes_the_scale_limits_under_the_strip():
-    # The labels are dark pixels in the rows under the colour strip, at both
-    # ends: the left one reads "0.1", the right one "10".
-    image = heatmap([np.array([1e-3] + [0.1] * 9 + [1.0] + [10.0] * 9 + [1e12], np.float32)])
-    labels = image[-14:]
-    ink = (labels == 64).all(axis=-1)
-    width = image.shape[1]
-    assert ink[:, : width // 2].any() and ink[:, width // 2:].any()
-    # "0.1" is three glyphs (6 pixels each, 2 apart); "10" is two.
-    left_columns = np.flatnonzero(ink[:, : width // 2].any(axis=0))
-    right_columns = np.flatnonzero(ink[:, width // 2:].any(axis=0))
-    assert left_columns.max() - left_columns.min() + 1 == 3 * 6 + 2 * 2
-    assert right_columns.max() - right_columns.min() + 1 == 2 * 6 + 2

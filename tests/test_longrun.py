@@ -17,7 +17,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from keras_neuron_sensitivity import NeuronSensitivityCallback, load_sensitivity, neuron_sensitivity
 from keras_neuron_sensitivity import _background, _computation
-from keras_neuron_sensitivity import tensorboard as kns_tensorboard
+from keras_neuron_sensitivity.tensorboard import events, pictures
+from keras_neuron_sensitivity.tensorboard.writer import SensitivityWriter
 from keras_neuron_sensitivity.callback import continue_steps
 
 L = keras.layers
@@ -276,7 +277,7 @@ def _one_epoch(width=4):
 
 
 def test_a_partial_write_is_cut_back_and_the_next_write_succeeds(tmp_path):
-    writer = kns_tensorboard.SensitivityWriter(tmp_path, num_bins=5)
+    writer = SensitivityWriter(tmp_path, num_bins=5)
     writer.write(0, *_one_epoch())
     writer._file._file = _DiskFullAfter(writer._file._file, room=100)
     with pytest.raises(OSError, match="No space left"):
@@ -295,7 +296,7 @@ def test_a_restart_reaches_the_disk_with_the_next_event_written(tmp_path):
         vector = np.full(3, value, np.float32)
         return {"weights": {"dense": vector}}, {"weights": {"dense": vector == 0}}
 
-    writer = kns_tensorboard.SensitivityWriter(tmp_path, num_bins=5)
+    writer = SensitivityWriter(tmp_path, num_bins=5)
     for step in range(4):
         writer.write(step, *epoch(step + 1))
     writer.restart(2)  # steps 2 and 3 are trained again
@@ -315,7 +316,7 @@ def test_a_restart_reaches_the_disk_with_the_next_event_written(tmp_path):
     assert sorted(writer.history()["weights"]["dense"]) == [0, 1, 2, 3]  # memory kept it
 
     # A restart and no epoch written after it: `finish` writes it alone.
-    writer = kns_tensorboard.SensitivityWriter(tmp_path, num_bins=5)
+    writer = SensitivityWriter(tmp_path, num_bins=5)
     writer.restart(1)
     writer.finish()
     writer.close()
@@ -328,7 +329,7 @@ def test_unwritable_log_dir_follows_on_error(tmp_path, monkeypatch, on_error):
     def full(self, event):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(kns_tensorboard._EventFile, "append", full)
+    monkeypatch.setattr(events.EventFile, "append", full)
     callback = NeuronSensitivityCallback(_data()[0][:8], log_dir=tmp_path, on_error=on_error)
     if on_error == "raise":
         with pytest.raises(OSError, match="No space left"):
@@ -513,7 +514,7 @@ def test_preempted_epochs_trained_again_replace_the_abandoned_ones(
     # The last heat map is drawn from the run as it stands, not the abandoned steps.
     drawn = _served(log_dir, "heatmap_to_weights/hidden")[6][2]
     columns = [logged["weights"]["hidden"][step] for step in range(7)]
-    assert drawn == kns_tensorboard.encode_png(kns_tensorboard.heatmap(columns))
+    assert drawn == pictures.png(pictures.heatmap(columns))
 
 
 def test_preemption_after_a_second_fit_keeps_its_continued_steps(tmp_path):
@@ -557,11 +558,11 @@ def test_continue_steps(steps, first_epoch, offset):
 
 
 def test_heat_maps_are_drawn_on_a_schedule_with_bounded_columns():
-    due = [n for n in range(1, 400) if kns_tensorboard.heatmap_due(n)]
+    due = [n for n in range(1, 400) if pictures.heatmap_due(n)]
     assert due == [1, 2, 4, 8, 16, 32, 64, 128, 192, 256, 320, 384]
-    assert kns_tensorboard.heatmap_columns(range(50)) == list(range(50))
-    columns = kns_tensorboard.heatmap_columns(range(1000))
-    assert len(columns) == kns_tensorboard.HEATMAP_COLUMNS
+    assert pictures.heatmap_columns(range(50)) == list(range(50))
+    columns = pictures.heatmap_columns(range(1000))
+    assert len(columns) == pictures.HEATMAP_COLUMNS
     assert columns[0] == 0 and columns[-1] == 999
     assert columns == sorted(set(columns))
 

@@ -2,7 +2,7 @@
 
 from tensorboard.plugins import base_plugin
 
-from keras_neuron_sensitivity.tensorboard import PLUGIN_NAME
+from keras_neuron_sensitivity.tensorboard.tags import PLUGIN_NAME
 
 
 class NeuronsLoader(base_plugin.TBLoader):

@@ -28,7 +28,7 @@ Routes, under `/data/plugin/keras_neuron_sensitivity/`:
   `{"steps", "logged_steps", "fields": [...], "neurons": [C per step],
   "offset": offset, "thresholds": [tau, saturation] or null}`: at `offset`
   (among the float32 arrays, after `values` and `errors`), each step's
-  `len(fields)` rows of C float32 back to back (`tensorboard.ACTIVITY_ROWS`:
+  `len(fields)` rows of C float32 back to back (`tensorboard.tags.ACTIVITY_ROWS`:
   mean, mean |activation|, std, firing rate, tau-score, utility, slope, and
   the status's index in `health.STATUSES`).
 - `layer?run=RUN&layer=KEY[&max_steps=N]`: the same as JSON, for scripts:
@@ -64,7 +64,7 @@ from tensorboard.data import provider
 from tensorboard.plugins import base_plugin
 from tensorboard.plugins.text import metadata as text_metadata
 
-from keras_neuron_sensitivity import tensorboard as layout
+from keras_neuron_sensitivity.tensorboard import tags as layout
 
 WRT = ("weights", "inputs")
 # Read every stored step: the loader already asked TensorBoard to keep them

@@ -2,7 +2,7 @@
 // from its 5th to its 95th percentile over the layer's positive finite values
 // (so one outlier cannot push every other cell to one end), on viridis.
 // The PNG heat maps that the callback writes use the same rule
-// (keras_neuron_sensitivity/tensorboard.py, `heatmap`).
+// (keras_neuron_sensitivity/tensorboard/pictures.py, `heatmap`).
 
 // Viridis at five stops, as the PNGs: no magenta, which marks dead neurons.
 const STOPS = [
