@@ -208,7 +208,8 @@ def jacobians(model, x, fn, wrt, embedded=()):
 
     `wrt="weights"`: one per trainable weight of the model (zero if the neuron
     does not depend on it); `wrt="inputs"`: one per floating-point input, then
-    one per layer of `embedded` (at the output of its first call).
+    one per layer of `embedded` (at the output of its first call). A tuple
+    `wrt` gives `{wrt: per_sample}`, from the same gradients.
 
     Row `k` of the Jacobian is one `tape.gradient` of neuron `k` on one sample:
     the plainest brute force there is. (`tape.jacobian` gives the same rows
@@ -216,10 +217,11 @@ def jacobians(model, x, fn, wrt, embedded=()):
     models; the weights are passed as `v.value`, see docs/how-it-computes.md,
     section "Traps of the stack".)
     """
+    wrts = (wrt,) if isinstance(wrt, str) else tuple(wrt)
     xs = _cast(model, x)
     # Keras 3 variables by `.value` (see above); tf_keras ones are tf.Variables.
     weights = [v.value if isinstance(v, keras.Variable) else v for v in model.trainable_weights]
-    per_sample = []
+    per_sample = {w: [] for w in wrts}
     for n in range(len(xs[0])):
         sample = [tf.constant(a[n : n + 1]) for a in xs]
         floats = [s for s in sample if s.dtype.is_floating]
@@ -231,7 +233,8 @@ def jacobians(model, x, fn, wrt, embedded=()):
             neurons = [a[k] for k in range(a.shape[0])]
         # A layer not called on the way to the neurons adds nothing.
         captured = [y for y in captured if y is not None]
-        targets = weights if wrt == "weights" else floats + captured
+        groups = {"weights": weights, "inputs": floats + captured}
+        targets = [t for w in wrts for t in groups[w]]
         rows = [
             tape.gradient(
                 neuron, targets, unconnected_gradients=tf.UnconnectedGradients.ZERO
@@ -239,14 +242,18 @@ def jacobians(model, x, fn, wrt, embedded=()):
             for neuron in neurons
         ]
         del tape
-        jac = [np.stack([np.asarray(tf.convert_to_tensor(r[j])) for r in rows])
-               for j in range(len(targets))]
-        if wrt == "inputs":
-            jac = [j[:, 0] for j in jac]  # drop the sample axis of size 1
-        if not jac:  # nothing to differentiate with respect to: all zero
-            jac = [np.zeros((len(neurons), 0))]
-        per_sample.append(jac)
-    return per_sample
+        start = 0
+        for w in wrts:
+            count = len(groups[w])
+            jac = [np.stack([np.asarray(tf.convert_to_tensor(r[j])) for r in rows])
+                   for j in range(start, start + count)]
+            start += count
+            if w == "inputs":
+                jac = [j[:, 0] for j in jac]  # drop the sample axis of size 1
+            if not jac:  # nothing to differentiate with respect to: all zero
+                jac = [np.zeros((len(neurons), 0))]
+            per_sample[w].append(jac)
+    return per_sample[wrt] if isinstance(wrt, str) else per_sample
 
 
 def _norms(per_sample):
@@ -259,12 +266,16 @@ def _norms(per_sample):
 
 
 def brute_force(model, x, fn, wrt, embedded=()):
-    """`(B, C)` per-sample sensitivities by brute force, one sample at a time.
+    """`(B, C)` per-sample sensitivities by brute force, one sample at a time;
+    `{wrt: (B, C)}` for a tuple `wrt` (both from the same gradients).
 
     `embedded`: layers whose first call's output counts as an input (the
     embedded input of integer or string inputs) for `wrt="inputs"`.
     """
-    return _norms(jacobians(model, x, fn, wrt, embedded))
+    per_sample = jacobians(model, x, fn, wrt, embedded)
+    if isinstance(wrt, str):
+        return _norms(per_sample)
+    return {w: _norms(jac) for w, jac in per_sample.items()}
 
 
 def finite_difference(model, x, fn, wrt, eps=1e-6):

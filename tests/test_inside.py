@@ -96,9 +96,9 @@ def test_callback_defaults_log_sites_inside_every_block(name, tmp_path):
     assert len([k for k in keys if k.endswith("/heads")]) == 2, keys
     for suffix in checked:
         key = _key(keys, block, suffix)
+        expected = _expected(model, x, key, ("weights", "inputs"))
         for wrt in ("weights", "inputs"):
-            expected = _expected(model, x, key, wrt).mean(axis=0)
-            np.testing.assert_allclose(logged[wrt][key], expected, rtol=RTOL, atol=ATOL, err_msg=f"{key} {wrt}")
+            np.testing.assert_allclose(logged[wrt][key], expected[wrt].mean(axis=0), rtol=RTOL, atol=ATOL, err_msg=f"{key} {wrt}")
 
 
 # --- LoRA: the weights are what the optimizer trains ------------------------------

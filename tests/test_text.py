@@ -211,9 +211,9 @@ def test_callback_defaults_log_both_wrt_matching_brute_force(name, tmp_path):
     assert list(logged["inputs"]) == list(logged["weights"]) and logged["inputs"]
     for name in checked or logged["weights"]:
         key = name if name in logged["weights"] else next(k for k in logged["weights"] if k.endswith("/" + name))
+        expected = _expected(model, x, key, ("weights", "inputs"), embedded)
         for wrt in ("weights", "inputs"):
-            expected = _expected(model, x, key, wrt, embedded).mean(axis=0)
-            np.testing.assert_allclose(logged[wrt][key], expected, rtol=RTOL, atol=ATOL, err_msg=f"{key} {wrt}")
+            np.testing.assert_allclose(logged[wrt][key], expected[wrt].mean(axis=0), rtol=RTOL, atol=ATOL, err_msg=f"{key} {wrt}")
 
 
 @pytest.mark.parametrize("length", [None, LENGTH], ids=["length_from_probe", "fixed_length"])
@@ -233,14 +233,15 @@ def test_text_vectorization_per_sample_matches_brute_force(length):
 
 def test_distil_bert_matches_brute_force():
     model, x, embedded = distil_bert()
-    for wrt in ("weights", "inputs"):
-        got = _quietly(neuron_sensitivity, model, x, wrt=wrt, reduction=None)
-        outer = [key for key in got if "/" not in key]
+    got = {wrt: _quietly(neuron_sensitivity, model, x, wrt=wrt, reduction=None) for wrt in ("weights", "inputs")}
+    for wrt in got:
+        outer = [key for key in got[wrt] if "/" not in key]
         assert outer == ["token_and_position_embedding", "embeddings_layer_norm", "transformer_layer_0", "transformer_layer_1"]
-        for key in ["token_and_position_embedding", "transformer_layer_1", "transformer_layer_1/ffn",
-                    "token_and_position_embedding/position_embedding"]:
-            expected = _expected(model, x, key, wrt, embedded)
-            np.testing.assert_allclose(got[key], expected, rtol=RTOL, atol=ATOL, err_msg=f"{key} {wrt}")
+    for key in ["token_and_position_embedding", "transformer_layer_1", "transformer_layer_1/ffn",
+                "token_and_position_embedding/position_embedding"]:
+        expected = _expected(model, x, key, tuple(got), embedded)
+        for wrt in got:
+            np.testing.assert_allclose(got[wrt][key], expected[wrt], rtol=RTOL, atol=ATOL, err_msg=f"{key} {wrt}")
 
 
 def test_neuron_jacobian_inputs_is_at_the_embedding_output():
@@ -497,11 +498,12 @@ UNDER_TEST = {"hub_encoder_pre_norm_masked": "encoder", "hub_decoder_post_norm":
 def test_attention_rule_matches_brute_force(case):
     factory, rule = ATTENTION[case]
     model, x, embedded = factory()
-    for wrt in ("weights", "inputs"):
-        got = _quietly(neuron_sensitivity, model, x, wrt=wrt, reduction=None)
-        for key, values in got.items():
-            expected = _expected(model, x, key, wrt, embedded)
-            np.testing.assert_allclose(values, expected, rtol=RTOL, atol=ATOL, err_msg=f"{key} {wrt}")
+    got = {wrt: _quietly(neuron_sensitivity, model, x, wrt=wrt, reduction=None) for wrt in ("weights", "inputs")}
+    assert list(got["inputs"]) == list(got["weights"])
+    for key in got["weights"]:
+        expected = _expected(model, x, key, tuple(got), embedded)
+        for wrt in got:
+            np.testing.assert_allclose(got[wrt][key], expected[wrt], rtol=RTOL, atol=ATOL, err_msg=f"{key} {wrt}")
     layer = model.get_layer(UNDER_TEST.get(case, "mha"))
     assert type(table.rule_for(layer)).__name__ == rule
 

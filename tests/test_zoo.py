@@ -112,13 +112,14 @@ def test_zoo_model_matches_brute_force(name):
     model, x = ZOO[name]()
     # Token ids: the sensitivity to inputs is read at the Embedding's output.
     embedded = [layer for layer in model.layers if isinstance(layer, L.Embedding)]
-    for wrt in ["weights", "inputs"]:
-        got = neuron_sensitivity(model, x, wrt=wrt, reduction=None)
-        assert got, "no layer selected"
-        for key, values in got.items():
-            fn = oracle.site_fn(model, key) or oracle.output_fn(model, _output_tensor(model, key))
-            expected = oracle.brute_force(model, x, fn, wrt, embedded)
-            np.testing.assert_allclose(values, expected, rtol=RTOL, atol=ATOL, err_msg=f"{key} {wrt}")
+    got = {wrt: neuron_sensitivity(model, x, wrt=wrt, reduction=None) for wrt in ("weights", "inputs")}
+    assert got["weights"], "no layer selected"
+    assert list(got["inputs"]) == list(got["weights"])
+    for key in got["weights"]:
+        fn = oracle.site_fn(model, key) or oracle.output_fn(model, _output_tensor(model, key))
+        expected = oracle.brute_force(model, x, fn, tuple(got), embedded)
+        for wrt in got:
+            np.testing.assert_allclose(got[wrt][key], expected[wrt], rtol=RTOL, atol=ATOL, err_msg=f"{key} {wrt}")
 
 
 def test_nested_model_keys_are_outer_slash_inner():
