@@ -4,6 +4,7 @@ on a (2, 2) mesh whose model axis spans the processes: no process holds a
 whole Dense kernel.
 
 Usage: jax_model_parallel.py PROCESS_ID PORT LOG_DIR METHOD
+(the environment's ON_ERROR, if set, is the callback's `on_error`).
 Both processes feed the same data. Process 0 saves the whole weights at
 each epoch's end to LOG_DIR/weights.npz (the oracle: one device computes on
 them). Each process prints one line: its index and how many epochs its
@@ -13,9 +14,10 @@ callback computed.
 import os
 import sys
 
-os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-os.environ["KERAS_BACKEND"] = "jax"
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+if __name__ == "__main__":  # imported by the test for `mlp` and `data`
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    os.environ["KERAS_BACKEND"] = "jax"
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 
 import jax  # noqa: E402
 import keras  # noqa: E402
@@ -23,11 +25,6 @@ import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
 from keras_neuron_sensitivity import NeuronSensitivityCallback  # noqa: E402
-
-process, port, log_dir, method = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-keras.distribution.initialize(
-    job_addresses=f"127.0.0.1:{port}", num_processes=2, process_id=process
-)
 
 
 def mlp():
@@ -62,6 +59,10 @@ class SaveWeights(keras.callbacks.Callback):
 
 
 if __name__ == "__main__":
+    process, port, log_dir, method = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    keras.distribution.initialize(
+        job_addresses=f"127.0.0.1:{port}", num_processes=2, process_id=process
+    )
     # Devices ordered by process: rows of the (2, 2) grid are processes, so
     # its transpose puts the model axis across them.
     devices = np.array(jax.devices()).reshape(2, 2).T
@@ -78,7 +79,8 @@ if __name__ == "__main__":
         model = mlp()
         model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         callback = NeuronSensitivityCallback(
-            x[:8], log_dir=log_dir, method=method, num_probes=16, seed=3, verbose=0
+            x[:8], log_dir=log_dir, method=method, num_probes=16, seed=3, verbose=0,
+            on_error=os.environ.get("ON_ERROR", "warn"),
         )
         weights = SaveWeights()
         model.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0,

@@ -4,11 +4,12 @@ import contextlib
 
 import jax
 import keras
+from jax.experimental import multihost_utils
 
 __all__ = [
     "compile", "exact_kernels", "extract_patches", "jvp", "map_rows", "name_scope",
-    "max_pool_argmax", "max_pool_argmax_hop", "process_index", "snapshot", "to_host",
-    "vjp", "vmap",
+    "max_pool_argmax", "max_pool_argmax_hop", "process_index", "snapshot",
+    "spans_processes", "to_host", "vjp", "vmap",
 ]
 
 
@@ -43,8 +44,24 @@ def exact_kernels():
 
 def to_host(value):
     if hasattr(value, "is_fully_addressable") and not value.is_fully_addressable:
-        value = value.addressable_data(0)  # replicated: every process holds it
+        if value.is_fully_replicated:
+            value = value.addressable_data(0)  # every process holds it
+        else:
+            # Sharded across processes: gathered, a collective that every
+            # process calls in the same order (the computation runs SPMD).
+            value = multihost_utils.process_allgather(value, tiled=True)
     return keras.ops.convert_to_numpy(value)
+
+
+def spans_processes(values):
+    """Whether some value is split across processes (not replicated): no
+    process holds it whole, so computations on it run in every process."""
+    return any(
+        hasattr(v, "is_fully_addressable")
+        and not v.is_fully_addressable
+        and not v.is_fully_replicated
+        for v in values
+    )
 
 
 def process_index():
@@ -79,9 +96,10 @@ def max_pool_argmax_hop(layer, g, argmax, x):
 def snapshot(variable):
     """The variable's value now, copied: Keras's JAX trainer donates the
     state's buffers to its next step, which deletes them. An array spread
-    over several processes (replicated under `DataParallel`) gives this
-    process's replica."""
+    over several processes gives this process's replica when replicated
+    (`DataParallel`), and stays split where it lies when split across them
+    (copied in every process, which all take part)."""
     value = variable.value
-    if hasattr(value, "is_fully_addressable") and not value.is_fully_addressable:
+    if not spans_processes([value]) and not getattr(value, "is_fully_addressable", True):
         value = value.addressable_data(0)
     return jax.numpy.array(value, copy=True)
