@@ -148,23 +148,27 @@ def test_weights_split_across_processes_are_computed_by_every_process(tmp_path):
     import jax_model_parallel as worker
 
     log_dir = tmp_path / "model_parallel"
-    outputs = _run_workers("jax_model_parallel.py", log_dir, "exact")
-    # Both processes computed both epochs.
-    assert outputs == [["0", "2"], ["1", "2"]]
-    events = os.listdir(log_dir / "sensitivity")
-    assert len(events) == 1, events
+    outputs = _run_workers("jax_model_parallel.py", log_dir, "exact,estimate")
+    # Both processes computed both epochs, with each method.
+    assert outputs == [["0", "2", "2"], ["1", "2", "2"]]
     # The oracle: one device, on the whole weights process 0 saved at each
-    # epoch's end.
-    got = load_sensitivity(str(log_dir))
+    # epoch's end; the estimate with the same seed and tangents.
     saved = np.load(log_dir / "weights.npz")
     x, _ = worker.data()
     model = worker.mlp()
-    for step in (0, 1):
-        model.set_weights([saved[f"{step}_{i}"] for i in range(len(model.weights))])
-        for wrt in ("weights", "inputs"):
-            want = neuron_sensitivity(model, x[:8], wrt=wrt, method="exact")
-            assert list(got[wrt]) == list(want)
-            for layer in want:
-                np.testing.assert_allclose(
-                    got[wrt][layer][step], want[layer], rtol=1e-4, err_msg=f"{wrt}/{layer}@{step}"
+    for method in ("exact", "estimate"):
+        events = os.listdir(log_dir / method / "sensitivity")
+        assert len(events) == 1, events
+        got = load_sensitivity(str(log_dir / method))
+        for step in (0, 1):
+            model.set_weights([saved[f"{step}_{i}"] for i in range(len(model.weights))])
+            for wrt in ("weights", "inputs"):
+                want = neuron_sensitivity(
+                    model, x[:8], wrt=wrt, method=method, num_probes=worker.NUM_PROBES, seed=3
                 )
+                assert list(got[wrt]) == list(want)
+                for layer in want:
+                    np.testing.assert_allclose(
+                        got[wrt][layer][step], want[layer], rtol=1e-4,
+                        err_msg=f"{method} {wrt}/{layer}@{step}",
+                    )

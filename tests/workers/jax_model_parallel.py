@@ -3,11 +3,12 @@ on loopback, each with 2 CPU devices, training an MLP under `ModelParallel`
 on a (2, 2) mesh whose model axis spans the processes: no process holds a
 whole Dense kernel.
 
-Usage: jax_model_parallel.py PROCESS_ID PORT LOG_DIR METHOD
-(the environment's ON_ERROR, if set, is the callback's `on_error`).
+Usage: jax_model_parallel.py PROCESS_ID PORT LOG_DIR METHODS
+METHODS: comma-separated, one callback each, logging to LOG_DIR/<method>
+(the environment's ON_ERROR, if set, is their `on_error`; seed 3).
 Both processes feed the same data. Process 0 saves the whole weights at
 each epoch's end to LOG_DIR/weights.npz (the oracle: one device computes on
-them). Each process prints one line: its index and how many epochs its
+them). Each process prints one line: its index and how many epochs each
 callback computed.
 """
 
@@ -25,6 +26,9 @@ import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
 from keras_neuron_sensitivity import NeuronSensitivityCallback  # noqa: E402
+
+
+NUM_PROBES = 16
 
 
 def mlp():
@@ -59,7 +63,8 @@ class SaveWeights(keras.callbacks.Callback):
 
 
 if __name__ == "__main__":
-    process, port, log_dir, method = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    process, port, log_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    methods = sys.argv[4].split(",")
     keras.distribution.initialize(
         job_addresses=f"127.0.0.1:{port}", num_processes=2, process_id=process
     )
@@ -78,13 +83,17 @@ if __name__ == "__main__":
         keras.utils.set_random_seed(5)
         model = mlp()
         model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        callback = NeuronSensitivityCallback(
-            x[:8], log_dir=log_dir, method=method, num_probes=16, seed=3, verbose=0,
-            on_error=os.environ.get("ON_ERROR", "warn"),
-        )
+        callbacks = [
+            NeuronSensitivityCallback(
+                x[:8], log_dir=os.path.join(log_dir, method), method=method,
+                num_probes=NUM_PROBES, seed=3, verbose=0,
+                on_error=os.environ.get("ON_ERROR", "warn"),
+            )
+            for method in methods
+        ]
         weights = SaveWeights()
         model.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0,
-                  callbacks=[weights, callback])
+                  callbacks=[weights, *callbacks])
     kernel = model.get_layer("dense_1").kernel.value
     assert not kernel.is_fully_addressable, kernel.sharding
     if process == 0:
@@ -92,4 +101,4 @@ if __name__ == "__main__":
             os.path.join(log_dir, "weights.npz"),
             **{f"{e}_{i}": w for e, ws in weights.epochs.items() for i, w in enumerate(ws)},
         )
-    print(jax.process_index(), len(callback.sensitivities), flush=True)
+    print(jax.process_index(), *(len(c.sensitivities) for c in callbacks), flush=True)
