@@ -93,9 +93,10 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         asynchronous: True to compute and write each logged epoch in a
             background thread, on a copy of the weights, while training goes
             on; False to do it at the end of the epoch, before training goes
-            on. `tf_keras` models, and models trained under a
-            `tf.distribute` strategy, are computed at the end of the epoch
-            either way. Defaults to True.
+            on. `tf_keras` models, models trained under a `tf.distribute`
+            strategy, and models whose weights are split across processes
+            (every process then computes, together) are computed at the end
+            of the epoch either way. Defaults to True.
         on_error: `"warn"` to report a failed computation or write and keep
             training, `"raise"` to stop training with the error (raised at
             the next logged epoch or when training ends, when asynchronous).
