@@ -27,7 +27,11 @@ package is imported, and each defines the same names:
 - `process_index()`: this process's index among a distributed run's;
 - `spans_processes(values)`: whether some value is split across processes
   (JAX's multi-process sharding), so that every process must take part in
-  computing on it.
+  computing on it;
+- `on_mesh(variables)`: a context (yielding whether it applies) in which `lay_out(array)` (a NumPy
+  array to a tensor, as `as_tensor` does) puts arrays on the mesh of the
+  variables split across processes, over its batch axis where they divide
+  (JAX); elsewhere `lay_out` is `convert_to_tensor`.
 
 `name()` says which backend runs (read through this function, so that a test
 can pretend another).
@@ -51,7 +55,7 @@ def name():
 
 
 def as_tensor(array):
-    return keras.ops.convert_to_tensor(np.asarray(array))
+    return lay_out(np.asarray(array))  # noqa: F405 - from the backend module
 
 
 def is_float(x):

@@ -1,15 +1,17 @@
 """The engine's backend functions on JAX."""
 
 import contextlib
+import threading
 
 import jax
 import keras
 from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
 
 __all__ = [
     "compile", "exact_kernels", "extract_patches", "jvp", "map_rows", "name_scope",
-    "max_pool_argmax", "max_pool_argmax_hop", "process_index", "snapshot",
-    "spans_processes", "to_host", "vjp", "vmap",
+    "lay_out", "max_pool_argmax", "max_pool_argmax_hop", "on_mesh", "process_index",
+    "snapshot", "spans_processes", "to_host", "vjp", "vmap",
 ]
 
 
@@ -103,3 +105,43 @@ def snapshot(variable):
     if not spans_processes([value]) and not getattr(value, "is_fully_addressable", True):
         value = value.addressable_data(0)
     return jax.numpy.array(value, copy=True)
+
+
+_MESH = threading.local()  # .layout: (mesh, batch axis name or None)
+
+
+@contextlib.contextmanager
+def on_mesh(variables):
+    """Inside, in this thread, `lay_out` puts new arrays on the mesh of the
+    variables that are split across processes (none: nothing changes), so
+    that the probe and the estimator's tangents enter the compiled
+    functions laid out as the weights are: split over the model's
+    distribution's batch axis where their leading axis divides evenly
+    (the estimator's probes side by side then spread over its devices),
+    replicated otherwise. Yields whether it does."""
+    split = [v.value for v in variables if spans_processes([v.value])]
+    sharding = split[0].sharding if split else None
+    if not isinstance(sharding, NamedSharding):
+        yield False
+        return
+    mesh = sharding.mesh
+    distribution = keras.distribution.distribution()
+    batch = getattr(distribution, "batch_dim_name", None)
+    previous = getattr(_MESH, "layout", None)
+    _MESH.layout = (mesh, batch if batch in mesh.axis_names else None)
+    try:
+        yield True
+    finally:
+        _MESH.layout = previous
+
+
+def lay_out(array):
+    """A NumPy array as a tensor, on the mesh `on_mesh` set, if any."""
+    layout = getattr(_MESH, "layout", None)
+    if layout is None:
+        return keras.ops.convert_to_tensor(array)
+    mesh, batch = layout
+    spread = batch and array.ndim >= 2 and array.shape[0] % mesh.shape[batch] == 0
+    sharding = NamedSharding(mesh, PartitionSpec(batch) if spread else PartitionSpec())
+    # Every process holds the same array (drawn from the same seed).
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])

@@ -8,7 +8,7 @@ from torch import func
 
 __all__ = [
     "compile", "exact_kernels", "extract_patches", "jvp", "map_rows", "name_scope",
-    "max_pool_argmax", "max_pool_argmax_hop", "process_index", "snapshot",
+    "lay_out", "max_pool_argmax", "max_pool_argmax_hop", "on_mesh", "process_index", "snapshot",
     "spans_processes", "to_host", "vjp", "vmap",
 ]
 
@@ -56,6 +56,14 @@ def process_index():
 
 def spans_processes(values):
     return False
+
+
+def on_mesh(variables):
+    return contextlib.nullcontext()
+
+
+def lay_out(array):
+    return keras.ops.convert_to_tensor(array)
 
 
 def extract_patches(x, size, strides, rates, padding):
