@@ -120,13 +120,19 @@ def compute(
     """
     num_probes = num_probes or methods.DEFAULT_NUM_PROBES
     seed = secrets.randbits(62) if seed is None else seed
-    with snapshot_scope(problem.graph.calls, snapshot), backend.exact_kernels():
+    # Weights split across processes (always computed now, `snapshot` None):
+    # the probe and the tangents go on their mesh too.
+    mesh = backend.on_mesh(problem.model.weights if snapshot is None else ())
+    with snapshot_scope(problem.graph.calls, snapshot), backend.exact_kernels(), mesh as laid:
+        inputs = problem.inputs
+        if laid:
+            inputs = [backend.lay_out(backend.to_host(x)) for x in inputs]
         chosen = {w: choose(problem, w, method, num_probes) for w in problem.wrt}
         results = {}
         for name in dict.fromkeys(chosen.values()):
             wrt = tuple(w for w in problem.wrt if chosen[w] == name)
             runner = _cached(problem, name, wrt, num_probes, memory_budget_mb)
-            results.update(runner(problem.inputs, seed, snapshot))
+            results.update(runner(inputs, seed, snapshot))
         if "weights" in results:
             results["weights"].frozen = _frozen(problem)
         stats = error = None

@@ -93,9 +93,10 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         asynchronous: True to compute and write each logged epoch in a
             background thread, on a copy of the weights, while training goes
             on; False to do it at the end of the epoch, before training goes
-            on. `tf_keras` models, and models trained under a
-            `tf.distribute` strategy, are computed at the end of the epoch
-            either way. Defaults to True.
+            on. `tf_keras` models, models trained under a `tf.distribute`
+            strategy, and models whose weights are split across processes
+            (every process then computes, together) are computed at the end
+            of the epoch either way. Defaults to True.
         on_error: `"warn"` to report a failed computation or write and keep
             training, `"raise"` to stop training with the error (raised at
             the next logged epoch or when training ends, when asynchronous).
@@ -232,6 +233,7 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         self._writer = SensitivityWriter(self.log_dir, self.num_bins)
         self._problem = None  # once the model is built
         self._background = False  # whether this model computes in the background
+        self._writes = True  # whether this process writes (process 0 of several)
         self._job = None  # the computation in flight, if any
         self._pending = None  # the warm-up, started after the first step
         self._step_offset = None
@@ -282,7 +284,10 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
             self._first_epoch = epoch  # after BackupAndRestore's restore
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self._scheduled(epoch) or not _is_chief(self.model):
+        if not self._scheduled(epoch):
+            return
+        computes, self._writes = _roles(self.model)
+        if not computes:
             return
         with self._holding():
             self._log_epoch(epoch)
@@ -334,16 +339,19 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         first step, while the first epoch trains (`_pending`, from its second
         step on)."""
         problem = self._prepare()
-        if not _is_chief(self.model):
+        computes, self._writes = _roles(self.model)
+        if not computes:
             return
-        try:
-            self._writer.open()  # a reader finds the run from the start
-        except OSError:
-            pass  # said when an epoch cannot be written
+        if self._writes:
+            try:
+                self._writer.open()  # a reader finds the run from the start
+            except OSError:
+                pass  # said when an epoch cannot be written
         self._pending = None
         self._finish_job()  # a warm-up left by an interrupted `fit`
-        # tf_keras models (whose variables no StatelessScope replaces) and
-        # tf.distribute strategies (documented) compute at the epoch's end.
+        # tf_keras models (whose variables no StatelessScope replaces),
+        # tf.distribute strategies and weights split across processes
+        # (documented) compute at the epoch's end.
         self._background = self.asynchronous and _can_snapshot(self.model)
         if self._background:
             self._pending = lambda: self._warm_up(problem, _snapshot(problem))
@@ -418,6 +426,8 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
             for site in problem.graph.sites
             if site.heads and site.key in problem.keys
         }
+        if not self._writes:
+            return step, reduced, dead, activity, None
         try:
             self._writer.write(
                 step, reduced, dead, errors, methods, epoch=epoch, heads=heads, activity=activity
@@ -515,10 +525,11 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
         """
         if self._step_offset is None:
             first = epoch if self._first_epoch is None else self._first_epoch
-            steps = self._writer.steps()
+            # A process that does not write leaves the run to process 0.
+            steps = self._writer.steps() if self._writes else {}
             self._step_offset = continue_steps(steps, first)
             first_step = first + self._step_offset
-            if any(step >= first_step for step in steps):
+            if self._writes and any(step >= first_step for step in steps):
                 self._writer.restart(first_step)
                 for step in [s for s in self.sensitivities if s >= first_step]:
                     del self.sensitivities[step]
@@ -577,12 +588,15 @@ def continue_steps(steps, first_epoch):
 def _can_snapshot(model):
     """Whether the computation may run beside training on a snapshot of the
     weights: not for `tf_keras` models (their variables are read as they
-    are) nor under a `tf.distribute` strategy (the variables are mirrored,
-    the background thread outside the strategy)."""
+    are), nor under a `tf.distribute` strategy (the variables are mirrored,
+    the background thread outside the strategy), nor for weights split
+    across processes (every process must make the computation's collective
+    calls in the same order, which a thread beside training's own
+    collectives cannot promise)."""
     if probe.is_tf_keras(model):
         return False
     if backend.name() != "tensorflow":
-        return True
+        return not _split_across_processes(model)
     import tensorflow as tf
 
     strategy = getattr(model, "distribute_strategy", None)
@@ -597,14 +611,28 @@ def _snapshot(problem):
     return lambda: snapshot_values(problem.graph.calls)
 
 
-def _is_chief(model):
-    """Whether this process computes and writes: under `tf.distribute`, the
-    chief only (every worker holds the same weights); otherwise always."""
+def _roles(model):
+    """`(computes, writes)`: whether this process computes, and writes.
+
+    - Under `tf.distribute`: the chief only, both (every worker holds the
+      same weights).
+    - `keras.distribution` on JAX, weights replicated (`DataParallel`):
+      process 0 only, both, from the weights it holds whole.
+    - Weights split across processes (`ModelParallel` whose model axis spans
+      them): no process holds the model, so every process computes, SPMD
+      under the model's own layout, and process 0 writes.
+    """
     if backend.name() != "tensorflow":
-        return backend.process_index() == 0  # keras.distribution on JAX
+        first = backend.process_index() == 0
+        return first or _split_across_processes(model), first
     strategy = getattr(model, "distribute_strategy", None)
     extended = getattr(strategy, "extended", None)
-    return bool(getattr(extended, "should_checkpoint", True))
+    chief = bool(getattr(extended, "should_checkpoint", True))
+    return chief, chief
+
+
+def _split_across_processes(model):
+    return backend.spans_processes([v.value for v in model.weights])
 
 
 def describe_method(sensitivities):

@@ -20,6 +20,7 @@ so a neuron with a measured sensitivity is never called frozen.
 import keras
 import numpy as np
 
+from keras_neuron_sensitivity.engine import backend
 from keras_neuron_sensitivity.engine.rules.base import weights_as
 from keras_neuron_sensitivity.engine.replay import Replay, float32_compute, primary_variables
 
@@ -39,7 +40,7 @@ def frozen_neurons(graph, keys, inputs):
         outputs = replay.target_outputs(values)
     frozen = {}
     for key, y in zip(keys, outputs):
-        y = keras.ops.convert_to_numpy(y)
+        y = backend.to_host(y)
         per_sample = y.reshape(y.shape[0], -1, y.shape[-1])
         frozen[key] = ~np.isnan(per_sample).any(axis=(0, 1))
     return frozen

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 import zoo
-from keras_neuron_sensitivity import NeuronSensitivityCallback, load_sensitivity
+from keras_neuron_sensitivity import NeuronSensitivityCallback, load_sensitivity, neuron_sensitivity
 
 WORKERS = os.path.join(os.path.dirname(__file__), "..", "workers")
 
@@ -110,3 +110,65 @@ def test_two_processes_finish_and_only_process_zero_writes(tmp_path):
     )
     _train(tmp_path / "single", x[order], y[order], probe=x[:8])
     _assert_same_run(log_dir, tmp_path / "single")
+
+
+def _run_workers(script, log_dir, *args):
+    """Runs `script` as processes 0 and 1 on loopback; returns each one's
+    last printed line, split."""
+    port = str(_free_port())
+    # The workers import this checkout's package, and set their own XLA_FLAGS.
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(root), env.get("PYTHONPATH", "")])
+    workers = [
+        subprocess.Popen(
+            [sys.executable, os.path.join(WORKERS, script), str(i), port, str(log_dir), *args],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = []
+    for worker in workers:
+        try:
+            out, err = worker.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            for w in workers:
+                w.kill()
+            raise
+        assert worker.returncode == 0, err[-3000:]
+        assert "could not compute" not in err, err[-3000:]
+        outputs.append(out.strip().splitlines()[-1].split())  # after Gloo's chatter
+    return outputs
+
+
+def test_weights_split_across_processes_are_computed_by_every_process(tmp_path):
+    # Two processes of 2 CPU devices; the model axis of the (2, 2) mesh spans
+    # them, so no process holds a whole Dense kernel (the worker asserts it).
+    sys.path.insert(0, WORKERS)
+    import jax_model_parallel as worker
+
+    log_dir = tmp_path / "model_parallel"
+    outputs = _run_workers("jax_model_parallel.py", log_dir, "exact,estimate")
+    # Both processes computed both epochs, with each method.
+    assert outputs == [["0", "2", "2"], ["1", "2", "2"]]
+    # The oracle: one device, on the whole weights process 0 saved at each
+    # epoch's end; the estimate with the same seed and tangents.
+    saved = np.load(log_dir / "weights.npz")
+    x, _ = worker.data()
+    model = worker.mlp()
+    for method in ("exact", "estimate"):
+        events = os.listdir(log_dir / method / "sensitivity")
+        assert len(events) == 1, events
+        got = load_sensitivity(str(log_dir / method))
+        for step in (0, 1):
+            model.set_weights([saved[f"{step}_{i}"] for i in range(len(model.weights))])
+            for wrt in ("weights", "inputs"):
+                want = neuron_sensitivity(
+                    model, x[:8], wrt=wrt, method=method, num_probes=worker.NUM_PROBES, seed=3
+                )
+                assert list(got[wrt]) == list(want)
+                for layer in want:
+                    np.testing.assert_allclose(
+                        got[wrt][layer][step], want[layer], rtol=1e-4,
+                        err_msg=f"{method} {wrt}/{layer}@{step}",
+                    )

@@ -22,8 +22,16 @@ package is imported, and each defines the same names:
   flash-attention kernel's backward disagrees with its own forward under a
   padding mask, `tests/backends/test_torch_kernels.py`);
 - `to_host(x)`: a NumPy array of a value (on JAX, the replica this process
-  holds when the array spans several processes);
-- `process_index()`: this process's index among a distributed run's.
+  holds when the array is replicated over several processes, gathered
+  from all of them when it is split across them);
+- `process_index()`: this process's index among a distributed run's;
+- `spans_processes(values)`: whether some value is split across processes
+  (JAX's multi-process sharding), so that every process must take part in
+  computing on it;
+- `on_mesh(variables)`: a context (yielding whether it applies) in which `lay_out(array)` (a NumPy
+  array to a tensor, as `as_tensor` does) puts arrays on the mesh of the
+  variables split across processes, over its batch axis where they divide
+  (JAX); elsewhere `lay_out` is `convert_to_tensor`.
 
 `name()` says which backend runs (read through this function, so that a test
 can pretend another).
@@ -47,7 +55,7 @@ def name():
 
 
 def as_tensor(array):
-    return keras.ops.convert_to_tensor(np.asarray(array))
+    return lay_out(np.asarray(array))  # noqa: F405 - from the backend module
 
 
 def is_float(x):

@@ -7,8 +7,8 @@ import tensorflow as tf
 
 __all__ = [
     "compile", "exact_kernels", "extract_patches", "jvp", "map_rows",
-    "max_pool_argmax", "max_pool_argmax_hop", "name_scope", "process_index", "snapshot",
-    "to_host", "vjp",
+    "lay_out", "max_pool_argmax", "max_pool_argmax_hop", "on_mesh", "name_scope", "process_index",
+    "snapshot", "spans_processes", "to_host", "vjp",
 ]
 
 
@@ -92,6 +92,18 @@ def to_host(value):
 
 def process_index():
     return 0
+
+
+def spans_processes(values):
+    return False
+
+
+def on_mesh(variables):
+    return contextlib.nullcontext()
+
+
+def lay_out(array):
+    return keras.ops.convert_to_tensor(array)
 
 
 def extract_patches(x, size, strides, rates, padding):

@@ -8,8 +8,8 @@ from torch import func
 
 __all__ = [
     "compile", "exact_kernels", "extract_patches", "jvp", "map_rows", "name_scope",
-    "max_pool_argmax", "max_pool_argmax_hop", "process_index", "snapshot", "to_host",
-    "vjp", "vmap",
+    "lay_out", "max_pool_argmax", "max_pool_argmax_hop", "on_mesh", "process_index", "snapshot",
+    "spans_processes", "to_host", "vjp", "vmap",
 ]
 
 
@@ -52,6 +52,18 @@ def to_host(value):
 
 def process_index():
     return 0
+
+
+def spans_processes(values):
+    return False
+
+
+def on_mesh(variables):
+    return contextlib.nullcontext()
+
+
+def lay_out(array):
+    return keras.ops.convert_to_tensor(array)
 
 
 def extract_patches(x, size, strides, rates, padding):
