@@ -460,14 +460,16 @@ def test_one_trace_across_calls_when_chunked():
 
 
 def test_wide_layer_under_small_budget_equals_unchunked():
-    # 4096 units after a 4096-wide input, B=64: a 128 MiB budget forces chunks
+    # 1024 units after a 1024-wide input, B=32: the whole sweep to inputs
+    # holds 32 x 1024 x 1024 floats (128 MiB); a 16 MiB budget forces chunks
     # over neurons (and the values must not change).
-    model = _seq((4096,), L.Dense(4096, activation="relu", name="wide"), L.Dense(8, name="out"))
-    x = np.random.default_rng(3).normal(size=(64, 4096)).astype("float32")
-    small = neuron_sensitivity(model, x, wrt="inputs", reduction=None, memory_budget_mb=128)
-    big = neuron_sensitivity(model, x, wrt="inputs", reduction=None, memory_budget_mb=8192)
+    model = _seq((1024,), L.Dense(1024, activation="relu", name="wide"), L.Dense(8, name="out"))
+    x = np.random.default_rng(3).normal(size=(32, 1024)).astype("float32")
+    small = neuron_sensitivity(model, x, wrt="inputs", reduction=None, memory_budget_mb=16)
+    big = neuron_sensitivity(model, x, wrt="inputs", reduction=None, memory_budget_mb=2048)
     plans = {budget: sweep.plan for budget, sweep in _sweeps(model).items()}
-    assert max(plans[128 * 2**20].rows) < 4096  # really chunked
+    assert max(plans[16 * 2**20].rows) < 1024  # really chunked
+    assert max(plans[2048 * 2**20].rows) == 1024  # really not
     for key in big:
         np.testing.assert_allclose(small[key], big[key], rtol=1e-5, atol=1e-7)
     # And against the literal first-layer answer: |relu'(z_k)| * ||W[:, k]||.

@@ -92,7 +92,7 @@ if __name__ == "__main__":
             for method in methods
         ]
         weights = SaveWeights()
-        model.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0,
+        model.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0,
                   callbacks=[weights, *callbacks])
     kernel = model.get_layer("dense_1").kernel.value
     assert not kernel.is_fully_addressable, kernel.sharding
