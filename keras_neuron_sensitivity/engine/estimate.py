@@ -231,13 +231,14 @@ class Estimator:
             def f(weights):
                 with weights_as(trainable, weights):
                     targets = self.replay.target_outputs(self.replay.run(inputs))
-                return [neuron_values(y) for y in targets], _primal_sites(targets)
+                values = [neuron_values(y) for y in targets]
+                return (values, _primal_sites(targets)) if activity else values
 
-            _, jvps, sites = backend.jvp(f, primals, tangents, has_aux=True)
-            out = [_as_float(j)[None] for j in jvps]
             if not activity:
-                return out
-            return out, self.sums.flat(_with_masks(sites))
+                _, jvps = backend.jvp(f, primals, tangents)
+                return [_as_float(j)[None] for j in jvps]
+            _, jvps, sites = backend.jvp(f, primals, tangents, has_aux=True)
+            return [_as_float(j)[None] for j in jvps], self.sums.flat(_with_masks(sites))
 
     def _inputs_probe(self, values, inputs, tangents, activity=False):
         """`[(count, n, C)]` per target: `J v` for `count` input tangents
@@ -255,37 +256,43 @@ class Estimator:
             def f(at):
                 known = {**computed, **dict(zip(ids, at))}
                 targets = self.replay.target_outputs(self.replay.run(tiled, values=known))
-                return [neuron_values(y) for y in targets], _primal_sites(targets)
+                values = [neuron_values(y) for y in targets]
+                return (values, _primal_sites(targets)) if activity else values
 
-            _, jvps, sites = backend.jvp(
-                f, primals, [ops.cast(t, x.dtype) for t, x in zip(tangents, primals)],
-                has_aux=True,
-            )
-            out = [ops.reshape(_as_float(j), (count, n, -1)) for j in jvps]
+            tangents = [ops.cast(t, x.dtype) for t, x in zip(tangents, primals)]
             if not activity:
-                return out
+                _, jvps = backend.jvp(f, primals, tangents)
+                return [ops.reshape(_as_float(j), (count, n, -1)) for j in jvps]
+            _, jvps, sites = backend.jvp(f, primals, tangents, has_aux=True)
             # An embedded input was a primal: its own tensor holds its mask.
             sites = [
-                (computed[t], get_keras_mask(computed[t])) if t in computed else site
+                _primal_sites([computed[t]])[0] if t in computed else site
                 for t, site in zip(self.replay.target_tensors, sites)
             ]
-            first = [(y[:n], None if m is None else m[:n]) for y, m in sites]
+            first = [tuple(part[:n] for part in site) for site in sites]
+            out = [ops.reshape(_as_float(j), (count, n, -1)) for j in jvps]
             return out, self.sums.flat(_with_masks(first))
 
 
 def _primal_sites(targets):
-    """The sites' tensors and Keras masks, handed out of a JVP as its
-    auxiliary output: the mask is an attribute of the tensor object, which
-    the JVP does not hand back."""
-    return [(ops.stop_gradient(y), get_keras_mask(y)) for y in targets]
+    """The sites' tensors, each `(y,)` or `(y, mask)`, handed out of a JVP
+    as its auxiliary output: the Keras mask is an attribute of the tensor
+    object, which the JVP does not hand back (and `torch.func` takes no
+    None there)."""
+    out = []
+    for y in targets:
+        mask = get_keras_mask(y)
+        y = ops.stop_gradient(y)
+        out.append((y,) if mask is None else (y, mask))
+    return out
 
 
 def _with_masks(sites):
-    """`[(y, mask)]` -> the tensors, each carrying its mask again."""
+    """`[(y,) or (y, mask)]` -> the tensors, each carrying its mask again."""
     out = []
-    for y, mask in sites:
-        if mask is not None:
-            set_keras_mask(y, mask)
+    for y, *mask in sites:
+        if mask:
+            set_keras_mask(y, mask[0])
         out.append(y)
     return out
 
