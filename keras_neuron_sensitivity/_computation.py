@@ -6,8 +6,10 @@
 prediction of `cost.predict_costs`) and runs one method object per method,
 made once per model and configuration and reused at every call (the cache
 at the end of this module; `clear_cache` empties it). With `activity=True`,
-`compute` also reads every selected neuron's activity on the probe (one
-forward, `engine/activity.py`), in one place: `_activity`.
+`compute` also reads every selected neuron's activity on the probe
+(`engine/activity.py`), in one place, `_activity`: from the forward of the
+first method that runs (it is given the sites' activity plans), else from a
+forward of its own.
 """
 
 import collections
@@ -17,8 +19,8 @@ import threading
 import weakref
 
 from keras_neuron_sensitivity import _batch, probe
+from keras_neuron_sensitivity.engine import activity as _health
 from keras_neuron_sensitivity.engine import backend, cost, methods, upstream
-from keras_neuron_sensitivity.engine.activity import ActivityForward
 from keras_neuron_sensitivity.engine.replay import snapshot_scope
 from keras_neuron_sensitivity.errors import UnsupportedModelError
 
@@ -128,28 +130,36 @@ def compute(
         if laid:
             inputs = [backend.lay_out(backend.to_host(x)) for x in inputs]
         chosen = {w: choose(problem, w, method, num_probes) for w in problem.wrt}
-        results = {}
+        results, outputs = {}, []
         for name in dict.fromkeys(chosen.values()):
             wrt = tuple(w for w in problem.wrt if chosen[w] == name)
-            runner = _cached(problem, name, wrt, num_probes, memory_budget_mb)
-            results.update(runner(inputs, seed, snapshot))
+            # The first method reads the activity in its forward.
+            reads = activity and not outputs
+            runner = _cached(problem, name, wrt, num_probes, memory_budget_mb, reads)
+            outputs.append(runner(inputs, seed, snapshot))
+            results.update(outputs[-1].results)
         if "weights" in results:
             results["weights"].frozen = _frozen(problem)
         stats = error = None
         if activity:
             try:
-                stats = _activity(problem, snapshot)
+                stats = _activity(problem, snapshot, outputs)
             except Exception as caught:  # noqa: BLE001 - handed to the caller
                 error = caught
     return Results({w: results[w] for w in problem.wrt}, stats, error)
 
 
-def _activity(problem, snapshot):
-    """Every selected neuron's activity on the probe: the one place where
-    its forward runs, to be fused into the methods' own forward."""
+def _activity(problem, snapshot, outputs):
+    """Every selected neuron's activity on the probe, decided in this one
+    place: from the first method's output that read it in its own forward;
+    else (no method ran, or reading it there failed) from a forward of its
+    own, whose error, if it fails too, is the caller's to report."""
+    for output in outputs:
+        if output.activity is not None:
+            return output.activity
     forward = _entry(
         problem, ("activity",),
-        lambda: ActivityForward(problem.graph, problem.keys),
+        lambda: _health.ActivityForward(problem.graph, problem.keys),
     )
     return forward(problem.inputs, snapshot)
 
@@ -175,16 +185,21 @@ def choose(problem, wrt, method, num_probes):
     return _entry(problem, ("auto", wrt, num_probes), pick)
 
 
-def _cached(problem, name, wrt, num_probes, memory_budget_mb):
+def _cached(problem, name, wrt, num_probes, memory_budget_mb, reads=False):
+    """The method object; with `reads`, given the sites' activity plans."""
     budget = int(memory_budget_mb * 2**20)
     module = methods
+
+    def plans():
+        return _health.plan(problem.graph, problem.keys) if reads else None
+
     if name == "exact":
-        key = (name, wrt, budget)
-        make = lambda: module.ExactMethod(problem.graph, problem.keys, wrt, budget)  # noqa: E731
+        key = (name, wrt, budget, reads)
+        make = lambda: module.ExactMethod(problem.graph, problem.keys, wrt, budget, plans())  # noqa: E731
     else:
-        key = (name, wrt, budget, num_probes)
+        key = (name, wrt, budget, num_probes, reads)
         make = lambda: module.EstimateMethod(  # noqa: E731
-            problem.graph, problem.keys, wrt, budget, num_probes
+            problem.graph, problem.keys, wrt, budget, num_probes, plans()
         )
     return _entry(problem, key, make)
 

@@ -103,9 +103,9 @@ class NeuronSensitivityCallback(keras.callbacks.Callback):
             Defaults to `"warn"`.
         verbose: 1 to print one line per logged epoch, 0 for silence.
             Defaults to 0.
-        activity: True to log each neuron's activity and status too (one
-            more forward pass of the probe per logged epoch), False for the
-            sensitivities alone. Defaults to True.
+        activity: True to log each neuron's activity and status too (read
+            in the sensitivity method's own forward pass of the probe),
+            False for the sensitivities alone. Defaults to True.
         dormant_threshold: tau: a neuron whose mean |activation| is at most
             this fraction of its layer's average is dormant (Sokar et al.
             2023). Defaults to 0.1.

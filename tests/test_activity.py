@@ -382,14 +382,69 @@ def test_the_docstring_example_runs():
     assert runner.summarize(verbose=False).failed == 0
 
 
-def test_a_failed_activity_forward_costs_the_health_not_the_sensitivities(tmp_path, monkeypatch):
-    from keras_neuron_sensitivity import load_sensitivity
+def _method_objects(model):
+    """The method objects the cache holds for `model`."""
+    from keras_neuron_sensitivity import _computation
+
+    return [v for v in _computation.cache_entries(model).values() if hasattr(v, "num_probes")]
+
+
+def _samples_per_chunk(runner):
+    if runner.name == "exact":
+        return runner._sweep.plan.samples
+    return runner._estimator._plan[0]
+
+
+# Budgets (MiB) that split the 8 samples below in chunks of 3, the last one
+# short (the exact sweep pads it to 3), per method.
+CHUNKED_BUDGET_MB = {"exact": 0.015, "estimate": 0.006}
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["one_call", "chunked"])
+@pytest.mark.parametrize("method", ["exact", "estimate"])
+def test_the_activity_is_read_in_the_methods_own_forward(method, chunked, monkeypatch):
+    """No second forward (issue 21): with `ActivityForward` broken, the
+    activity still comes, from the method's forward, and equals NumPy on
+    Keras's own graph (a mask, a sequence, a conv; padded chunks)."""
+    from keras_neuron_sensitivity import _computation
     from keras_neuron_sensitivity.engine import activity
 
-    def broken(self, inputs, snapshot=None):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a second forward ran for the activity")
+
+    monkeypatch.setattr(activity.ActivityForward, "__init__", forbidden)
+    model, x, masked = masked_lstm()
+    # 8 samples, the same padding and other tokens: chunks leave a padded one.
+    x = np.concatenate([x, np.where(x > 0, 9 - x, 0)])
+    _computation.clear_cache()
+    problem = _computation.prepare(model, x, wrt=("weights", "inputs"), layers=None)
+    budget_mb = CHUNKED_BUDGET_MB[method] if chunked else 1024
+    results = _computation.compute(
+        problem, method=method, num_probes=2, seed=0, memory_budget_mb=budget_mb, activity=True
+    )
+    assert results.activity_error is None
+    (runner,) = _method_objects(model)
+    assert runner.name == method
+    assert _samples_per_chunk(runner) == (3 if chunked else len(x))
+    assert set(results.activity) == set(masked)
+    for key, is_masked in masked.items():
+        layer = model.get_layer(key)
+        y = np.asarray(oracle.output_fn(model, layer.output)([x]))
+        want = expected(y, (x != 0) if is_masked else None, positive=_relu_like(layer))
+        _check(results.activity[key], want, key)
+
+
+def test_a_failed_activity_forward_costs_the_health_not_the_sensitivities(tmp_path, monkeypatch):
+    from keras_neuron_sensitivity import _computation, load_sensitivity
+    from keras_neuron_sensitivity.engine import activity
+
+    def broken(*args, **kwargs):
         raise RuntimeError("no activity here")
 
-    monkeypatch.setattr(activity.ActivityForward, "__call__", broken)
+    # Breaks the sums in the method's forward, then in the forward of
+    # their own that `compute` falls back to.
+    _computation.clear_cache()
+    monkeypatch.setattr(activity, "_site_sums", broken)
     x = RNG.normal(size=(16, 3)).astype("float32")
     model = keras.Sequential([keras.Input((3,)), L.Dense(2, name="d")])
     model.compile("sgd", "mse")

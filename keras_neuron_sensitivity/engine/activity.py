@@ -5,9 +5,11 @@ pixel of a conv map, a time step); a site's Keras mask (from
 `Embedding(mask_zero=True)`) drops padded positions. `site_statistics`
 reduces a site's tensor over its kept entries to per-neuron sums, written
 on `keras.ops` so that any compiled forward of the engine can call it on
-the tensors it already holds (today `ActivityForward` runs its own forward;
-see `_computation.compute`). `merge` combines the sums of several chunks of
-the probe, `summarize` turns them into the statistics on the host.
+the tensors it already holds: `SiteSums` does so for all selected sites in
+the methods' own forward (`sweep.Sweep`, `estimate.Estimator`), and in
+`ActivityForward`'s where no method ran one (`_computation._activity`).
+`merge` combines the sums of several chunks of the probe, `summarize` turns
+them into the statistics on the host.
 
 Two things are read from the layers themselves, through tables:
 
@@ -458,9 +460,94 @@ def _graph_consumers(graph, tensor):
     return layers_, calls
 
 
+class SiteSums:
+    """The selected sites' sums (`site_statistics`) and outgoing weight
+    masses, read inside a compiled forward that holds the sites' tensors,
+    and turned into statistics on the host.
+
+    A method's forward (`sweep.Sweep`, `estimate.Estimator`) or
+    `ActivityForward` calls `flat` on the tensors it computed, in the order
+    of the keys, and returns the one flat float32 vector (one transfer to
+    the host; each operation in a compiled function has a cost of its own);
+    `statistics` decodes the vectors of one or more chunks of the probe.
+
+    Args:
+        plans: `[SitePlan]`, one per key (`plan`).
+
+    Attributes:
+        calls: the graph calls whose variables the masses read (the
+            consumers'); the forward passes their values too.
+    """
+
+    def __init__(self, plans):
+        self.plans = list(plans)
+        self.calls = _unique([c for p in self.plans for c in p.calls])
+        self._layout = None  # per site, `[(name, size)]` in the flat vector
+
+    def flat(self, tensors, keep=None):
+        """Every site's sums and masses, one flat float32 vector (traced).
+
+        Args:
+            tensors: each site's tensor `(n, ..., k)`, carrying its Keras
+                mask, in the order of the plans.
+            keep: `(n,)`, 1 for the samples to count (a chunk padded to its
+                traced size), or None for all.
+        """
+        parts, layout = [], []
+        for y, p in zip(tensors, self.plans):
+            mask = get_keras_mask(y)
+            if keep is not None:
+                mask = _and_samples(mask, keep, y)
+            names, count, totals = _site_sums(y, mask, p.activation)
+            k = int(y.shape[-1])
+            parts += [ops.reshape(count, (1,)), totals]
+            site = [("count", 1)] + [(name, k) for name in names]
+            if p.consumers is not None:
+                masses = [ops.cast(outgoing(layer)(layer), "float32") for layer in p.consumers]
+                parts.append(masses[0] if len(masses) == 1 else ops.sum(ops.stack(masses), axis=0))
+                site.append(("mass", k))
+            layout.append(site)
+        self._layout = layout
+        return ops.concatenate(parts)
+
+    def statistics(self, flats):
+        """`{key: {statistic: (k,) np.ndarray}}` (`summarize`'s) from the
+        host copies of `flat`'s vectors, one per chunk of the probe."""
+        chunks = [self._unpack(np.asarray(f)) for f in flats]
+        out = {}
+        for i, p in enumerate(self.plans):
+            parts = [chunk[i] for chunk in chunks]
+            mass = parts[0].get("mass")  # the same weights in every chunk
+            sums = merge([{n: v for n, v in part.items() if n != "mass"} for part in parts])
+            out[p.key] = summarize(sums, mass)
+        return out
+
+    def _unpack(self, flat):
+        sites, offset = [], 0
+        for layout in self._layout:
+            parts = {}
+            for name, size in layout:
+                parts[name] = flat[offset : offset + size]
+                offset += size
+            parts["count"] = parts["count"][0]
+            sites.append(parts)
+        return sites
+
+
+def _and_samples(mask, keep, y):
+    """`mask` (`(n, ...)` or None) and the samples `keep` (`(n,)`)."""
+    samples = ops.reshape(ops.cast(keep, "float32"), (-1,) + (1,) * (len(y.shape) - 2))
+    if mask is None:
+        return samples
+    mask = ops.cast(mask, "float32")
+    while len(mask.shape) < len(y.shape) - 1:
+        mask = ops.expand_dims(mask, -1)
+    return mask * samples
+
+
 class ActivityForward:
-    """The selected sites' activity: one compiled forward of the replayed
-    graph, weights as arguments.
+    """The selected sites' activity in a compiled forward of its own: where
+    no method's forward read it (`_computation._activity`).
 
     Args:
         graph: the model's `probe.Graph`.
@@ -470,11 +557,9 @@ class ActivityForward:
     def __init__(self, graph, keys):
         self.keys = list(keys)
         self.replay = Replay(graph, self.keys)
-        self.plans = plan(graph, self.keys)
-        extra = [c for p in self.plans for c in p.calls if all(c is not r for r in self.replay.calls)]
-        self.variables = Variables(self.replay.calls + _unique(extra))
+        self.sums = SiteSums(plan(graph, self.keys))
+        self.variables = Variables(self.replay.calls, read=self.sums.calls)
         self._fn = None
-        self._layout = None  # per site, `[(name, size)]` in the flat output
 
     def __call__(self, inputs, snapshot=None):
         """`{key: {statistic: (k,) np.ndarray}}` (`summarize`'s) on `inputs`.
@@ -497,35 +582,12 @@ class ActivityForward:
             if self._fn is None:
                 self._fn = backend.compile(self._forward)
             flat = backend.to_host(self._fn(values, list(inputs)))
-        out, offset = {}, 0
-        for key, layout in zip(self.keys, self._layout):
-            parts = {}
-            for name, size in layout:
-                parts[name] = flat[offset : offset + size]
-                offset += size
-            parts["count"] = parts["count"][0]
-            out[key] = summarize(parts, parts.pop("mass", None))
-        return out
+        return self.sums.statistics([flat])
 
     def _forward(self, values, inputs):
-        """Every site's sums and outgoing masses, in one flat float32 vector
-        (one transfer to the host); `_layout` says where each is."""
         with self.variables.scope(values):
             computed = self.replay.run(inputs)
-            outputs = self.replay.target_outputs(computed)
-            parts, layout = [], []
-            for y, p in zip(outputs, self.plans):
-                names, count, totals = _site_sums(y, get_keras_mask(y), p.activation)
-                k = int(y.shape[-1])
-                parts += [ops.reshape(count, (1,)), totals]
-                site = [("count", 1)] + [(name, k) for name in names]
-                if p.consumers is not None:
-                    masses = [ops.cast(outgoing(layer)(layer), "float32") for layer in p.consumers]
-                    parts.append(masses[0] if len(masses) == 1 else ops.sum(ops.stack(masses), axis=0))
-                    site.append(("mass", k))
-                layout.append(site)
-        self._layout = layout
-        return ops.concatenate(parts)
+            return self.sums.flat(self.replay.target_outputs(computed))
 
 
 def _unique(calls):

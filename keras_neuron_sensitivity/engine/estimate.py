@@ -22,15 +22,21 @@ an unbiased estimate of the squared norm, whatever the number of neurons.
   dead neuron is exactly 0 here too, and a Gaussian `v` makes a non-zero
   `J_k v` almost surely non-zero.
 
+- The neuron health: given the sites' activity plans, the first probe's
+  JVP also returns the selected sites' primal values (the forward it runs
+  anyway), whose activity sums (`activity.SiteSums`) are read beside it.
+
 Index letters: `m` probe (tangent), `n` sample, `k` neuron.
 """
 
+import functools
 import math
 
 import numpy as np
 from keras import ops
 
 from keras_neuron_sensitivity.engine import backend
+from keras_neuron_sensitivity.engine.activity import SiteSums
 from keras_neuron_sensitivity.engine.rules.base import primal_weights, weights_as
 from keras_neuron_sensitivity.engine.replay import (
     Replay,
@@ -39,6 +45,7 @@ from keras_neuron_sensitivity.engine.replay import (
     neuron_values,
     primary_variables,
 )
+from keras.src.backend import get_keras_mask, set_keras_mask
 
 _WRT_STREAM = {"weights": 1, "inputs": 2}
 
@@ -56,15 +63,27 @@ class Estimator:
         wrt: a tuple of `"weights"` and/or `"inputs"`.
         num_probes: the number of tangents `m`.
         memory_budget: bytes of working memory one chunk may take.
+        activity: `[activity.SitePlan]`, one per key, to read the sites'
+            activity in the first probe's forward (`compute`), or None.
+
+    Attributes:
+        activity_error: the exception that reading the activity in the
+            forward raised, or None. From then on none is read (the
+            estimates never depend on it).
     """
 
-    def __init__(self, graph, keys, wrt, num_probes, memory_budget):
+    def __init__(self, graph, keys, wrt, num_probes, memory_budget, activity=None):
         self.replay = Replay(graph, keys)
         self.keys = list(keys)
         self.wrt = tuple(wrt)
         self.num_probes = int(num_probes)
         self.memory_budget = int(memory_budget)
-        self.variables = Variables(self.replay.calls)
+        self.sums = None if activity is None else SiteSums(activity)
+        self.activity_error = None
+        # Read only (the utility's outgoing masses): never given a tangent.
+        self.variables = Variables(
+            self.replay.calls, read=() if self.sums is None else self.sums.calls
+        )
         # To inputs: tangents at the float inputs and the embedded inputs
         # (the outputs of the calls that turn token ids into floats).
         self._sensitivity_inputs = list(graph.sensitivity_inputs)
@@ -80,14 +99,33 @@ class Estimator:
             snapshot: `{id(variable): value}` to compute on, or None for
                 the variables' values now.
         """
+        return self.compute(inputs, seed, snapshot)[0]
+
+    def compute(self, inputs, seed, snapshot=None):
+        """`(squares, activity)`: the squares as `__call__` gives them, and
+        `{key: {statistic: (C,) np.ndarray}}` (`activity.summarize`'s) read
+        in the first probe's forward, or None (no activity plans, or
+        reading it failed: `activity_error`)."""
         with float32_compute(self.replay.layers()), primary_variables():
             values = self.variables.values(snapshot)
             if self._plan is None:
                 with self.variables.scope(values):
                     self._plan = self._make_plan(inputs)
-                self._fns["weights"] = backend.compile(self._weights_probe)
-                self._fns["inputs"] = backend.compile(self._inputs_probe)
-            return {w: self._run(w, inputs, values, seed) for w in self.wrt}
+                for wrt, probe in (("weights", self._weights_probe), ("inputs", self._inputs_probe)):
+                    self._fns[wrt] = backend.compile(probe)
+                    self._fns[wrt, "activity"] = backend.compile(functools.partial(probe, activity=True))
+            flats = [] if self.sums is not None else None
+            if flats is not None:
+                try:
+                    first = self._run(self.wrt[0], inputs, values, seed, flats)
+                except Exception as caught:  # noqa: BLE001 - kept for the caller
+                    # The estimates must not depend on the activity.
+                    self.activity_error, self.sums, flats = caught, None, None
+            if flats is None:
+                first = self._run(self.wrt[0], inputs, values, seed)
+            squares = {self.wrt[0]: first}
+            squares.update({w: self._run(w, inputs, values, seed) for w in self.wrt[1:]})
+            return squares, None if flats is None else self.sums.statistics(flats)
 
     # --- planning -----------------------------------------------------------
 
@@ -106,7 +144,9 @@ class Estimator:
         probes = max(1, min(self.num_probes, rows // samples)) if samples == batch else 1
         return samples, probes
 
-    def _run(self, wrt, inputs, values, seed):
+    def _run(self, wrt, inputs, values, seed, flats=None):
+        """`{key: (m, B, C)}` squares for `wrt`; with a list `flats`, the
+        first probe also appends each chunk's activity sums to it."""
         batch = int(inputs[0].shape[0])
         samples, probes = self._plan
         if wrt == "weights":
@@ -133,7 +173,11 @@ class Estimator:
                         )
                         for j in range(len(at))
                     ]
-                out = fn(values, rows, tangent)
+                if flats is not None and first == 0:
+                    out, flat = self._fns[wrt, "activity"](values, rows, tangent)
+                    flats.append(backend.to_host(flat))
+                else:
+                    out = fn(values, rows, tangent)
                 chunks.append([backend.to_host(o) for o in out])  # (count, n, C)
             per_probe.append([np.concatenate(c, axis=1) for c in zip(*chunks)])
         per_key = [np.concatenate(p, axis=0) for p in zip(*per_probe)]
@@ -170,8 +214,9 @@ class Estimator:
 
     # --- the compiled probes --------------------------------------------------
 
-    def _weights_probe(self, values, inputs, flat_tangent):
-        """`[(1, n, C)]` per target: `J v` for one weight tangent."""
+    def _weights_probe(self, values, inputs, flat_tangent, activity=False):
+        """`[(1, n, C)]` per target: `J v` for one weight tangent; with
+        `activity`, also the sites' activity sums (`SiteSums.flat`)."""
         trainable = self.variables.trainable
         tangents, at = [], 0
         for v in trainable:
@@ -186,14 +231,19 @@ class Estimator:
             def f(weights):
                 with weights_as(trainable, weights):
                     targets = self.replay.target_outputs(self.replay.run(inputs))
-                return [neuron_values(y) for y in targets]
+                values = [neuron_values(y) for y in targets]
+                return (values, _primal_sites(targets)) if activity else values
 
-            _, jvps = backend.jvp(f, primals, tangents)
-        return [_as_float(j)[None] for j in jvps]
+            if not activity:
+                _, jvps = backend.jvp(f, primals, tangents)
+                return [_as_float(j)[None] for j in jvps]
+            _, jvps, sites = backend.jvp(f, primals, tangents, has_aux=True)
+            return [_as_float(j)[None] for j in jvps], self.sums.flat(_with_masks(sites))
 
-    def _inputs_probe(self, values, inputs, tangents):
+    def _inputs_probe(self, values, inputs, tangents, activity=False):
         """`[(count, n, C)]` per target: `J v` for `count` input tangents
-        side by side (the `n` samples tiled `count` times)."""
+        side by side (the `n` samples tiled `count` times); with
+        `activity`, also the sites' activity sums on the first `n`."""
         n = int(inputs[0].shape[0])
         count = int(tangents[0].shape[0]) // n if tangents else 1
         tiled = [ops.tile(x, [count] + [1] * (len(x.shape) - 1)) for x in inputs]
@@ -206,12 +256,45 @@ class Estimator:
             def f(at):
                 known = {**computed, **dict(zip(ids, at))}
                 targets = self.replay.target_outputs(self.replay.run(tiled, values=known))
-                return [neuron_values(y) for y in targets]
+                values = [neuron_values(y) for y in targets]
+                return (values, _primal_sites(targets)) if activity else values
 
-            _, jvps = backend.jvp(
-                f, primals, [ops.cast(t, x.dtype) for t, x in zip(tangents, primals)]
-            )
-        return [ops.reshape(_as_float(j), (count, n, -1)) for j in jvps]
+            tangents = [ops.cast(t, x.dtype) for t, x in zip(tangents, primals)]
+            if not activity:
+                _, jvps = backend.jvp(f, primals, tangents)
+                return [ops.reshape(_as_float(j), (count, n, -1)) for j in jvps]
+            _, jvps, sites = backend.jvp(f, primals, tangents, has_aux=True)
+            # An embedded input was a primal: its own tensor holds its mask.
+            sites = [
+                _primal_sites([computed[t]])[0] if t in computed else site
+                for t, site in zip(self.replay.target_tensors, sites)
+            ]
+            first = [tuple(part[:n] for part in site) for site in sites]
+            out = [ops.reshape(_as_float(j), (count, n, -1)) for j in jvps]
+            return out, self.sums.flat(_with_masks(first))
+
+
+def _primal_sites(targets):
+    """The sites' tensors, each `(y,)` or `(y, mask)`, handed out of a JVP
+    as its auxiliary output: the Keras mask is an attribute of the tensor
+    object, which the JVP does not hand back (and `torch.func` takes no
+    None there)."""
+    out = []
+    for y in targets:
+        mask = get_keras_mask(y)
+        y = ops.stop_gradient(y)
+        out.append((y,) if mask is None else (y, mask))
+    return out
+
+
+def _with_masks(sites):
+    """`[(y,) or (y, mask)]` -> the tensors, each carrying its mask again."""
+    out = []
+    for y, *mask in sites:
+        if mask:
+            set_keras_mask(y, mask[0])
+        out.append(y)
+    return out
 
 
 def _as_float(x):

@@ -105,6 +105,9 @@ class Variables:
 
     Args:
         calls: the replayed calls.
+        read: other calls whose variables the computation only reads (the
+            consumers whose kernels give the activity's outgoing masses):
+            their variables are state here, never differentiated.
 
     Attributes:
         trainable: the trainable weights (`Call.weights`), each once.
@@ -114,14 +117,14 @@ class Variables:
             replace: they are read as they are.
     """
 
-    def __init__(self, calls):
+    def __init__(self, calls, read=()):
         seen, trainable, state = set(), [], []
         for call in calls:
             for v in call.weights:
                 if id(v) not in seen:
                     seen.add(id(v))
                     trainable.append(v)
-        for call in calls:
+        for call in [*calls, *read]:
             for v in getattr(call.layer, "variables", ()):
                 if id(v) not in seen:
                     seen.add(id(v))

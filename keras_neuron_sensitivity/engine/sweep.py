@@ -30,6 +30,10 @@ rounds, both chosen from the memory budget. When everything fits in one
 round (the common case) forward, Gram matrices and reverse are one compiled
 call; otherwise a compiled forward per sample chunk feeds a compiled reverse
 per round. Each is traced once per probe shape.
+
+Given the selected sites' activity plans, the same compiled forward also
+returns their activity sums (`activity.SiteSums`), read off the tensors it
+computes anyway: no second forward for the neuron health.
 """
 
 import math
@@ -41,6 +45,7 @@ from keras import ops
 from keras.src.backend import get_keras_mask
 
 from keras_neuron_sensitivity.engine import backend, gram
+from keras_neuron_sensitivity.engine.activity import SiteSums
 from keras_neuron_sensitivity.engine.cost import MAC_COST, PER_ROW_LOOP_COST
 
 from keras_neuron_sensitivity.engine.rules import base, table
@@ -67,13 +72,18 @@ class Sweep:
         keys: keys of the layer calls to evaluate.
         wrt: a tuple of `"weights"` and/or `"inputs"`.
         memory_budget: bytes of working memory one chunk may take.
+        activity: `[activity.SitePlan]`, one per key, to read the sites'
+            activity in the same forward (`compute`), or None.
 
     Attributes:
         timings: seconds spent planning and tracing on the first call
             (`{"planning": s, "tracing": s}`), for benchmarks.
+        activity_error: the exception that reading the activity in the
+            forward raised, or None. From then on the forward reads none
+            (the sensitivities never depend on it).
     """
 
-    def __init__(self, graph, keys, wrt, memory_budget):
+    def __init__(self, graph, keys, wrt, memory_budget, activity=None):
         self.graph = graph
         self.keys = list(keys)
         self.wrt = tuple(wrt)
@@ -111,7 +121,11 @@ class Sweep:
         )
         self.plan.live = _liveness(self.plan)
         self._forward_fn = self._reverse_fn = self._whole_fn = None
-        self.variables = Variables(calls)
+        self.sums = None if activity is None else SiteSums(activity)
+        self.activity_error = None
+        # The masses of the activity's utility read the consumers' kernels,
+        # which may lie past the last selected call.
+        self.variables = Variables(calls, read=() if self.sums is None else self.sums.calls)
         self._called = set()  # compiled functions called once (traced)
         self.timings = {}
 
@@ -126,9 +140,25 @@ class Sweep:
                 (`replay.snapshot_values`), or None for the variables' values
                 now.
         """
+        return self.compute(inputs, snapshot)[0]
+
+    def compute(self, inputs, snapshot=None):
+        """`(norms, activity)`: the norms as `__call__` gives them, and
+        `{key: {statistic: (C,) np.ndarray}}` (`activity.summarize`'s) read
+        in the same forward, or None (no activity plans, or reading it
+        failed: `activity_error`)."""
         with float32_compute([call.layer for call in self.plan.calls]), primary_variables():
             values = self.variables.values(snapshot)
-            return self._compute(values, inputs)
+            if self.sums is None:
+                return self._compute(values, inputs)
+            try:
+                return self._compute(values, inputs)
+            except Exception as caught:  # noqa: BLE001 - kept for the caller
+                # The sensitivities must not depend on the activity: trace
+                # again without it (if they fail too, that error is raised).
+                self.activity_error, self.sums = caught, None
+                self._forward_fn = self._reverse_fn = self._whole_fn = None
+                return self._compute(values, inputs)
 
     def _compute(self, values, inputs):
         if not self.plan.ready:
@@ -136,6 +166,7 @@ class Sweep:
             with self.variables.scope(values):
                 self._make_plan(inputs)
             self.timings["planning"] = time.perf_counter() - start
+        if self._whole_fn is None:
             self._forward_fn = backend.compile(self._forward_tensors)
             self._reverse_fn = backend.compile(self._reverse_round)
             self._whole_fn = backend.compile(self._whole)
@@ -146,17 +177,19 @@ class Sweep:
         if rounds == 1 and samples >= int(inputs[0].shape[0]):
             # Everything fits at once: one compiled call, no caches passed
             # between functions.
-            out = self._timed(self._whole_fn, values, inputs)
+            out, flat = self._timed(self._whole_fn, values, inputs)
             squares = {w: [backend.to_host(v).T for v in out[w]] for w in self.wrt}
+            flats = [] if flat is None else [backend.to_host(flat)]
         else:
-            squares = self._chunked(values, inputs, samples)
-        return {
+            squares, flats = self._chunked(values, inputs, samples)
+        norms = {
             w: {
                 key: np.sqrt(np.maximum(squares[w][j], 0.0))
                 for j, key in enumerate(self.keys)
             }
             for w in self.wrt
         }
+        return norms, self.sums.statistics(flats) if self.sums is not None else None
 
     def _timed(self, fn, *args):
         """`fn(*args)`; the first call of each function (which traces and
@@ -172,13 +205,21 @@ class Sweep:
         return out
 
     def _chunked(self, values, inputs, samples):
-        """Squared norms `(B, C)` per wrt and target, chunk by chunk."""
+        """Squared norms `(B, C)` per wrt and target, chunk by chunk, and
+        the activity sums of each chunk (host vectors, `SiteSums.flat`)."""
         batch = int(inputs[0].shape[0])
         blocks = {w: [[] for _ in self.keys] for w in self.wrt}
+        flats = []
         for begin in range(0, batch, samples):
             chunk = [_take_rows(x, begin, samples) for x in inputs]
+            keep = None
+            if self.sums is not None:
+                # The last chunk is padded with copies of its first sample.
+                keep = backend.as_tensor((np.arange(samples) < batch - begin).astype(np.float32))
             # One forward pass per sample chunk, shared by every round.
-            outputs, caches, grams, live = self._timed(self._forward_fn, values, chunk)
+            outputs, caches, grams, live, flat = self._timed(self._forward_fn, values, chunk, keep)
+            if flat is not None:
+                flats.append(backend.to_host(flat))
             live = [None if v is None else backend.to_host(v).T for v in live]  # (C, n)
             if self.plan.packed is None:
                 self._pack(live, samples)
@@ -197,7 +238,7 @@ class Sweep:
             for w in self.wrt:
                 for j in range(len(self.keys)):
                     blocks[w][j].append(sums[w][j].T[: min(samples, batch - begin)])
-        return {w: [np.concatenate(b) for b in blocks[w]] for w in self.wrt}
+        return {w: [np.concatenate(b) for b in blocks[w]] for w in self.wrt}, flats
 
     def _pack(self, live, samples):
         """Decides, on the first chunk, which targets' rows are packed.
@@ -428,14 +469,22 @@ class Sweep:
             sites.append((site, cache))
         return values, sites
 
-    def _forward_tensors(self, variables, inputs):
-        """The forward pass as tensors only: outputs and caches per call, and
-        the Gram matrices at the cuts."""
+    def _forward_tensors(self, variables, inputs, keep=None):
+        """The forward pass as tensors only: outputs and caches per call, the
+        Gram matrices at the cuts, the targets' live neurons and the
+        activity sums (`keep`: the samples they count)."""
         with self.variables.scope(variables):
-            return self._forward_parts(inputs)
+            return self._forward_parts(inputs, keep)
 
-    def _forward_parts(self, inputs):
+    def _forward_parts(self, inputs, keep=None):
         values, sites = self._forward(inputs)
+        flat = None
+        if self.sums is not None:
+            with backend.name_scope("kns_forward/activity/"):
+                flat = self.sums.flat(
+                    [sites[i][0].outputs[o] for i, o in zip(self.plan.targets, self.plan.target_outputs)],
+                    keep,
+                )
         grams = _Grams(self.plan, values, sites).run()
         live = []
         for i, output in zip(self.plan.targets, self.plan.target_outputs):
@@ -449,12 +498,13 @@ class Sweep:
             [cache for _, cache in sites],
             grams,
             live,
+            flat,
         )
 
     def _whole(self, variables, inputs):
         with self.variables.scope(variables):
-            outputs, caches, grams, _ = self._forward_parts(inputs)
-            return self._reverse_parts(inputs, outputs, caches, grams, None)
+            outputs, caches, grams, _, flat = self._forward_parts(inputs)
+            return self._reverse_parts(inputs, outputs, caches, grams, None), flat
 
     def _reverse_round(self, variables, inputs, outputs, caches, grams, ids):
         with self.variables.scope(variables):

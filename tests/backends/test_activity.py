@@ -43,6 +43,33 @@ def test_statistics_match_numpy_on_this_backend(name):
         check(got[key], expected(y, keep, relu_like(layer)), key)
 
 
+@pytest.mark.parametrize("method", ["exact", "estimate"])
+@pytest.mark.parametrize("name", ["cnn", "masked_sequence"])
+def test_the_activity_is_read_in_the_methods_own_forward(name, method, monkeypatch):
+    """No second forward (issue 21): with `ActivityForward` forbidden, the
+    method's own forward gives the activity, equal to NumPy."""
+    from keras_neuron_sensitivity import _computation
+    from keras_neuron_sensitivity.engine import activity
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a second forward ran for the activity")
+
+    monkeypatch.setattr(activity.ActivityForward, "__init__", forbidden)
+    model, x = zoo.MODELS[name](), zoo.probe(name)
+    keys, masked = CHECKED[name]
+    problem = _computation.prepare(model, x, wrt=("weights", "inputs"), layers=None)
+    results = _computation.compute(
+        problem, method=method, num_probes=2, seed=0, memory_budget_mb=1024, activity=True
+    )
+    assert results.activity_error is None
+    xs = x if isinstance(x, list) else [x]
+    for key in sorted(keys):
+        layer = model.get_layer(key)
+        y = keras.ops.convert_to_numpy(keras.Model(model.inputs, layer.output)(xs if len(xs) > 1 else xs[0]))
+        keep = (x != 0) if key in masked else None
+        check(results.activity[key], expected(y, keep, relu_like(layer)), key)
+
+
 def test_utility_and_saturation_from_hand_set_weights():
     """The hand computation of `tests/test_activity.py`: utilities 1.5, 1
     and 3; then a sigmoid pushed to its upper tail is saturated, one in its

@@ -7,7 +7,10 @@ package is imported, and each defines the same names:
 
 - `vjp(f, primals)` -> `(f(primals), pullback)`: `pullback(cotangents)` is
   the gradient with the structure of `primals` (zeros where unconnected);
-- `jvp(f, primals, tangents)` -> `(f(primals), J tangents)`;
+- `jvp(f, primals, tangents, has_aux=False)` -> `(f(primals), J tangents)`;
+  with `has_aux`, `f` returns `(out, aux)` and the result is `(out,
+  J tangents, aux)`: `aux` (computed on the primals, no tangent) rides
+  along, as `jax.jvp`'s;
 - `map_rows(f, xs)`: `f` on each row of the arrays `xs` (their leading
   axis), results stacked: a loop in the graph, not a vectorization (per-row
   weight gradients, which vectorize badly);

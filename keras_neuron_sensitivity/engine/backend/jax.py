@@ -20,8 +20,8 @@ def vjp(f, primals):
     return out, lambda cotangents: pullback(cotangents)[0]
 
 
-def jvp(f, primals, tangents):
-    return jax.jvp(f, (primals,), (tangents,))
+def jvp(f, primals, tangents, has_aux=False):
+    return jax.jvp(f, (primals,), (tangents,), has_aux=has_aux)
 
 
 def vmap(f):

@@ -27,12 +27,13 @@ def vjp(f, primals):
     return out, pullback
 
 
-def jvp(f, primals, tangents):
+def jvp(f, primals, tangents, has_aux=False):
     try:
         with tf.autodiff.ForwardAccumulator(
             tf.nest.flatten(primals), tf.nest.flatten(tangents)
         ) as acc:
             out = f(primals)
+            out, aux = out if has_aux else (out, None)
         tangent = tf.nest.map_structure(
             lambda y: acc.jvp(y, unconnected_gradients=tf.UnconnectedGradients.ZERO), out
         )
@@ -40,17 +41,18 @@ def jvp(f, primals, tangents):
         # TensorFlow's forward mode fails through some while loops (an LSTM's:
         # "`dtype` variant is not compatible with ... int64"); reverse mode
         # twice gives the same product.
-        return _jvp_by_double_vjp(f, primals, tangents)
-    return out, tangent
+        return _jvp_by_double_vjp(f, primals, tangents, has_aux)
+    return (out, tangent, aux) if has_aux else (out, tangent)
 
 
-def _jvp_by_double_vjp(f, primals, tangents):
+def _jvp_by_double_vjp(f, primals, tangents, has_aux=False):
     """`J v` as the VJP of the VJP: `u -> J^T u` is linear, and its own
     transpose applied to `v` is `J v`."""
     with tf.GradientTape() as outer:
         with tf.GradientTape() as inner:
             inner.watch(tf.nest.flatten(primals))
             out = f(primals)
+            out, aux = out if has_aux else (out, None)
         u = tf.nest.map_structure(tf.zeros_like, out)
         outer.watch(tf.nest.flatten(u))
         back = inner.gradient(
@@ -63,7 +65,7 @@ def _jvp_by_double_vjp(f, primals, tangents):
         back, u, output_gradients=tf.nest.flatten(tangents),
         unconnected_gradients=tf.UnconnectedGradients.ZERO,
     )
-    return out, tangent
+    return (out, tangent, aux) if has_aux else (out, tangent)
 
 
 def map_rows(f, xs, parallel=16, dtype=None):
