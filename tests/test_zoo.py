@@ -71,8 +71,10 @@ def attention_block():
     return keras.Model(x, L.Dense(2, name="out")(L.GlobalAveragePooling1D()(f))), _floats(4, 6)
 
 
-def recurrent(layer):
-    return lambda: (_seq((5, 3), layer, L.Dense(2, name="out")), _floats(5, 3))
+def recurrent(make_layer):
+    # A fresh layer per model: a layer shared by two models has two inbound
+    # nodes, and the oracle reads the first.
+    return lambda: (_seq((5, 3), make_layer(), L.Dense(2, name="out")), _floats(5, 3))
 
 
 ZOO = {
@@ -85,10 +87,10 @@ ZOO = {
     "conv2d_transpose": lambda: (_seq((3, 3, 2), L.Conv2DTranspose(2, 3, strides=2, activation="relu", name="t"), L.GlobalAveragePooling2D(), L.Dense(2, name="o")), _floats(3, 3, 2)),
     "depthwise_separable": lambda: (_seq((6, 6, 2), L.DepthwiseConv2D(3, depth_multiplier=2, activation="relu", name="dw"), L.SeparableConv2D(3, 2, name="sep"), L.Flatten(), L.Dense(2, name="o")), _floats(6, 6, 2)),
     "norms": lambda: (_seq((5, 5, 2), L.Conv2D(4, 2, name="c"), L.BatchNormalization(name="bn"), L.GroupNormalization(2, name="gn"), L.LayerNormalization(name="ln"), L.Flatten(), L.Dense(2, name="o")), _floats(5, 5, 2)),
-    "simple_rnn_last": recurrent(L.SimpleRNN(3, name="rnn")),
+    "simple_rnn_last": recurrent(lambda: L.SimpleRNN(3, name="rnn")),
     "lstm_sequences": lambda: (_seq((5, 3), L.LSTM(3, return_sequences=True, name="rnn"), L.Dense(2, name="out")), _floats(5, 3)),
-    "gru_last": recurrent(L.GRU(3, name="rnn")),
-    "bidirectional_lstm": recurrent(L.Bidirectional(L.LSTM(2), name="bi")),
+    "gru_last": recurrent(lambda: L.GRU(3, name="rnn")),
+    "bidirectional_lstm": recurrent(lambda: L.Bidirectional(L.LSTM(2), name="bi")),
     "embedding_lstm_int_input": embedding_lstm,
     "attention_residual_layernorm": attention_block,
 }
