@@ -1,6 +1,7 @@
 """`python -m benchmarks list | run NAME [--quick] | tables`: see docs/benchmarks.md."""
 
 import argparse
+import json
 import pathlib
 import sys
 
@@ -20,6 +21,7 @@ def main(argv=None):
         p = run_sub.add_parser(name, help=bench.__doc__.splitlines()[0])
         p.add_argument("--quick", action="store_true", help="the small setting")
         p.add_argument("--timeout", type=float, default=3600.0, help="seconds per child process")
+        p.add_argument("--results", default=str(_harness.RESULTS), help=argparse.SUPPRESS)
         bench.arguments(p)
     child = sub.add_parser("child", help=argparse.SUPPRESS)
     child.add_argument("name")
@@ -35,9 +37,9 @@ def main(argv=None):
         print("\nStudies and scripts not on the harness (run as `python benchmarks/NAME.py`):")
         print("  " + ", ".join(scripts))
     elif args.command == "run":
-        path = _harness.run(args.name, args, args.timeout)
-        print(f"wrote {path.relative_to(_harness.REPO) if path.is_relative_to(_harness.REPO) else path}")
-        print(_harness.module(args.name).table(__import__("json").loads(path.read_text())))
+        path = _harness.run(args.name, args, args.timeout, args.results)
+        print(f"wrote {path}")
+        print(_harness.module(args.name).table(json.loads(path.read_text())))
     elif args.command == "tables":
         report = _harness.render_tables(pathlib.Path(args.root))
         for file, (generated, left) in report.items():

@@ -233,7 +233,7 @@ def run(name, args, timeout, results_dir=RESULTS):
         "machine": machine(),
         "load": {"start": load_start, "end": loadavg()},
         "versions": versions(),
-        "arguments": {k: v for k, v in sorted(vars(args).items()) if k not in ("command", "name", "timeout")},
+        "arguments": {k: v for k, v in sorted(vars(args).items()) if k not in ("command", "name", "timeout", "results")},
         "cases": cases,
     }
     results_dir = pathlib.Path(results_dir)

@@ -33,7 +33,6 @@ per round. Each is traced once per probe shape.
 """
 
 import math
-import time
 
 import keras
 import numpy as np
@@ -67,10 +66,6 @@ class Sweep:
         keys: keys of the layer calls to evaluate.
         wrt: a tuple of `"weights"` and/or `"inputs"`.
         memory_budget: bytes of working memory one chunk may take.
-
-    Attributes:
-        timings: seconds spent planning and tracing on the first call
-            (`{"planning": s, "tracing": s}`), for benchmarks.
     """
 
     def __init__(self, graph, keys, wrt, memory_budget):
@@ -112,8 +107,6 @@ class Sweep:
         self.plan.live = _liveness(self.plan)
         self._forward_fn = self._reverse_fn = self._whole_fn = None
         self.variables = Variables(calls)
-        self._called = set()  # compiled functions called once (traced)
-        self.timings = {}
 
     # --- public -----------------------------------------------------------
 
@@ -132,10 +125,8 @@ class Sweep:
 
     def _compute(self, values, inputs):
         if not self.plan.ready:
-            start = time.perf_counter()
             with self.variables.scope(values):
                 self._make_plan(inputs)
-            self.timings["planning"] = time.perf_counter() - start
             self._forward_fn = backend.compile(self._forward_tensors)
             self._reverse_fn = backend.compile(self._reverse_round)
             self._whole_fn = backend.compile(self._whole)
@@ -146,7 +137,7 @@ class Sweep:
         if rounds == 1 and samples >= int(inputs[0].shape[0]):
             # Everything fits at once: one compiled call, no caches passed
             # between functions.
-            out = self._timed(self._whole_fn, values, inputs)
+            out = self._whole_fn(values, inputs)
             squares = {w: [backend.to_host(v).T for v in out[w]] for w in self.wrt}
         else:
             squares = self._chunked(values, inputs, samples)
@@ -158,19 +149,6 @@ class Sweep:
             for w in self.wrt
         }
 
-    def _timed(self, fn, *args):
-        """`fn(*args)`; the first call of each function (which traces and
-        compiles it) is timed into `timings["tracing"]`."""
-        if id(fn) in self._called:
-            return fn(*args)
-        self._called.add(id(fn))
-        start = time.perf_counter()
-        out = fn(*args)
-        self.timings["tracing"] = self.timings.get("tracing", 0.0) + (
-            time.perf_counter() - start
-        )
-        return out
-
     def _chunked(self, values, inputs, samples):
         """Squared norms `(B, C)` per wrt and target, chunk by chunk."""
         batch = int(inputs[0].shape[0])
@@ -178,7 +156,7 @@ class Sweep:
         for begin in range(0, batch, samples):
             chunk = [_take_rows(x, begin, samples) for x in inputs]
             # One forward pass per sample chunk, shared by every round.
-            outputs, caches, grams, live = self._timed(self._forward_fn, values, chunk)
+            outputs, caches, grams, live = self._forward_fn(values, chunk)
             live = [None if v is None else backend.to_host(v).T for v in live]  # (C, n)
             if self.plan.packed is None:
                 self._pack(live, samples)
@@ -190,7 +168,7 @@ class Sweep:
                     for j, per_round in enumerate(rows)
                 ]
                 args = (values, chunk, outputs, caches, grams, [backend.as_tensor(i) for i in ids])
-                out = self._timed(self._reverse_fn, *args)
+                out = self._reverse_fn(*args)
                 for w in self.wrt:
                     for j, value in enumerate(out[w]):
                         _scatter(sums[w][j], ids[j], backend.to_host(value))
@@ -1049,7 +1027,8 @@ def _carry_masks(site, outputs):
 
 
 def _scope(phase, call):
-    """An absolute name scope per layer family, read by benchmarks/profile_exact.py."""
+    """An absolute name scope per layer family, so that a profiler's trace
+    groups the sweep's ops by phase and layer class."""
     return f"{phase}/{type(call.layer).__name__}/"
 
 
