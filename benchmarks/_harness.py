@@ -16,7 +16,7 @@ A benchmark is a module of this package with:
 The harness gives the child processes, one timer (`median_seconds`,
 `training_step`: costs are multiples of one training step of the same model
 measured in the same process), and the result file:
-`benchmarks/results/NAME.json`, with the machine, its load at start and end,
+a JSON file per benchmark under `benchmarks/results/`, with the machine, its load at start and end,
 the versions, the git commit and date, the arguments and each case's result.
 `render_tables` regenerates every `<!-- table: NAME -->` block of the docs
 from those files.
