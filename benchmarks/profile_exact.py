@@ -3,9 +3,10 @@
 For each model (keras.applications at 32x32x3, weights=None, 10 classes, or
 docs/benchmarks.md's small CNN) and each `wrt`, in a fresh process:
 
-  planning    building the sweep and its plan (one eager forward on a sample)
-  tracing     tracing the compiled functions (Python building the graphs)
-  first run   the rest of the first call: graph optimization, kernel set-up
+  build       building the sweep (its plan is made in the first call)
+  first call  planning, tracing and the first run together (the sweep no
+              longer times its own phases: benchmarks keep no hooks in the
+              package, issue 22, so "tracing" and "first run" print "-")
   forward     the compiled forward pass, in a steady call
   reverse     the compiled reverse sweep, in a steady call
   per-row     the part of `reverse` spent in the generic rule's per-row

@@ -10,8 +10,10 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
-# `import oracle` from the test modules, whatever pytest's import mode.
+# `import oracle` from the test modules, whatever pytest's import mode, and
+# `from benchmarks import models` (the models the benchmarks time).
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,8 @@ import keras
 import keras_hub
 import numpy as np
 
+from benchmarks import models
+
 L = keras.layers
 VOCAB, LENGTH, HIDDEN = 20, 6, 16
 RNG = np.random.default_rng(3)
@@ -23,20 +25,15 @@ def _tokens(n=2):
 
 
 def llama():
-    backbone = keras_hub.models.LlamaBackbone(
-        vocabulary_size=VOCAB, num_layers=2, num_query_heads=4, num_key_value_heads=2,
-        hidden_dim=HIDDEN, intermediate_dim=2 * HIDDEN, max_sequence_length=LENGTH,
-    )
-    return keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None), _tokens()
+    model = models.llama(blocks=2, hidden=HIDDEN, vocabulary=VOCAB, sequence=LENGTH)
+    return model, _tokens()
 
 
 def gemma3():
-    backbone = keras_hub.models.Gemma3Backbone(
-        vocabulary_size=VOCAB, image_size=16, num_layers=2, num_query_heads=2,
-        num_key_value_heads=1, hidden_dim=HIDDEN, intermediate_dim=2 * HIDDEN, head_dim=8,
-        vision_encoder=None,
+    model = models.gemma(
+        blocks=2, hidden=HIDDEN, intermediate=2 * HIDDEN, heads=2, head_dim=8, vocabulary=VOCAB
     )
-    return keras_hub.models.Gemma3CausalLM(backbone=backbone, preprocessor=None), _tokens()
+    return model, _tokens()
 
 
 def vit():

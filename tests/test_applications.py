@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from benchmarks import models
+
 from keras_neuron_sensitivity.engine.rules import base, table
 from keras_neuron_sensitivity.engine.sweep import Sweep
 from keras_neuron_sensitivity.probe import build_graph
@@ -31,7 +33,7 @@ SHAPE = (32, 32, 3)
 # name -> (builder, pixel range of its probe, layers: early, middle[, last])
 ARCHITECTURES = {
     "MobileNetV2": (
-        lambda: A.MobileNetV2(input_shape=SHAPE, alpha=0.35, weights=None, classes=10),
+        models.mobilenet_v2,  # the benchmarks' MobileNetV2
         (-1.0, 1.0),
         ["expanded_conv_depthwise", "block_6_depthwise", "predictions"],
     ),

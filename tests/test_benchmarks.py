@@ -1,4 +1,5 @@
-"""The benchmark scripts stay runnable: every name they import from the package exists.
+"""The benchmarks: the docs' tables are the ones the stored results give,
+the harness runs end to end, and every script stays runnable.
 
 The scripts take minutes and are not run by the suite; an import of a name
 that a refactoring moved would only show when someone runs them.
@@ -6,11 +7,76 @@ that a refactoring moved would only show when someone runs them.
 
 import ast
 import importlib
+import json
+import os
 import pathlib
+import shutil
+import subprocess
+import sys
 
 import pytest
 
-BENCHMARKS = sorted((pathlib.Path(__file__).parent.parent / "benchmarks").glob("*.py"))
+from benchmarks import _harness
+
+REPO = pathlib.Path(__file__).parent.parent
+BENCHMARKS = sorted((REPO / "benchmarks").glob("*.py"))
+
+
+@pytest.fixture
+def copy(tmp_path):
+    """The docs, the README and the stored results, in a temporary tree."""
+    shutil.copytree(REPO / "docs", tmp_path / "docs")
+    shutil.copy(REPO / "README.md", tmp_path / "README.md")
+    shutil.copytree(REPO / "benchmarks" / "results", tmp_path / "benchmarks" / "results")
+    return tmp_path
+
+
+def test_the_docs_tables_are_the_generated_ones(copy):
+    # A table pasted or edited by hand, or results stored without
+    # `python -m benchmarks tables` after them, fail here.
+    report = _harness.render_tables(copy)
+    generated = {name for done, _ in report.values() for name in done}
+    assert {"backends", "fit_overhead", "transformer_blocks"} <= generated
+    for path in _harness.markdown_files(REPO):
+        relative = path.relative_to(REPO)
+        assert (copy / relative).read_text() == path.read_text(), (
+            f"{relative}: a generated table differs from benchmarks/results/; "
+            "run `python -m benchmarks tables`"
+        )
+
+
+def test_tables_leave_a_table_without_results_alone(copy):
+    (copy / "benchmarks" / "results" / "fit_overhead.json").unlink()
+    before = (copy / "docs" / "benchmarks.md").read_text()
+    report = _harness.render_tables(copy)
+    assert "fit_overhead" in report["docs/benchmarks.md"][1]
+    assert (copy / "docs" / "benchmarks.md").read_text() == before
+
+
+def test_tables_are_deterministic(copy):
+    _harness.render_tables(copy)
+    once = (copy / "docs" / "benchmarks.md").read_text()
+    _harness.render_tables(copy)
+    assert (copy / "docs" / "benchmarks.md").read_text() == once
+
+
+def test_a_quick_run_end_to_end(tmp_path):
+    # About 10 s: one TensorFlow child, the digits MLP, one later call.
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks", "run", "backends", "--quick", "--backends", "tensorflow",
+         "--models", "digits_mlp", "--repeats", "1", "--results", str(tmp_path)],
+        cwd=tmp_path, env=env, check=True, capture_output=True, timeout=300,
+    )
+    record = json.loads((tmp_path / "backends.json").read_text())
+    assert record["versions"]["keras"] and record["commit"] and record["machine"]["cores"]
+    assert len(record["load"]["start"]) == 3
+    (case,) = record["cases"]
+    assert case["status"] == "ok" and case["case"]["backend"] == "tensorflow"
+    runs = case["result"]["runs"]
+    assert [(r["wrt"], r["status"]) for r in runs] == [("weights", "ok"), ("inputs", "ok")]
+    assert all(r["steady"] > 0 and r["first"] > 0 for r in runs)
+    assert "| digits MLP 64-128-64-10 | weights | exact, B=4 |" in _harness.module("backends").table(record)
 
 
 def _package_imports(path):

@@ -37,7 +37,6 @@ computes anyway: no second forward for the neuron health.
 """
 
 import math
-import time
 
 import keras
 import numpy as np
@@ -76,8 +75,6 @@ class Sweep:
             activity in the same forward (`compute`), or None.
 
     Attributes:
-        timings: seconds spent planning and tracing on the first call
-            (`{"planning": s, "tracing": s}`), for benchmarks.
         activity_error: the exception that reading the activity in the
             forward raised, or None. From then on the forward reads none
             (the sensitivities never depend on it).
@@ -126,8 +123,6 @@ class Sweep:
         # The masses of the activity's utility read the consumers' kernels,
         # which may lie past the last selected call.
         self.variables = Variables(calls, read=() if self.sums is None else self.sums.calls)
-        self._called = set()  # compiled functions called once (traced)
-        self.timings = {}
 
     # --- public -----------------------------------------------------------
 
@@ -162,10 +157,8 @@ class Sweep:
 
     def _compute(self, values, inputs):
         if not self.plan.ready:
-            start = time.perf_counter()
             with self.variables.scope(values):
                 self._make_plan(inputs)
-            self.timings["planning"] = time.perf_counter() - start
         if self._whole_fn is None:
             self._forward_fn = backend.compile(self._forward_tensors)
             self._reverse_fn = backend.compile(self._reverse_round)
@@ -177,7 +170,7 @@ class Sweep:
         if rounds == 1 and samples >= int(inputs[0].shape[0]):
             # Everything fits at once: one compiled call, no caches passed
             # between functions.
-            out, flat = self._timed(self._whole_fn, values, inputs)
+            out, flat = self._whole_fn(values, inputs)
             squares = {w: [backend.to_host(v).T for v in out[w]] for w in self.wrt}
             flats = [] if flat is None else [backend.to_host(flat)]
         else:
@@ -190,19 +183,6 @@ class Sweep:
             for w in self.wrt
         }
         return norms, self.sums.statistics(flats) if self.sums is not None else None
-
-    def _timed(self, fn, *args):
-        """`fn(*args)`; the first call of each function (which traces and
-        compiles it) is timed into `timings["tracing"]`."""
-        if id(fn) in self._called:
-            return fn(*args)
-        self._called.add(id(fn))
-        start = time.perf_counter()
-        out = fn(*args)
-        self.timings["tracing"] = self.timings.get("tracing", 0.0) + (
-            time.perf_counter() - start
-        )
-        return out
 
     def _chunked(self, values, inputs, samples):
         """Squared norms `(B, C)` per wrt and target, chunk by chunk, and
@@ -217,7 +197,7 @@ class Sweep:
                 # The last chunk is padded with copies of its first sample.
                 keep = backend.as_tensor((np.arange(samples) < batch - begin).astype(np.float32))
             # One forward pass per sample chunk, shared by every round.
-            outputs, caches, grams, live, flat = self._timed(self._forward_fn, values, chunk, keep)
+            outputs, caches, grams, live, flat = self._forward_fn(values, chunk, keep)
             if flat is not None:
                 flats.append(backend.to_host(flat))
             live = [None if v is None else backend.to_host(v).T for v in live]  # (C, n)
@@ -231,7 +211,7 @@ class Sweep:
                     for j, per_round in enumerate(rows)
                 ]
                 args = (values, chunk, outputs, caches, grams, [backend.as_tensor(i) for i in ids])
-                out = self._timed(self._reverse_fn, *args)
+                out = self._reverse_fn(*args)
                 for w in self.wrt:
                     for j, value in enumerate(out[w]):
                         _scatter(sums[w][j], ids[j], backend.to_host(value))
@@ -1099,7 +1079,8 @@ def _carry_masks(site, outputs):
 
 
 def _scope(phase, call):
-    """An absolute name scope per layer family, read by benchmarks/profile_exact.py."""
+    """An absolute name scope per layer family, so that a profiler's trace
+    groups the sweep's ops by phase and layer class."""
     return f"{phase}/{type(call.layer).__name__}/"
 
 

@@ -1,0 +1,54 @@
+"""`python -m benchmarks list | run NAME [--quick] | tables`: see docs/benchmarks.md."""
+
+import argparse
+import json
+import pathlib
+import sys
+
+from benchmarks import _harness
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the benchmarks, and the scripts not yet on the harness")
+    tables = sub.add_parser("tables", help="regenerate the docs' tables from benchmarks/results/")
+    tables.add_argument("--root", default=str(_harness.REPO), help=argparse.SUPPRESS)
+    run = sub.add_parser("run", help="run one benchmark and store its JSON")
+    run_sub = run.add_subparsers(dest="name", required=True)
+    for name in _harness.BENCHMARKS:
+        bench = _harness.module(name)
+        p = run_sub.add_parser(name, help=bench.__doc__.splitlines()[0])
+        p.add_argument("--quick", action="store_true", help="the small setting")
+        p.add_argument("--timeout", type=float, default=3600.0, help="seconds per child process")
+        p.add_argument("--results", default=str(_harness.RESULTS), help=argparse.SUPPRESS)
+        bench.arguments(p)
+    child = sub.add_parser("child", help=argparse.SUPPRESS)
+    child.add_argument("name")
+    child.add_argument("case")
+    args = parser.parse_args(argv)
+
+    if args.command == "list":
+        for name in _harness.BENCHMARKS:
+            print(f"{name:<20} {_harness.module(name).__doc__.splitlines()[0]}")
+        here = pathlib.Path(__file__).parent
+        scripts = sorted(p.stem for p in here.glob("[!_]*.py")
+                         if p.stem not in _harness.BENCHMARKS and p.stem != "models")
+        print("\nStudies and scripts not on the harness (run as `python benchmarks/NAME.py`):")
+        print("  " + ", ".join(scripts))
+    elif args.command == "run":
+        path = _harness.run(args.name, args, args.timeout, args.results)
+        print(f"wrote {path}")
+        print(_harness.module(args.name).table(json.loads(path.read_text())))
+    elif args.command == "tables":
+        report = _harness.render_tables(pathlib.Path(args.root))
+        for file, (generated, left) in report.items():
+            print(f"{file}: generated {', '.join(generated) or '-'}; "
+                  f"left alone (no stored result): {', '.join(left) or '-'}")
+    elif args.command == "child":
+        _harness.child_main(args.name, args.case)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
