@@ -21,7 +21,7 @@ demo: $(STAMP)
 # two CPU devices for tests/backends/test_distribution.py. Two pytest-xdist
 # workers, each test file whole on one (module fixtures start TensorBoard
 # servers once): 1.75x faster on this project's 2-core machines.
-PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile --durations=10
 
 test: $(STAMP)
 	KERAS_BACKEND=tensorflow $(PYTEST)
