@@ -30,11 +30,12 @@ import os
 import pathlib
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import threading
 import time
+
+from benchmarks._machine import cpu_model, median_seconds
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -55,18 +56,6 @@ def module(name):
 
 # ---------------------------------------------------------------------------
 # The timer
-
-
-def median_seconds(fn, repeats, warmup=0):
-    """The median wall time of `repeats` calls of `fn`, after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def training_step(model, x, y, repeats=30, warmup=3):
@@ -96,13 +85,7 @@ def loadavg():
 
 
 def machine():
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
             "platform": platform.platform()}
 
 

@@ -65,8 +65,11 @@ def machine_info():
     ]
 
 
-def median_seconds(fn, repeats):
-    """The median time of `repeats` calls of `fn` (after the caller's warm-up)."""
+def median_seconds(fn, repeats, warmup=0):
+    """The median wall time of `repeats` calls of `fn`, after `warmup` untimed
+    ones: the one timer of every benchmark, the harness's included."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

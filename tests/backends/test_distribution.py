@@ -78,25 +78,7 @@ def _free_port():
 
 def test_two_processes_finish_and_only_process_zero_writes(tmp_path):
     log_dir = tmp_path / "two_processes"
-    port = str(_free_port())
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    workers = [
-        subprocess.Popen(
-            [sys.executable, os.path.join(WORKERS, "jax_process.py"), str(i), port, str(log_dir)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for i in range(2)
-    ]
-    outputs = []
-    for worker in workers:
-        try:
-            out, err = worker.communicate(timeout=300)
-        except subprocess.TimeoutExpired:
-            for w in workers:
-                w.kill()
-            raise
-        assert worker.returncode == 0, err[-3000:]
-        outputs.append(out.strip().splitlines()[-1].split())  # after Gloo's chatter
+    outputs = _run_workers("jax_process.py", log_dir)
     # Process 0 computed both epochs; process 1 none.
     assert outputs == [["0", "2"], ["1", "0"]]
     events = os.listdir(log_dir / "sensitivity")
