@@ -1,6 +1,7 @@
 """`python -m benchmarks list | run NAME [--quick] | tables`: see docs/benchmarks.md."""
 
 import argparse
+import ast
 import json
 import pathlib
 import sys
@@ -11,7 +12,7 @@ from benchmarks import _harness
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="the benchmarks, and the scripts not yet on the harness")
+    sub.add_parser("list", help="the benchmarks, the studies, and the scripts not yet on the harness")
     tables = sub.add_parser("tables", help="regenerate the docs' tables from benchmarks/results/")
     tables.add_argument("--root", default=str(_harness.REPO), help=argparse.SUPPRESS)
     run = sub.add_parser("run", help="run one benchmark and store its JSON")
@@ -29,13 +30,21 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     if args.command == "list":
-        for name in _harness.BENCHMARKS:
-            print(f"{name:<20} {_harness.module(name).__doc__.splitlines()[0]}")
         here = pathlib.Path(__file__).parent
+        studies = sorted((here / "studies").glob("[!_]*.py"))
+        width = max(len(name) for name in [*_harness.BENCHMARKS, *(p.stem for p in studies)]) + 2
+        for name in _harness.BENCHMARKS:
+            print(f"{name:<{width}}{_harness.module(name).__doc__.splitlines()[0]}")
+        print("\nStudies: one-off, their conclusions in the docs, nothing stored "
+              "(run as `python benchmarks/studies/NAME.py`):")
+        for path in studies:
+            doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+            print(f"{path.stem:<{width}}{doc.splitlines()[0] if doc else ''}")
         scripts = sorted(p.stem for p in here.glob("[!_]*.py")
                          if p.stem not in _harness.BENCHMARKS and p.stem != "models")
-        print("\nStudies and scripts not on the harness (run as `python benchmarks/NAME.py`):")
-        print("  " + ", ".join(scripts))
+        if scripts:
+            print("\nScripts not yet on the harness (run as `python benchmarks/NAME.py`):")
+            print("  " + ", ".join(scripts))
     elif args.command == "run":
         path = _harness.run(args.name, args, args.timeout, args.results)
         print(f"wrote {path}")

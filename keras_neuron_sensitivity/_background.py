@@ -2,7 +2,7 @@
 
 One thread for the process, kept for its lifetime: a thread per computation
 would make the allocator open new arenas, and the process's memory grow, over
-the first hundred epochs (49 MiB in `benchmarks/soak.py`). It is a daemon,
+the first hundred epochs (49 MiB in `benchmarks/studies/soak.py`). It is a daemon,
 so that it never keeps the interpreter alive; at exit, the computations
 submitted are waited for first (a `fit` left by an exception still writes
 its last epoch). A computation's exception is kept for the main thread,

@@ -1,12 +1,12 @@
 """keras.applications under the exact engine: which rule serves each layer, and speed.
 
-    .venv/bin/python benchmarks/applications_rules.py rules
+    .venv/bin/python benchmarks/studies/applications_rules.py rules
         For MobileNetV2 (alpha 0.35), MobileNetV3Small, EfficientNetB0,
         ResNet50, DenseNet121 and ConvNeXtTiny (weights=None, 10 classes,
         32x32x3): per architecture, how many layer calls each rule class
         serves, and every call left to GenericRule (none is the goal).
 
-    .venv/bin/python benchmarks/applications_rules.py speed [--table before]
+    .venv/bin/python benchmarks/studies/applications_rules.py speed [--table before]
         MobileNetV2 (alpha 0.35, 32x32x3, 10 classes), default layers, probe
         of 4: seconds per `neuron_sensitivity` call, to inputs and to weights,
         first call (tracing included) and later calls, each as a ratio to one
@@ -16,19 +16,23 @@
         generic rule again, as before, for the comparison.
 
 Progress goes to stderr, results to stdout. Timings on a shared machine are
-noisy: the load average is printed with them.
+noisy: the load average is printed with them. A study, not on the harness:
+its conclusions are prose in docs/benchmarks.md and docs/models.md, and
+nothing of it is stored.
 """
 
 import argparse
 import collections
 import os
+import pathlib
 import statistics
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the repository: `benchmarks`
 
-from _machine import cpu_model, loadavg  # noqa: E402
+from benchmarks._machine import cpu_model, loadavg  # noqa: E402
 
 SHAPE = (32, 32, 3)
 ARCHITECTURES = (
@@ -83,13 +87,13 @@ def rules():
             print("  no layer call uses GenericRule")
 
 
-def speed(table, calls):
+def speed(which, calls):
     import numpy as np
 
     from keras_neuron_sensitivity import neuron_sensitivity
     from keras_neuron_sensitivity.engine.rules import base, table
 
-    if table == "before":
+    if which == "before":
         closed = table.rule_for
 
         def before(layer):
@@ -119,7 +123,7 @@ def speed(table, calls):
         return statistics.median(t[0] for t in times), sum(t[1] for t in times) / 10
 
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, load {loadavg()}")
-    print(f"rule table: {table}; MobileNetV2 alpha 0.35, 32x32x3, probe 4, default layers")
+    print(f"rule table: {which}; MobileNetV2 alpha 0.35, 32x32x3, probe 4, default layers")
     print("Each time as seconds and as training steps (wall / CPU: the CPU ratio")
     print("moves less when other work shares the machine).")
     step = train_step()

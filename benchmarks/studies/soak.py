@@ -16,25 +16,31 @@ The event file is read back after `fit` (record by record, each record's
 bytes on disk attributed to its step), so the sizes are exact and do not
 depend on when the background thread wrote them.
 
-    .venv/bin/python benchmarks/soak.py                 # 400 epochs, ~2-5 min
-    .venv/bin/python benchmarks/soak.py --epochs 1000
+    .venv/bin/python benchmarks/studies/soak.py                 # 400 epochs, ~2-5 min
+    .venv/bin/python benchmarks/studies/soak.py --epochs 1000
+
+A study, not on the harness: its conclusions are prose in
+docs/safe-to-leave-on.md, and nothing of it is stored.
 """
 
 import argparse
 import os
+import pathlib
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the repository: `benchmarks`
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorboard.compat.proto import event_pb2  # noqa: E402
 
-from _machine import cpu_model, loadavg  # noqa: E402
-from fit_overhead import data, make_model  # noqa: E402
+from benchmarks import models  # noqa: E402
+from benchmarks._machine import cpu_model, loadavg  # noqa: E402
 from keras_neuron_sensitivity import NeuronSensitivityCallback, load_sensitivity  # noqa: E402
 from keras_neuron_sensitivity.tensorboard import pictures  # noqa: E402
 from keras_neuron_sensitivity.tensorboard.tags import WRT_PREFIX  # noqa: E402
@@ -102,7 +108,7 @@ def main():
     args = parser.parse_args()
     print("soak.py: NeuronSensitivityCallback over many logged epochs")
     print(f"  CPU: {cpu_model()}; {os.cpu_count()} cores; load average at start: {loadavg()}")
-    x, y = data()
+    x, y = models.digits()
     x, y = x[:512], y[:512]
     print(
         f"  MLP 64-128-64-10, 512 samples, batch 128 (4 steps/epoch), {args.epochs} epochs, "
@@ -111,7 +117,9 @@ def main():
     log_dir = tempfile.mkdtemp(prefix="kns_soak_")
     try:
         keras.utils.set_random_seed(0)
-        model = make_model()
+        model = models.digits_mlp()
+        model.compile(optimizer=keras.optimizers.Adam(), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
         sampler = Sampler()
         callback = NeuronSensitivityCallback(
             x[:128], log_dir=log_dir, asynchronous=bool(args.asynchronous), method=args.method
