@@ -100,6 +100,66 @@ def llama(blocks=2, hidden=16, heads=4, kv_heads=2, vocabulary=20, sequence=6):
     return keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
 
 
+def bert(blocks=2, hidden=32, heads=2, vocabulary=100, sequence=8):
+    """A keras_hub `BertBackbone` (tiny by default: the text benchmark's)."""
+    import keras_hub
+
+    return keras_hub.models.BertBackbone(
+        vocabulary_size=vocabulary, num_layers=blocks, num_heads=heads, hidden_dim=hidden,
+        intermediate_dim=2 * hidden, max_sequence_length=sequence,
+    )
+
+
+def gpt2(blocks=2, hidden=32, heads=2, vocabulary=100, sequence=8):
+    """A keras_hub `GPT2Backbone` (tiny by default: the text benchmark's)."""
+    import keras_hub
+
+    return keras_hub.models.GPT2Backbone(
+        vocabulary_size=vocabulary, num_layers=blocks, num_heads=heads, hidden_dim=hidden,
+        intermediate_dim=2 * hidden, max_sequence_length=sequence,
+    )
+
+
+def transformer_classifier(blocks=2, hidden=32, heads=2, vocabulary=100, sequence=8, classes=2):
+    """A Keras Transformer classifier on token ids: `Embedding`, `blocks` x
+    (`MultiHeadAttention`, Add, LayerNormalization, feed-forward `Dense`s,
+    Add, LayerNormalization), global average pooling, `Dense(classes)` logits."""
+    ids = keras.Input((sequence,), dtype="int32", name="token_ids")
+    h = L.Embedding(vocabulary, hidden, name="token_embedding")(ids)
+    for i in range(blocks):
+        a = L.MultiHeadAttention(heads, hidden // heads, name=f"attention_{i}")(h, h)
+        h = L.LayerNormalization(name=f"norm_{i}")(L.Add()([h, a]))
+        f = L.Dense(2 * hidden, activation="relu", name=f"ffn_in_{i}")(h)
+        f = L.Dense(hidden, name=f"ffn_out_{i}")(f)
+        h = L.LayerNormalization(name=f"ffn_norm_{i}")(L.Add()([h, f]))
+    out = L.Dense(classes, name="out")(L.GlobalAveragePooling1D()(h))
+    return keras.Model(ids, out, name="transformer_classifier")
+
+
+def with_head(backbone, classes=2):
+    """A keras_hub backbone with a `Dense(classes)` logits head on its pooled
+    output (BERT's) or its averaged sequence output (GPT-2's): a model that
+    `train_on_batch` takes with integer labels."""
+    output = backbone.output
+    pooled = output["pooled_output"] if isinstance(output, dict) else L.GlobalAveragePooling1D()(output)
+    return keras.Model(backbone.input, L.Dense(classes)(pooled))
+
+
+def text_inputs(name, n, sequence, vocabulary, seed):
+    """`n` random token sequences for `bert`, `gpt2` or `transformer_classifier`:
+    ids in [1, vocabulary), the first half's last two positions padded."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, vocabulary, (n, sequence)).astype("int32")
+    mask = np.ones((n, sequence), "int32")
+    mask[: n // 2, -2:] = 0
+    if name == "transformer_classifier":
+        return ids
+    inputs = {"token_ids": ids, "padding_mask": mask}
+    if name == "bert":
+        inputs["segment_ids"] = np.zeros_like(ids)
+    return inputs
+
+
 def tokens(n, sequence, vocabulary, seed):
     """`{"token_ids", "padding_mask"}` of `n` unpadded random sequences."""
     rng = np.random.default_rng(seed)
