@@ -44,7 +44,8 @@ DISTRIBUTIONS = ("numpy", "keras", "tensorflow", "jax", "jaxlib", "torch", "kera
 
 # The ported benchmarks, by name; the other scripts in benchmarks/ are run as
 # scripts (`list` shows them).
-BENCHMARKS = ("backends", "fit_overhead", "transformer_blocks")
+BENCHMARKS = ("backends", "fit_overhead", "transformer_blocks",
+              "text_models", "dashboard", "activity_overhead", "fit_overhead_mobilenet")
 
 
 def module(name):

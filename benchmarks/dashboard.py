@@ -1,7 +1,7 @@
-"""The Neurons dashboard on a language-model-shaped run: each route's time and size.
+"""The Neurons dashboard on a language-model-shaped run: TensorBoard's answers, timed, and the page in headless Chromium.
 
 Writes two runs with `SensitivityWriter` (synthetic values, no model) under
-a temporary log directory:
+a temporary log directory (or `--logdir`, kept and reused):
 
 - `llm/sensitivity`: the sites keras_hub's `LlamaBackbone` logs (13 per
   block: the block, its two norms, `self_attention` and its query, key,
@@ -24,24 +24,24 @@ float16's smallest subnormal (1e-9), and one NaN.
 Then starts `tensorboard` on loopback (its Rust data server, the default)
 on that directory and measures, as medians of `--repeats` requests after
 one warm-up: the `runs` listing; the wide layer through the JSON route
-(`layer`) and the binary one (`matrix`, whole and with `max_steps=256`,
-what the page asks); an FFN site of the LLM run. Bytes are the answer's
-body as sent: the JSON route also as gzip, which a browser asks for. With
-`--browser`, also the page in headless Chromium (Debian's `chromium`, and
-`playwright`): from navigation until the tab says ready, from a closed
-block's `ffn` shortcut until its matrix is drawn, and from opening a block
-until the matrices in view are drawn.
+(`layer`, also gzipped, as a browser asks for it) and the binary one
+(`matrix`, whole and with `max_steps=256`, what the page asks); an FFN site
+of the LLM run through both. Bytes are the answer's body as sent. Unless
+`--no-browser`: the page in headless Chromium (`/usr/bin/chromium`, driven
+by `playwright`), the median of `--repeats` page loads: from
+navigation until the tab says ready (with the plugin's requests and their
+bytes), from a closed block's `ffn` shortcut until its matrix is drawn, and
+from opening another block until the matrices in view are drawn.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/dashboard.py
-    PYTHONPATH=. .venv/bin/python benchmarks/dashboard.py --repeats 3 --browser
-    PYTHONPATH=. .venv/bin/python benchmarks/dashboard.py --logdir /tmp/llm_runs  # kept, reused
+No training step: nothing here runs a model. Quick: 3 repeats. Full: 5.
+The runs are the same size either way (writing them takes about a minute).
 """
 
-import argparse
 import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,13 +49,9 @@ import time
 import urllib.parse
 import urllib.request
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the package's import loads TensorFlow
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from _machine import machine_info, median_seconds  # noqa: E402
-from keras_neuron_sensitivity.engine.summary import Sensitivities  # noqa: E402
-from keras_neuron_sensitivity.tensorboard.writer import SensitivityWriter  # noqa: E402
+from benchmarks import _harness
 
 PLUGIN = "keras_neuron_sensitivity"
 BLOCKS, EPOCHS, WIDE_EPOCHS = 8, 100, 300
@@ -102,6 +98,9 @@ def _vector(rng, neurons, step, frozen=None):
 
 def write_run(run_dir, layers, epochs, frozen=None, heads=None, seed=0):
     """Writes `epochs` logged epochs of `layers` ({key: neurons}) to both wrt."""
+    from keras_neuron_sensitivity.engine.summary import Sensitivities
+    from keras_neuron_sensitivity.tensorboard.writer import SensitivityWriter
+
     rng = np.random.default_rng(seed)
     writer = SensitivityWriter(run_dir, num_bins=30)
     frozen = frozen or {}
@@ -170,33 +169,53 @@ def _steps(base, run, key):
     return len(json.loads(body)["wrt"]["inputs"]["steps"]) if status == 200 else -1
 
 
-def measure(label, url, repeats, gzipped=False):
+def arguments(parser):
+    parser.add_argument("--repeats", type=int, default=None, help="requests per route (default 5, quick 3)")
+    parser.add_argument("--no-browser", action="store_true", help="skip the page in headless Chromium")
+    parser.add_argument("--logdir", default=None,
+                        help="write the runs there and keep them (reused if it holds them already)")
+
+
+def cases(args):
+    return [{"backend": "tensorflow", "repeats": args.repeats or (3 if args.quick else 5),
+             "browser": not args.no_browser, "logdir": args.logdir}]
+
+
+def _route(url, repeats, gzipped=False):
+    """`{"seconds", "bytes"}` of one route, or `{"status"}` when it is not served."""
     status, body = fetch(url, gzipped)
     if status != 200:
-        print(f"{label:<52} HTTP {status} (route not served)")
-        return
-    seconds = median_seconds(lambda: fetch(url, gzipped), repeats)
-    print(f"{label:<52} {seconds:7.3f} s  {len(body) / 1e6:8.3f} MB")
+        return {"status": status}
+    return {"seconds": _harness.median_seconds(lambda: fetch(url, gzipped), repeats), "bytes": len(body)}
 
 
 def browser_timings(base, repeats):
-    """Seconds, in headless Chromium, from navigation until the tab says
-    ready; from a closed block's `ffn` shortcut until its matrix is drawn;
-    from opening another block until the matrices in view are drawn."""
+    """Medians, in headless Chromium: `load` from navigation until the tab
+    says ready (and meanwhile the plugin's `requests`, `data_requests` of
+    them to its routes, the rest its static files, and their `bytes`);
+    `ffn` from a closed block's `ffn` shortcut until its matrix is drawn;
+    `open` from opening another block until the matrices in view are drawn."""
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     root = base.split("/data/plugin/")[0]
-    timings = {"load": [], "ffn": [], "open": []}
+    timings = {"load": [], "ffn": [], "open": [], "requests": [], "data_requests": [], "bytes": []}
     with sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
         try:
             for _ in range(repeats):
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                finished = []
+                page.on("requestfinished", lambda request: finished.append(request)
+                        if f"/data/plugin/{PLUGIN}/" in request.url else None)
                 started = time.perf_counter()
                 page.goto(f"{root}/data/plugin_entry.html?name={PLUGIN}")
                 page.wait_for_selector("body[data-state=ready]", timeout=300_000)
                 timings["load"].append(time.perf_counter() - started)
+                loaded = list(finished)
+                timings["requests"].append(len(loaded))
+                timings["data_requests"].append(sum("/static/" not in r.url for r in loaded))
+                timings["bytes"].append(sum(r.sizes()["responseBodySize"] for r in loaded))
                 block = f'.group[data-group="{BACKBONE}/transformer_layer_3"] > .group-head'
                 started = time.perf_counter()
                 page.click(f"{block} button.shortcut >> text=ffn")
@@ -211,73 +230,99 @@ def browser_timings(base, repeats):
                 page.close()
         finally:
             browser.close()
-    return {name: float(np.median(times)) for name, times in timings.items()}
+    return {name: statistics.median(values) for name, values in timings.items()}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--browser", action="store_true", help="also time the page in headless Chromium")
-    parser.add_argument(
-        "--logdir",
-        help="write the runs there and keep them (reused as they are if it holds them already); "
-        "defaults to a temporary directory, removed at the end",
-    )
-    args = parser.parse_args()
-    for line in machine_info():
-        print(line)
+ROUTES = (  # (key, label, route, run, layer, query, gzipped)
+    ("runs", "`runs`, the listing (both runs)", "runs", None, None, "", False),
+    ("wide_layer", "`layer` (JSON), one layer of 1,024 neurons x 300 epochs x 2 wrt", "layer",
+     "wide/sensitivity", "wide", "", False),
+    ("wide_layer_gzip", "the same, gzipped (as a browser asks)", "layer", "wide/sensitivity", "wide", "", True),
+    ("wide_matrix", "`matrix` (binary), the same layer", "matrix", "wide/sensitivity", "wide", "", False),
+    ("wide_matrix_256", "the same with `max_steps=256` (what the page asks)", "matrix", "wide/sensitivity",
+     "wide", "&max_steps=256", False),
+    ("ffn_matrix", f"`matrix`, an FFN site of the LLM run, {FFN:,} x {EPOCHS} x 2", "matrix",
+     "llm/sensitivity", FFN_KEY, "", False),
+    ("ffn_layer", "`layer` (JSON), the same site", "layer", "llm/sensitivity", FFN_KEY, "", False),
+)
 
-    log_dir = args.logdir or tempfile.mkdtemp(prefix="dashboard_bench_")
+
+def measure(case, emit):
+    log_dir = case["logdir"] or tempfile.mkdtemp(prefix="dashboard_bench_")
     layers = llm_layers()
-    if os.path.isdir(os.path.join(log_dir, "wide", "sensitivity")):
-        print(f"\nreusing the runs in {log_dir}")
-    else:
-        frozen = {FROZEN_KEY: np.ones(layers[FROZEN_KEY], bool)}
-        heads = {k: HEADS for k in layers if k.endswith("/heads")}
-        started = time.perf_counter()
-        write_run(os.path.join(log_dir, "llm"), layers, EPOCHS, frozen=frozen, heads=heads)
-        llm_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        write_run(os.path.join(log_dir, "wide"), {"wide": WIDE}, WIDE_EPOCHS, seed=1)
-        wide_seconds = time.perf_counter() - started
-        print(
-            f"\nllm run: {len(layers)} layers ({BLOCKS} blocks x {len(BLOCK_SITES)} sites + 2), "
-            f"{sum(layers.values())} neurons, {EPOCHS} epochs, both wrt: written in {llm_seconds:.1f} s"
-        )
-        print(f"wide run: 1 layer of {WIDE} neurons, {WIDE_EPOCHS} epochs, both wrt: written in {wide_seconds:.1f} s")
-    size = sum(
-        os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(log_dir) for f in files
-    )
-    print(f"event files: {size / 1e6:.1f} MB\n")
-
-    process, base = start_tensorboard(log_dir)
+    result = {"llm_layers": len(layers), "llm_neurons": sum(layers.values())}
+    process = None
     try:
-        print(f"TensorBoard loaded both runs in {wait_until_loaded(process, base):.1f} s\n")
-        print(f"{'route':<52} {'median':>9}  {'body':>11}")
-        measure("runs", f"{base}/runs", args.repeats)
-        wide = urllib.parse.urlencode({"run": "wide/sensitivity", "layer": "wide"})
-        measure("layer (JSON), wide 1024 x 300 x 2", f"{base}/layer?{wide}", args.repeats)
-        measure("layer (JSON, gzip), wide 1024 x 300 x 2", f"{base}/layer?{wide}", args.repeats, gzipped=True)
-        measure("matrix (binary), wide 1024 x 300 x 2", f"{base}/matrix?{wide}", args.repeats)
-        measure("matrix (binary), wide, max_steps=256", f"{base}/matrix?{wide}&max_steps=256", args.repeats)
-        ffn = urllib.parse.urlencode({"run": "llm/sensitivity", "layer": FFN_KEY})
-        measure(f"matrix (binary), llm ffn {FFN} x {EPOCHS} x 2", f"{base}/matrix?{ffn}", args.repeats)
-        measure(f"layer (JSON), llm ffn {FFN} x {EPOCHS} x 2", f"{base}/layer?{ffn}", args.repeats)
-        if args.browser:
-            timings = browser_timings(base, max(1, args.repeats // 2))
-            print(f"\n{'page: navigation until ready (headless Chromium)':<52} {timings['load']:7.3f} s")
-            print(f"{'page: ffn shortcut of a closed block until drawn':<52} {timings['ffn']:7.3f} s")
-            print(f"{'page: open a block until the matrices in view are drawn':<52} {timings['open']:7.3f} s")
+        if not os.path.isdir(os.path.join(log_dir, "wide", "sensitivity")):
+            frozen = {FROZEN_KEY: np.ones(layers[FROZEN_KEY], bool)}
+            heads = {k: HEADS for k in layers if k.endswith("/heads")}
+            _harness.progress("writing the LLM-shaped run")
+            started = time.perf_counter()
+            write_run(os.path.join(log_dir, "llm"), layers, EPOCHS, frozen=frozen, heads=heads)
+            result["write_llm"] = time.perf_counter() - started
+            _harness.progress("writing the wide run")
+            started = time.perf_counter()
+            write_run(os.path.join(log_dir, "wide"), {"wide": WIDE}, WIDE_EPOCHS, seed=1)
+            result["write_wide"] = time.perf_counter() - started
+        result["event_bytes"] = sum(os.path.getsize(os.path.join(d, f))
+                                    for d, _, files in os.walk(log_dir) for f in files)
+        emit(result)
+        process, base = start_tensorboard(log_dir)
+        _harness.progress("TensorBoard: loading the runs")
+        result["tensorboard_load"] = wait_until_loaded(process, base)
+        routes = result["routes"] = {}
+        for key, _, route, run, layer, query, gzipped in ROUTES:
+            _harness.progress(f"route {key}")
+            arguments = "" if run is None else "?" + urllib.parse.urlencode({"run": run, "layer": layer})
+            routes[key] = _route(f"{base}/{route}{arguments}{query}", case["repeats"], gzipped)
+            emit(result)
+        if case["browser"]:
+            _harness.progress("the page in headless Chromium")
+            result["browser"] = browser_timings(base, case["repeats"])
+            result["browser_loads"] = case["repeats"]
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if not args.logdir:
+        if process is not None:
+            process.terminate()  # our own tensorboard, by its handle
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if not case["logdir"]:
             shutil.rmtree(log_dir, ignore_errors=True)
+    return result
 
 
-if __name__ == "__main__":
-    main()
+def _size(n):
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
+def table(record):
+    entry = record["cases"][0]
+    r, c = entry["result"] or {}, entry["case"]
+    lines = ["| what | median | body |", "|---|---|---|"]
+    for key, label, *_ in ROUTES:
+        route = r.get("routes", {}).get(key)
+        if route is None:
+            lines.append(f"| {label} | {entry['status']} | |")
+        elif "seconds" not in route:
+            lines.append(f"| {label} | HTTP {route['status']} (not served) | |")
+        else:
+            lines.append(f"| {label} | {_harness.duration(route['seconds'])} | {_size(route['bytes'])} |")
+    b = r.get("browser")
+    if b:
+        lines += [f"| the tab, from navigation until ready (headless Chromium) | {_harness.duration(b['load'])} "
+                  f"| {b['requests']:.0f} requests ({b['data_requests']:.0f} to its routes), {_size(b['bytes'])} |",
+                  f"| a closed block's `ffn` shortcut, until its matrix is drawn | {_harness.duration(b['ffn'])} | |",
+                  f"| opening another block, until the matrices in view are drawn | "
+                  f"{_harness.duration(b['open'])} | |"]
+    elif c.get("browser"):
+        lines.append(f"| the tab in headless Chromium | {entry['status']} | |")
+    loads = r.get("browser_loads")
+    if "tensorboard_load" in r:
+        lines += ["", f"LLM-shaped run: {r['llm_layers']} layers, {r['llm_neurons']:,} neurons, {EPOCHS} epochs, "
+                  f"both wrt; wide run: {WIDE:,} neurons, {WIDE_EPOCHS} epochs, both wrt; "
+                  f"{_size(r['event_bytes'])} of event files, which TensorBoard served whole after "
+                  f"{r['tensorboard_load']:.0f} s. Medians of {c['repeats']} requests after a warm-up"
+                  + (f", and of {loads} page load{'s' if loads > 1 else ''}" if loads else "") + "."]
+    return "\n".join(lines)
