@@ -19,7 +19,7 @@ import pytest
 from benchmarks import _harness
 
 REPO = pathlib.Path(__file__).parent.parent
-BENCHMARKS = sorted((REPO / "benchmarks").glob("*.py"))
+BENCHMARKS = sorted((REPO / "benchmarks").glob("*.py")) + sorted((REPO / "benchmarks" / "studies").glob("*.py"))
 
 
 @pytest.fixture
@@ -37,6 +37,7 @@ def test_the_docs_tables_are_the_generated_ones(copy):
     report = _harness.render_tables(copy)
     generated = {name for done, _ in report.values() for name in done}
     assert {"backends", "fit_overhead", "transformer_blocks"} <= generated
+    assert {"text_models", "dashboard", "activity_overhead", "fit_overhead_mobilenet"} <= generated
     for path in _harness.markdown_files(REPO):
         relative = path.relative_to(REPO)
         assert (copy / relative).read_text() == path.read_text(), (
@@ -79,26 +80,26 @@ def test_a_quick_run_end_to_end(tmp_path):
     assert "| digits MLP 64-128-64-10 | weights | exact, B=4 |" in _harness.module("backends").table(record)
 
 
-def _package_imports(path):
-    """`[(module, name or None)]` for every import of the package in `path`."""
+def _package_imports(path, package="keras_neuron_sensitivity"):
+    """`[(module, name or None)]` for every import of `package` in `path`."""
     out = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
-            "keras_neuron_sensitivity"
-        ):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(package):
             out += [(node.module, alias.name) for alias in node.names]
         elif isinstance(node, ast.Import):
             out += [
                 (alias.name, None)
                 for alias in node.names
-                if alias.name.startswith("keras_neuron_sensitivity")
+                if alias.name.startswith(package)
             ]
     return out
 
 
-@pytest.mark.parametrize("path", BENCHMARKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", BENCHMARKS, ids=lambda p: p.relative_to(REPO / "benchmarks").as_posix())
 def test_benchmark_imports_exist(path):
-    for module, name in _package_imports(path):
+    # The package's names, and the benchmarks' own (`benchmarks.models`,
+    # `benchmarks._machine`), which the studies import too.
+    for module, name in _package_imports(path) + _package_imports(path, "benchmarks"):
         imported = importlib.import_module(module)
         if name is not None and not hasattr(imported, name):
             importlib.import_module(f"{module}.{name}")  # a submodule, or ImportError
@@ -109,3 +110,15 @@ def test_the_scan_finds_the_imports():
     found = [imp for path in BENCHMARKS for imp in _package_imports(path)]
     assert ("keras_neuron_sensitivity.engine.sweep", "Sweep") in found
     assert ("keras_neuron_sensitivity._computation", "model_graph") in found
+
+
+def test_list_shows_the_benchmarks_and_the_studies():
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "list"], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+        check=True, capture_output=True, text=True, timeout=120,
+    ).stdout
+    benchmarks, _, studies = out.partition("Studies")
+    assert all(name in benchmarks for name in _harness.BENCHMARKS)
+    for path in (REPO / "benchmarks" / "studies").glob("[!_]*.py"):
+        assert f"\n{path.stem} " in studies
+    assert {"soak", "applications_rules"} <= {p.stem for p in (REPO / "benchmarks" / "studies").glob("*.py")}
