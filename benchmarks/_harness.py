@@ -230,7 +230,11 @@ def run(name, args, timeout, results_dir=RESULTS):
 # ---------------------------------------------------------------------------
 # Tables
 
-BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+# `<!-- table: NAME -->` is NAME's `table(record)`; `<!-- table: NAME:VIEW -->`
+# another rendering of the same result, `VIEWS[VIEW](record)` of NAME's
+# module (a sentence for the README, say).
+BLOCK = re.compile(r"(?P<open><!-- table: (?P<name>[\w-]+)(?::(?P<view>\w+))? -->\n)(?P<body>.*?)"
+                   r"(?P<close><!-- /table -->)", re.S)
 
 
 def provenance(record):
@@ -256,8 +260,10 @@ def render(text, results_dir=RESULTS):
             return match.group(0)
         record = json.loads(path.read_text())
         generated.append(name)
-        body = module(name).table(record).strip("\n") + "\n\n" + provenance(record) + "\n"
-        return match.group(1) + body + match.group(4)
+        bench = module(name)
+        draw = bench.table if match["view"] is None else bench.VIEWS[match["view"]]
+        body = draw(record).strip("\n") + "\n\n" + provenance(record) + "\n"
+        return match["open"] + body + match["close"]
 
     return BLOCK.sub(replace, text), generated, left
 

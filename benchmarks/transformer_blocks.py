@@ -102,3 +102,16 @@ def table(record):
                      f"{_harness.duration(r.get('step'))} ({_harness.duration(r.get('step_probe'))}) | "
                      f"{cells[0]} | {cells[1]} |")
     return "\n".join(lines)
+
+
+def summary(record):
+    """The README's sentence: the first case's costs, in training steps of batch 32."""
+    r, c = record["cases"][0]["result"], record["cases"][0]["case"]
+    return (f"On a Gemma-shaped keras_hub decoder ({c['blocks']} blocks, hidden 256, sequence {SEQUENCE}, "
+            f"probe of {PROBE}: {r['neurons']:,} neurons at {r['sites']} sites, {r['inside_blocks']} of them "
+            f"inside the blocks) the callback at its defaults costs {r['first'] / r['step']:,.0f} training "
+            f"steps (batch {TRAINING_BATCH}) for the first logged epoch and {r['later'] / r['step']:,.0f} for "
+            "each later one.")
+
+
+VIEWS = {"summary": summary}

@@ -46,6 +46,13 @@ def test_the_docs_tables_are_the_generated_ones(copy):
         )
 
 
+def test_the_readme_figures_are_generated(copy):
+    # The README quotes benchmark figures only through generated views.
+    report = _harness.render_tables(copy)
+    assert "transformer_blocks" in report["README.md"][0]
+    assert "<!-- table: transformer_blocks:summary -->" in (REPO / "README.md").read_text()
+
+
 def test_tables_leave_a_table_without_results_alone(copy):
     (copy / "benchmarks" / "results" / "fit_overhead.json").unlink()
     before = (copy / "docs" / "benchmarks.md").read_text()
