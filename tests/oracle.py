@@ -2,8 +2,11 @@
 
 Nothing here imports `keras_neuron_sensitivity`: the layer outputs come from
 Keras's own graph (`keras.Model(model.inputs, tensor)`), never from the
-package's graph replay, and the derivatives from one `tf.GradientTape` gradient
-per neuron and sample or from central finite differences.
+package's graph replay, and the derivatives from the running backend's own
+autodiff, one sample at a time (TensorFlow: one `tf.GradientTape` gradient per
+neuron and sample; JAX and PyTorch: `jax.jacrev` and `torch.func.jacrev` of a
+function of the weights and inputs, the weights mapped by
+`keras.StatelessScope`), or from central finite differences.
 
 Definitions (docs/definitions.md): the neuron value `a_k(x)` is channel `k` of
 the layer output averaged over every axis that is neither batch nor channel;
@@ -18,7 +21,11 @@ import contextlib
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
+
+BACKEND = keras.backend.backend()
+if BACKEND == "tensorflow":
+    import tensorflow as tf
 
 
 def as_list(x):
@@ -45,7 +52,7 @@ def _flatten(y, axes):
     if axes == 1:
         return y
     shape = list(y.shape)
-    return tf.reshape(y, [-1, *shape[1:-axes], int(np.prod(shape[-axes:]))])
+    return ops.reshape(y, (-1, *shape[1:-axes], int(np.prod(shape[-axes:]))))
 
 
 def inner_fn(model, layer, which="output", axes=1, occurrence=0):
@@ -142,20 +149,14 @@ def _as_model_inputs(model, xs):
 
 def neuron_values(fn, xs):
     """`(B, C)`: the layer output averaged over all non-batch, non-channel axes."""
-    y = tf.convert_to_tensor(fn(xs))
+    y = ops.convert_to_tensor(fn(xs))
     channels = y.shape[-1]
-    return tf.reduce_mean(tf.reshape(y, [tf.shape(y)[0], -1, channels]), axis=1)
-
-
-def _model_dtypes(model):
-    return [tf.as_dtype(t.dtype) for t in model.inputs]
+    return ops.mean(ops.reshape(y, (ops.shape(y)[0], -1, channels)), axis=1)
 
 
 def _cast(model, x):
-    return [
-        a.astype(dtype.as_numpy_dtype)
-        for a, dtype in zip(as_list(x), _model_dtypes(model), strict=True)
-    ]
+    dtypes = [keras.backend.standardize_dtype(t.dtype) for t in model.inputs]
+    return [a if d == "string" else a.astype(d) for a, d in zip(as_list(x), dtypes, strict=True)]
 
 
 class InputOf:
@@ -209,16 +210,21 @@ def jacobians(model, x, fn, wrt, embedded=()):
     `wrt="weights"`: one per trainable weight of the model (zero if the neuron
     does not depend on it); `wrt="inputs"`: one per floating-point input, then
     one per layer of `embedded` (at the output of its first call). A tuple
-    `wrt` gives `{wrt: per_sample}`, from the same gradients.
-
-    Row `k` of the Jacobian is one `tape.gradient` of neuron `k` on one sample:
-    the plainest brute force there is. (`tape.jacobian` gives the same rows
-    but traces a pfor graph on every call, ten times slower on these tiny
-    models; the weights are passed as `v.value`, see docs/how-it-computes.md,
-    section "Traps of the stack".)
+    `wrt` gives `{wrt: per_sample}`, from the same derivatives.
     """
     wrts = (wrt,) if isinstance(wrt, str) else tuple(wrt)
     xs = _cast(model, x)
+    compute = _tape_jacobians if BACKEND == "tensorflow" else _jacrev_jacobians
+    per_sample = compute(model, xs, fn, wrts, list(embedded))
+    return per_sample[wrt] if isinstance(wrt, str) else per_sample
+
+
+def _tape_jacobians(model, xs, fn, wrts, embedded):
+    """TensorFlow: row `k` of a sample's Jacobian is one `tape.gradient` of
+    neuron `k`, the plainest brute force there is. (`tape.jacobian` gives the
+    same rows but traces a pfor graph on every call, ten times slower on these
+    tiny models; the weights are passed as `v.value`, see
+    docs/how-it-computes.md, section "Traps of the stack".)"""
     # Keras 3 variables by `.value` (see above); tf_keras ones are tf.Variables.
     weights = [v.value if isinstance(v, keras.Variable) else v for v in model.trainable_weights]
     per_sample = {w: [] for w in wrts}
@@ -253,7 +259,95 @@ def jacobians(model, x, fn, wrt, embedded=()):
             if not jac:  # nothing to differentiate with respect to: all zero
                 jac = [np.zeros((len(neurons), 0))]
             per_sample[w].append(jac)
-    return per_sample[wrt] if isinstance(wrt, str) else per_sample
+    return per_sample
+
+
+def _jacrev(f, args):
+    """The Jacobians of `f(*args) -> (C,)` with respect to every leaf of
+    `args` (lists of tensors), by the running backend's reverse mode."""
+    argnums = tuple(range(len(args)))
+    if BACKEND == "jax":
+        import jax
+
+        return jax.jacrev(f, argnums=argnums)(*args)
+    from torch import func
+
+    return func.jacrev(f, argnums=argnums)(*args)
+
+
+def _jacrev_jacobians(model, xs, fn, wrts, embedded):
+    """JAX and PyTorch: `jacrev` of the neuron values of one sample as a
+    function of the trainable weights (mapped onto the model's variables by
+    `keras.StatelessScope`), the float inputs and a zero added to the first
+    call's output (first input, for an `InputOf`) of each `embedded` layer."""
+    variables = [v for v in model.trainable_weights]
+    per_sample = {w: [] for w in wrts}
+    for n in range(len(xs[0])):
+        sample = [ops.convert_to_tensor(a[n : n + 1]) for a in xs]
+        floats = [i for i, s in enumerate(sample) if "float" in str(s.dtype)]
+        # The embedded tensors' shapes (None: not called), from one forward.
+        shapes = []
+        with _perturbing_first_call(embedded, None, shapes):
+            channels = neuron_values(fn, sample).shape[-1]
+        # A layer not called on the way to the neurons adds nothing.
+        called = [j for j, shape in enumerate(shapes) if shape is not None]
+        deltas = [ops.zeros(*shapes[j]) for j in called]
+
+        def f(weights, inputs, added):
+            xs_n = list(sample)
+            for i, value in zip(floats, inputs):
+                xs_n[i] = value
+            mapping = list(zip(variables, weights))
+            with keras.StatelessScope(state_mapping=mapping):
+                with _perturbing_first_call(embedded, dict(zip(called, added)), []):
+                    return neuron_values(fn, xs_n)[0]
+
+        weights = [ops.convert_to_tensor(v.value) for v in variables]
+        jac_w, jac_x, jac_e = _jacrev(f, (weights, [sample[i] for i in floats], deltas))
+        groups = {
+            "weights": jac_w,
+            # drop the sample axis of size 1
+            "inputs": [j[:, 0] for j in list(jac_x) + list(jac_e)],
+        }
+        for w in wrts:
+            jac = [ops.convert_to_numpy(j) for j in groups[w]]
+            # nothing to differentiate with respect to: all zero
+            per_sample[w].append(jac or [np.zeros((channels, 0))])
+    return per_sample
+
+
+@contextlib.contextmanager
+def _perturbing_first_call(entries, added, shapes):
+    """While active, the first call of each layer `entries[j]` has `added[j]`
+    added to its output (its first input, for an `InputOf`, cast to the
+    layer's float dtype); with `added=None`, records that tensor's
+    `(shape, dtype)` in `shapes` (None for a layer not called)."""
+    slots = [None] * len(entries)
+    originals = []
+    layers = [e.layer if isinstance(e, InputOf) else e for e in entries]
+    for j, (layer, entry) in enumerate(zip(layers, entries)):
+        original = layer.call
+
+        def call(*args, _j=j, _original=original, _layer=layer, _input=isinstance(entry, InputOf), **kwargs):
+            def touch(t):
+                if slots[_j] is not None:
+                    return t
+                slots[_j] = (tuple(t.shape), keras.backend.standardize_dtype(t.dtype))
+                return t if added is None else t + added[_j]
+
+            if _input:
+                args = (touch(ops.cast(args[0], _layer.compute_dtype)), *args[1:])
+            y = _original(*args, **kwargs)
+            return y if _input else touch(y)
+
+        originals.append(original)
+        layer.call = call
+    try:
+        yield
+    finally:
+        for layer, original in zip(layers, originals):
+            layer.call = original
+        shapes.extend(slots)
 
 
 def _norms(per_sample):
@@ -290,7 +384,7 @@ def finite_difference(model, x, fn, wrt, eps=1e-6):
         raise ValueError("finite differences need a float64 model")
 
     def values(inputs):
-        return np.asarray(neuron_values(fn, [tf.constant(a) for a in inputs]))
+        return ops.convert_to_numpy(neuron_values(fn, [ops.convert_to_tensor(a) for a in inputs]))
 
     base = values(xs)
     sq = np.zeros_like(base)

@@ -417,7 +417,8 @@ def test_the_activity_is_read_in_the_methods_own_forward(method, chunked, monkey
     # 8 samples, the same padding and other tokens: chunks leave a padded one.
     x = np.concatenate([x, np.where(x > 0, 9 - x, 0)])
     _computation.clear_cache()
-    problem = _computation.prepare(model, x, wrt=("weights", "inputs"), layers=None)
+    # To inputs: the same forward, six times cheaper on this LSTM than both wrt.
+    problem = _computation.prepare(model, x, wrt=("inputs",), layers=None)
     budget_mb = CHUNKED_BUDGET_MB[method] if chunked else 1024
     results = _computation.compute(
         problem, method=method, num_probes=2, seed=0, memory_budget_mb=budget_mb, activity=True

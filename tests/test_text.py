@@ -127,15 +127,13 @@ def distil_bert():
 MODELS = {
     "transformer_classifier": (transformer_classifier, None),
     "text_vectorization": (text_vectorization, None),
-    # Inside the blocks too: a query projection's heads x head_dim, the
-    # attention context and the feed-forward hidden units.
-    "bert": (bert, ["token_embedding", "position_embedding", "transformer_layer_0", "pooled_dense",
-                    "transformer_layer_0/self_attention_layer/query", "transformer_layer_0/self_attention_layer/heads",
-                    "transformer_layer_1/ffn"]),
+    # Inside the blocks too: the attention context (the other inside sites
+    # are tests/test_inside.py's, on Llama, Gemma 3 and ViT).
+    "bert": (bert, ["token_embedding", "transformer_layer_0", "pooled_dense",
+                    "transformer_layer_0/self_attention_layer/heads"]),
     # Short names (the backbone's own are unique): its last block, and the
     # output layer, the token embedding called again in reverse.
-    "gpt2_causal_lm": (gpt2, ["transformer_layer_1", "token_embedding", "transformer_layer_0/ffn",
-                              "transformer_layer_1/self_attention/heads", "transformer_layer_0/feedforward_layer_norm"]),
+    "gpt2_causal_lm": (gpt2, ["transformer_layer_1", "token_embedding", "transformer_layer_0/ffn"]),
 }
 
 

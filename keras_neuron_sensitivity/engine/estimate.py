@@ -131,7 +131,7 @@ class Estimator:
 
     def _make_plan(self, inputs):
         """Sample chunks and (to inputs) probes per call under the budget."""
-        values = self.replay.run([x[:1] for x in inputs])
+        values = backend.evaluate_shapes(self.replay.run, [x[:1] for x in inputs])
         per_sample = sum(
             math.prod(backend.shape(v)[1:]) * 4
             for v in values.values()

@@ -290,8 +290,9 @@ class Sweep:
         return reach
 
     def _make_plan(self, inputs):
-        # One eager forward on one sample gives every tensor's size.
-        values, _ = self._forward([x[:1] for x in inputs])
+        # One forward on one sample gives every tensor's size (only traced,
+        # where the backend can: `backend.evaluate_shapes`).
+        values = backend.evaluate_shapes(lambda xs: self._forward(xs)[0], [x[:1] for x in inputs])
         self.plan.widths = []
         for j, i in enumerate(self.plan.targets):
             y = values[self.plan.calls[i].outputs[self.plan.target_outputs[j]]]

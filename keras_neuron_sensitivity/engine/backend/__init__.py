@@ -18,6 +18,9 @@ package is imported, and each defines the same names:
   `torch.compile` took 6.2 s to compile the digits MLP's exact computation,
   then 86 ms a call against 182 ms eager: it pays back only after about 65
   logged epochs);
+- `evaluate_shapes(f, *args)`: `f(*args)`, or only the shapes and dtypes
+  of its result (`jax.eval_shape`, where running it eagerly compiles each
+  operation on its own): for planning, which needs no values;
 - `name_scope(name)`: a name scope in TensorFlow's graphs, for profiles;
   nothing elsewhere;
 - `exact_kernels()`: a context for kernels whose derivatives are exact (on
