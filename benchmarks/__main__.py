@@ -36,6 +36,9 @@ def main(argv=None):
                          if p.stem not in _harness.BENCHMARKS and p.stem != "models")
         print("\nStudies and scripts not on the harness (run as `python benchmarks/NAME.py`):")
         print("  " + ", ".join(scripts))
+        studies = sorted(p.stem for p in (here / "studies").glob("[!_]*.py"))
+        print("\nOne-off studies (run as `python benchmarks/studies/NAME.py`; conclusions in docs/benchmarks.md):")
+        print("  " + ", ".join(studies))
     elif args.command == "run":
         path = _harness.run(args.name, args, args.timeout, args.results)
         print(f"wrote {path}")

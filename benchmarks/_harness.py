@@ -45,7 +45,7 @@ DISTRIBUTIONS = ("numpy", "keras", "tensorflow", "jax", "jaxlib", "torch", "kera
 # The ported benchmarks, by name; the other scripts in benchmarks/ are run as
 # scripts (`list` shows them).
 BENCHMARKS = ("backends", "fit_overhead", "transformer_blocks",
-              "auto_choice")
+              "auto_choice", "estimator", "profile_exact", "compare_methods")
 
 
 def module(name):
