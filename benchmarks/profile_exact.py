@@ -23,7 +23,8 @@ multiple of one training step of the same model (batch 32, Adam, random
 data; `_harness.classifier_step`, the median of the steps before and after).
 
 Quick: MobileNetV2, EfficientNetB0 and the CNN, 2 repeats. Full: ResNet50
-too (to weights alone about 25 minutes on 2 cores; to inputs over 50).
+too (slow: an earlier run of the script measured about 1,550 training steps
+a call to weights, and to inputs ran over 50 minutes).
 """
 
 import collections
