@@ -12,7 +12,7 @@ from benchmarks import _harness
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="the benchmarks, the studies, and the scripts not yet on the harness")
+    sub.add_parser("list", help="the benchmarks and the studies")
     tables = sub.add_parser("tables", help="regenerate the docs' tables from benchmarks/results/")
     tables.add_argument("--root", default=str(_harness.REPO), help=argparse.SUPPRESS)
     run = sub.add_parser("run", help="run one benchmark and store its JSON")
@@ -40,11 +40,6 @@ def main(argv=None):
         for path in studies:
             doc = ast.get_docstring(ast.parse(path.read_text())) or ""
             print(f"{path.stem:<{width}}{doc.splitlines()[0] if doc else ''}")
-        scripts = sorted(p.stem for p in here.glob("[!_]*.py")
-                         if p.stem not in _harness.BENCHMARKS and p.stem != "models")
-        if scripts:
-            print("\nScripts not yet on the harness (run as `python benchmarks/NAME.py`):")
-            print("  " + ", ".join(scripts))
     elif args.command == "run":
         path = _harness.run(args.name, args, args.timeout, args.results)
         print(f"wrote {path}")

@@ -45,7 +45,8 @@ DISTRIBUTIONS = ("numpy", "keras", "tensorflow", "jax", "jaxlib", "torch", "kera
 # The ported benchmarks, by name; the other scripts in benchmarks/ are run as
 # scripts (`list` shows them).
 BENCHMARKS = ("backends", "fit_overhead", "transformer_blocks",
-              "text_models", "dashboard", "activity_overhead", "fit_overhead_mobilenet")
+              "text_models", "dashboard", "activity_overhead", "fit_overhead_mobilenet",
+              "auto_choice", "estimator", "profile_exact", "compare_methods")
 
 
 def module(name):
@@ -70,6 +71,21 @@ def training_step(model, x, y, repeats=30, warmup=3):
     seconds = median_seconds(lambda: model.train_on_batch(x, y), repeats, warmup)
     model.set_weights(saved)
     return seconds
+
+
+def classifier_step(model, from_logits, repeats=30, seed=7):
+    """`training_step` of a classifier of `benchmarks.models`: compiled with
+    Adam and sparse categorical cross-entropy, batch 32 of uniform random
+    inputs and labels."""
+    import keras
+    import numpy as np
+
+    model.compile(optimizer=keras.optimizers.Adam(),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits))
+    rng = np.random.RandomState(seed)
+    x = rng.uniform(0.0, 1.0, (32, *model.inputs[0].shape[1:])).astype("float32")
+    y = rng.randint(0, int(model.outputs[0].shape[-1]), 32).astype("int32")
+    return training_step(model, x, y, repeats=repeats)
 
 
 # ---------------------------------------------------------------------------

@@ -1,128 +1,120 @@
-"""What `method="auto"` picks, against the measured times of both methods.
+"""What method="auto" picks, against the measured times of exact and the estimator.
 
-For each model (every default layer, `num_probes=32`, uniform random probe)
-and each `wrt`: the steady time of `neuron_sensitivity(method="exact")` and
-of `method="estimate"` (median of up to three calls after a warm-up call),
-both as multiples of one training step of batch 32 of the same model
-(Adam, random labels, measured in the same process), the costs that
-`cost.predict_costs` predicts, and what `auto` picks. Auto should pick
-exact wherever exact measures at most `EXACT_PREFERENCE` (2) times the
-estimate; the last column says whether it did.
+One TensorFlow child process per model (`benchmarks.models`): the digits
+MLP on a probe of 128 of the digits, the 784 MLP on 32, the small CNN with
+global average pooling on 64 and MobileNetV2 (alpha 0.35, 32x32) on 4
+(uniform random probes). For each `wrt`, every default layer,
+`num_probes=32`, seed 0:
 
-    .venv/bin/python benchmarks/auto_choice.py                  # about 3 min
-    .venv/bin/python benchmarks/auto_choice.py digits mobilenetv2
+  exact, estimate  the steady time of `neuron_sensitivity(method=...)`,
+                   median of `--repeats` calls after a warm-up call
+  predicted        `cost.predict_costs`'s exact / estimate ratio: the
+                   number auto compares with `cost.EXACT_PREFERENCE` (2);
+                   the package's private cost model, read here because no
+                   public call returns it
+  auto             `neuron_sensitivity(method="auto").method`
+
+Each time is a multiple of one training step of the same model (batch 32,
+Adam, random data; `_harness.classifier_step`, the median of the steps
+before and after the calls). By the measured times auto is right where it
+picks exact exactly when exact measures at most 2 times the estimate.
+
+Quick: 3 repeats. Full: 5 repeats.
 """
 
-import os
 import statistics
-import sys
-import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from benchmarks import _harness
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-from _machine import cpu_model, loadavg  # noqa: E402
-from keras_neuron_sensitivity import _computation, neuron_sensitivity  # noqa: E402
-from keras_neuron_sensitivity.engine import methods, cost  # noqa: E402
-
-
-def mlp(widths):
-    layers = [keras.Input((widths[0],))]
-    layers += [keras.layers.Dense(w, activation="relu") for w in widths[1:-1]]
-    return keras.Sequential(layers + [keras.layers.Dense(widths[-1], activation="softmax")])
-
-
-def cnn():
-    return keras.Sequential(
-        [
-            keras.Input((28, 28, 1)),
-            keras.layers.Conv2D(16, 3, activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(32, 3, activation="relu"),
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
-
-
-def mobilenetv2():
-    return keras.applications.MobileNetV2(
-        alpha=0.35, input_shape=(32, 32, 3), weights=None, classes=10
-    )
-
-
-CASES = {
-    "tiny": ("MLP 4-8-3", lambda: mlp([4, 8, 3]), 16),
-    "digits": ("MLP 64-128-64-10 (the demo's)", lambda: mlp([64, 128, 64, 10]), 128),
-    "mnist_mlp": ("MLP 784-512-256-128-10", lambda: mlp([784, 512, 256, 128, 10]), 32),
-    "cnn": ("CNN Conv16-pool-Conv32-GAP-Dense10, 28x28x1", cnn, 64),
-    "mobilenetv2": ("MobileNetV2 alpha 0.35, 32x32", mobilenetv2, 4),
+MODELS = ("digits_mlp", "mlp784", "gap_cnn", "mobilenet_v2")
+LABELS = {
+    "digits_mlp": "MLP 64-128-64-10 (the demo's)",
+    "mlp784": "MLP 784-512-256-128-10",
+    "gap_cnn": "CNN Conv16-pool-Conv32-GAP-Dense10, 28x28x1",
+    "mobilenet_v2": "MobileNetV2 (alpha 0.35, 32x32)",
 }
+PROBE = {"digits_mlp": 128, "mlp784": 32, "gap_cnn": 64, "mobilenet_v2": 4}
+WRTS = ("weights", "inputs")
+PREFERENCE = 2.0  # cost.EXACT_PREFERENCE, stored with each result too
 
 
-def seconds(fn, calls=3, limit=20.0):
-    fn()  # warm-up: tracing
-    times = []
-    while len(times) < calls and sum(times) < limit:
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def arguments(parser):
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
+    parser.add_argument("--repeats", type=int, default=None, help="steady calls (default 5, quick 3)")
 
 
-def training_step(model, shape):
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    rng = np.random.default_rng(2)
-    x = rng.uniform(0, 1, (32, *shape)).astype("float32")
-    y = rng.integers(0, model.output_shape[-1], 32)
-    weights = model.get_weights()
-    step = seconds(lambda: model.train_on_batch(x, y), calls=10)
-    model.set_weights(weights)
-    return step
+def cases(args):
+    repeats = args.repeats or (3 if args.quick else 5)
+    return [{"backend": "tensorflow", "model": m, "repeats": repeats} for m in args.models.split(",")]
 
 
-def main(names):
-    print("auto_choice.py: what method='auto' picks against the measured times")
-    print(f"  machine: {cpu_model()}; load average at start: {loadavg()}")
-    print("  times: steady calls, every default layer, num_probes=32; steps = one training step, batch 32\n")
-    print("| model, probe | wrt | exact | estimate | ratio | predicted ratio | auto | right |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name in names:
-        title, build, batch = CASES[name]
-        keras.utils.set_random_seed(0)
-        model = build()
-        shape = model.input_shape[1:]
-        step = training_step(model, shape)
-        x = np.random.default_rng(0).uniform(0, 1, (batch, *shape)).astype("float32")
-        for wrt in ("weights", "inputs"):
-            measured = {
-                method: seconds(
-                    lambda method=method: neuron_sensitivity(
-                        model, x, wrt=wrt, method=method, seed=1
-                    )
-                )
-                for method in ("exact", "estimate")
-            }
-            problem = _computation.prepare(model, x, wrt=(wrt,), layers=None)
-            costs = cost.predict_costs(
-                problem.graph, problem.keys, wrt, problem.inputs, methods.DEFAULT_NUM_PROBES
-            )
-            auto = neuron_sensitivity(model, x, wrt=wrt, method="auto").method
-            ratio = measured["exact"] / measured["estimate"]
-            should = "exact" if ratio <= cost.EXACT_PREFERENCE else "estimate"
-            cells = [
-                f"{1000 * measured[m]:,.0f} ms ({measured[m] / step:,.1f} steps)"
-                for m in ("exact", "estimate")
-            ]
-            print(
-                f"| {title}, {batch} | {wrt} | {cells[0]} | {cells[1]} | {ratio:.2f} "
-                f"| {costs['exact'] / costs['estimate']:.2f} | {auto} "
-                f"| {'yes' if auto == should else 'no'} |",
-                flush=True,
-            )
+def measure(case, emit):
+    import keras
+
+    from benchmarks import models
+    from keras_neuron_sensitivity import _computation, neuron_sensitivity
+    from keras_neuron_sensitivity.engine import cost
+
+    name = case["model"]
+    keras.utils.set_random_seed(0)
+    build, from_logits = models.MODELS[name]
+    model = build()
+    x = models.probe(name, PROBE[name])
+    _harness.progress(f"{name}: training step")
+    result = {"probe": PROBE[name], "preference": cost.EXACT_PREFERENCE, "per_wrt": {},
+              "step_before": _harness.classifier_step(model, from_logits)}
+    for wrt in WRTS:
+        row = result["per_wrt"][wrt] = {}
+        for method in ("exact", "estimate"):
+            _harness.progress(f"{name}: {wrt} {method}")
+            row[method] = _harness.median_seconds(
+                lambda method=method: neuron_sensitivity(model, x, wrt=wrt, method=method,
+                                                         num_probes=32, seed=0),
+                case["repeats"], warmup=1)
+        # The private part: the prediction auto compares (no public call returns it).
+        problem = _computation.prepare(model, x, wrt=(wrt,), layers=None)
+        row["predicted"] = cost.predict_costs(problem.graph, problem.keys, wrt, problem.inputs, 32)
+        row["auto"] = neuron_sensitivity(model, x, wrt=wrt, method="auto", num_probes=32,
+                                        seed=0).method
+        emit(result)
+    _harness.progress(f"{name}: training step again")
+    result["step_after"] = _harness.classifier_step(model, from_logits)
+    result["step"] = statistics.median([result["step_before"], result["step_after"]])
+    return result
 
 
-if __name__ == "__main__":
-    main(sys.argv[1:] or list(CASES))
+def table(record):
+    lines = ["| model, probe | wrt | exact | estimate | exact / estimate, measured | predicted | auto "
+             "| auto's pick by the measured times |",
+             "|---|---|---|---|---|---|---|---|"]
+    steps, wrong = [], 0
+    for entry in record["cases"]:
+        r, name = entry["result"] or {}, entry["case"]["model"]
+        step = r.get("step") or r.get("step_before")
+        label = f"{LABELS[name]}, {PROBE[name]}"
+        if not r.get("per_wrt"):
+            lines.append(f"| {label} | | {entry['status']} | | | | | |")
+            continue
+        for wrt in WRTS:
+            row = r["per_wrt"].get(wrt)
+            if row is None:
+                lines.append(f"| {label} | {wrt} | {entry['status']} | | | | | |")
+                label = ""
+                continue
+            ratio = row["exact"] / row["estimate"]
+            predicted = row["predicted"]["exact"] / row["predicted"]["estimate"]
+            should = "exact" if ratio <= r.get("preference", PREFERENCE) else "estimate"
+            right = "right" if row["auto"] == should else f"wrong: {should} by the times"
+            wrong += row["auto"] != should
+            lines.append(f"| {label} | {wrt} | {_harness.steps(row['exact'], step)} "
+                         f"| {_harness.steps(row['estimate'], step)} | {ratio:.2f} | {predicted:.2f} "
+                         f"| {row['auto']} | {right} |")
+            label = ""
+        if step:
+            steps.append(f"{LABELS[name]} {step * 1e3:.1f} ms")
+    repeats = record["cases"][0]["case"]["repeats"] if record["cases"] else "-"
+    lines += ["", f"Steady calls (median of {repeats} after a warm-up call), every default layer, "
+              "`num_probes=32`, in training steps of the same model; auto picks exact when the predicted "
+              f"ratio is at most {PREFERENCE:g}. Wrong picks by the measured times: {wrong}. "
+              "One training step (batch 32): " + "; ".join(steps) + "."]
+    return "\n".join(lines)

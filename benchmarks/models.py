@@ -50,6 +50,20 @@ def mlp784():
     )
 
 
+def mlp256():
+    """MLP 64-256-128-64-10 (logits): compare_methods's smallest model."""
+    return keras.Sequential(
+        [
+            keras.Input((64,)),
+            L.Dense(256, activation="relu", name="dense1"),
+            L.Dense(128, activation="relu", name="dense2"),
+            L.Dense(64, activation="relu", name="dense3"),
+            L.Dense(10, name="dense4"),
+        ],
+        name="mlp256",
+    )
+
+
 def readme_cnn():
     """The README's CNN: Conv32-Conv64-pool-Dense128-Dense10 on 28x28x1 (logits)."""
     return keras.Sequential(
@@ -66,11 +80,36 @@ def readme_cnn():
     )
 
 
+def gap_cnn():
+    """Conv16-pool-Conv32-GlobalAveragePooling-Dense10 on 28x28x1 (softmax output)."""
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            L.Conv2D(16, 3, activation="relu", name="conv1"),
+            L.MaxPooling2D(name="pool"),
+            L.Conv2D(32, 3, activation="relu", name="conv2"),
+            L.GlobalAveragePooling2D(name="gap"),
+            L.Dense(10, activation="softmax", name="output"),
+        ],
+        name="gap_cnn",
+    )
+
+
 def mobilenet_v2():
     """keras.applications.MobileNetV2, alpha 0.35, 32x32x3, 10 classes, softmax output."""
     return keras.applications.MobileNetV2(
         input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10
     )
+
+
+def efficientnet_b0():
+    """keras.applications.EfficientNetB0, 32x32x3, 10 classes, softmax output."""
+    return keras.applications.EfficientNetB0(input_shape=(32, 32, 3), weights=None, classes=10)
+
+
+def resnet50():
+    """keras.applications.ResNet50, 32x32x3, 10 classes, softmax output."""
+    return keras.applications.ResNet50(input_shape=(32, 32, 3), weights=None, classes=10)
 
 
 def gemma(blocks=8, hidden=256, intermediate=1024, heads=4, head_dim=64, vocabulary=1024):
@@ -175,6 +214,10 @@ MODELS = {
     "mlp784": (mlp784, True),
     "readme_cnn": (readme_cnn, True),
     "mobilenet_v2": (mobilenet_v2, False),
+    "mlp256": (mlp256, True),
+    "gap_cnn": (gap_cnn, False),
+    "efficientnet_b0": (efficientnet_b0, False),
+    "resnet50": (resnet50, False),
 }
 
 
@@ -183,5 +226,6 @@ def probe(name, n, seed=1):
     the digits MLP, uniform in [0, 1) otherwise."""
     if name == "digits_mlp":
         return digits()[0][:n]
-    model_input = {"mlp784": (784,), "readme_cnn": (28, 28, 1), "mobilenet_v2": (32, 32, 3)}[name]
+    model_input = {"mlp784": (784,), "mlp256": (64,), "readme_cnn": (28, 28, 1), "gap_cnn": (28, 28, 1),
+                   "mobilenet_v2": (32, 32, 3), "efficientnet_b0": (32, 32, 3), "resnet50": (32, 32, 3)}[name]
     return np.random.RandomState(seed).uniform(0.0, 1.0, (n, *model_input)).astype("float32")

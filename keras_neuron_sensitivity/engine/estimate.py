@@ -17,7 +17,8 @@ an unbiased estimate of the squared norm, whatever the number of neurons.
   tangent has a batch axis anyway), and the probes run side by side, the
   batch tiled. To weights, one tangent is shared by the whole batch:
   per-sample weight tangents would need one JVP per sample
-  (`benchmarks/estimator_tangents.py` measures both at equal cost).
+  (`benchmarks/studies/estimator_tangents.py` measured both at equal cost:
+  the shared tangent wins, docs/benchmarks.md).
 - An exact zero stays exact: `J_k = 0` gives `J_k v = 0` for every `v`, so a
   dead neuron is exactly 0 here too, and a Gaussian `v` makes a non-zero
   `J_k v` almost surely non-zero.

@@ -28,13 +28,18 @@ over neurons with exact > 0 (median and 95th percentile):
   (c) per-sample, m = 32: as (b) at 32 probes (32 t1 / t32 times the cost
       of (a); for reference)
 
-on the CNN of compare_methods.py (every default layer) and on MobileNetV2
-(alpha 0.35, 32x32, weights=None; the first, early, middle and last layers
-as benchmarks/estimator.py picks them), probe of 32 uniform random samples,
+on the README's CNN (`benchmarks.models.readme_cnn`, every default layer)
+and on MobileNetV2 (`benchmarks.models.mobilenet_v2`: alpha 0.35, 32x32,
+weights=None; the first, early, middle and last layers as
+benchmarks/estimator.py picks them), probe of 32 uniform random samples,
 each design repeated with several seeds. One subprocess per model.
 
-    .venv/bin/python benchmarks/estimator_tangents.py            # about 6 min on 2 loaded cores
-    .venv/bin/python benchmarks/estimator_tangents.py --quick    # CNN only, 2 repeats
+A one-off study, not on the harness: its conclusion (the shared tangent
+wins at equal cost, so the package shares it) is stated in
+docs/benchmarks.md, and nothing it prints is stored.
+
+    .venv/bin/python benchmarks/studies/estimator_tangents.py            # about 6 min on 2 loaded cores
+    .venv/bin/python benchmarks/studies/estimator_tangents.py --quick    # CNN only, 2 repeats
 """
 
 import argparse
@@ -46,11 +51,15 @@ import subprocess
 import sys
 import time
 
-from _machine import cpu_model, loadavg, median_seconds
-
 HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, REPO)  # run as a script: `benchmarks` is importable from the repository
+
+from benchmarks._machine import cpu_model, median_seconds  # noqa: E402
+from benchmarks._harness import loadavg  # noqa: E402
 RESULT_TAG = "RESULT_JSON "
-TITLES = {"c": "CNN (compare_methods.py c), 28x28x1", "mobilenet": "MobileNetV2 alpha=0.35, 32x32x3"}
+TITLES = {"c": "README's CNN, 28x28x1", "mobilenet": "MobileNetV2 alpha=0.35, 32x32x3"}
+BUILDERS = {"c": "readme_cnn", "mobilenet": "mobilenet_v2"}  # benchmarks.models
 DESIGNS = ("a", "b", "d", "c")
 LABELS = {
     "a": "(a) shared, m=32",
@@ -81,21 +90,25 @@ def sqrt_chi2_mean(m):
 def worker(opts):
     import numpy as np
 
-    import estimator as bench
-    from keras_neuron_sensitivity import neuron_sensitivity
+    import keras
+
+    from benchmarks import _harness, models
+    from benchmarks.estimator import layer_costs, pick_roles
+    from keras_neuron_sensitivity import _computation, neuron_sensitivity
     from keras_neuron_sensitivity.api import DEFAULT_MEMORY_BUDGET_MB
     from keras_neuron_sensitivity.engine.estimate import Estimator
+    from keras_neuron_sensitivity.engine.replay import Replay
 
-    model, x, from_logits = bench.build(opts.model)
-    step, _ = bench.train_step_seconds(model, x, from_logits)
-    problem = bench.problem_of(model, x, "weights")
-    if opts.model in bench.APPLICATIONS:
-        info = {
-            "keys": list(problem.keys),
-            "widths": bench.widths_of(problem),
-            "layer_costs": bench.layer_costs(problem, "weights", SHARED_PROBES),
-        }
-        roles = bench.pick_roles(info)
+    keras.utils.set_random_seed(0)
+    build, from_logits = models.MODELS[BUILDERS[opts.model]]
+    model = build()
+    x = models.probe(BUILDERS[opts.model], SHARED_PROBES)
+    step = _harness.classifier_step(model, from_logits)
+    problem = _computation.prepare(model, x, wrt=("weights",), layers=None)
+    if opts.model == "mobilenet":
+        replay = Replay(problem.graph, problem.keys)
+        widths = [int(v.shape[-1]) for v in replay.target_outputs(replay.run([t[:1] for t in problem.inputs]))]
+        roles = pick_roles(list(problem.keys), widths, layer_costs(problem, "weights", problem.keys))
         keys = list(dict.fromkeys(roles.values()))
     else:
         roles, keys = {}, list(problem.keys)
