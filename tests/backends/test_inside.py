@@ -1,14 +1,14 @@
 """Sites inside layers on JAX and PyTorch: a frozen base around a user
 layer whose one trainable layer is inside a frozen one, and a keras_hub
-Llama with LoRA, against brute force on the same backend
-(`native_oracle.inner_sensitivity`: the whole model differentiated with
-respect to `model.trainable_variables`, the inner tensor read by patching
-the inner layer's `call`)."""
+Llama with LoRA, against brute force on the same backend (`oracle.py`, the
+TensorFlow suite's: the whole model differentiated with respect to
+`model.trainable_weights` by `jax.jacrev` or `torch.func.jacrev`, the inner
+tensor read by patching the inner layer's `call`)."""
 
 import numpy as np
 import pytest
 
-import native_oracle
+import oracle
 from inside_models import RNG, frozen_base, llama
 from keras_neuron_sensitivity import neuron_sensitivity
 
@@ -22,9 +22,10 @@ def test_frozen_base_with_a_trainable_inner_layer_matches_brute_force():
     assert list(got) == ["stem", "block", "block/norm", "block/up", "block/gate", "block/down", "block/ffn", "head"]
     inner = {"block/up": (block.up, "output"), "block/gate": (block.gate, "output"), "block/ffn": (block.down, "input")}
     for key, (layer, which) in inner.items():
-        expected = native_oracle.inner_sensitivity(model, x, layer, which)
+        expected = oracle.brute_force(model, x, oracle.inner_fn(model, layer, which), "weights")
         np.testing.assert_allclose(got[key], expected, rtol=RTOL, atol=ATOL, err_msg=key)
-    expected = native_oracle.sensitivity(model, x, "head", "weights")
+    head = oracle.output_fn(model, model.get_layer("head").output)
+    expected = oracle.brute_force(model, x, head, "weights")
     np.testing.assert_allclose(got["head"], expected, rtol=RTOL, atol=ATOL)
     assert got.frozen["stem"].all() and not got.frozen["head"].any()
 
@@ -45,7 +46,8 @@ def test_llama_with_lora_matches_brute_force_over_the_factors(method):
     got = neuron_sensitivity(model, x, layers=list(inner), reduction=None, method=method, seed=0)
     for key, (layer, which, axes) in inner.items():
         (full,) = [k for k in got if k.endswith(key)]
-        expected = native_oracle.inner_sensitivity(model, x, layer, which, axes)
+        inputs = [x[t.name] for t in model.inputs]  # the oracle takes a list
+        expected = oracle.brute_force(model, inputs, oracle.inner_fn(model, layer, which, axes), "weights")
         if method == "exact":
             np.testing.assert_allclose(got[full], expected, rtol=RTOL, atol=ATOL, err_msg=key)
         else:  # 32 probes: within the estimator's spread, nowhere zero

@@ -1,7 +1,8 @@
 """The product on JAX and PyTorch (`make test` runs this file under each).
 
 Every number is checked against brute force on the same backend
-(`native_oracle.py`) and against the TensorFlow engine on the same weights
+(`oracle.py`, the TensorFlow suite's oracle, by `jax.jacrev` or
+`torch.func.jacrev` here) and against the TensorFlow engine on the same weights
 (`workers/tf_reference.py`, in a TensorFlow process).
 """
 
@@ -13,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 
-import native_oracle
+import oracle
 import zoo
 from keras_neuron_sensitivity import (
     NeuronSensitivityCallback,
@@ -55,6 +56,13 @@ def _as_list(x):
     return x if isinstance(x, list) else [x]
 
 
+def _brute_force(model, x, layer, wrt, embedded=None):
+    """`(B, C)`: `layer`'s output's sensitivities by brute force; to inputs,
+    at the output of the layer named `embedded` for token ids."""
+    fn = oracle.output_fn(model, model.get_layer(layer).output)
+    return oracle.brute_force(model, x, fn, wrt, [model.get_layer(embedded)] if embedded else ())
+
+
 @pytest.fixture(scope="module")
 def tensorflow_values(zoo_models):
     """`{name: {"wrt/layer": (B, C)}}` from the TensorFlow engine, computed
@@ -74,7 +82,7 @@ def test_exact_matches_brute_force(zoo_models, name, wrt):
     assert got.method == "exact"
     assert list(got) == [l.name for l in model.layers if l.trainable_weights or l.name == "relu"]
     for layer, value in got.items():
-        expected = native_oracle.sensitivity(model, x, layer, wrt, EMBEDDED[name])
+        expected = _brute_force(model, x, layer, wrt, EMBEDDED[name])
         np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-7, err_msg=layer)
 
 
@@ -91,7 +99,7 @@ def test_exact_in_small_chunks_matches_brute_force(zoo_models, name, budget_mb):
             model, x, wrt=wrt, reduction=None, method="exact", memory_budget_mb=budget_mb
         )
         for layer in ("dense", "head"):
-            expected = native_oracle.sensitivity(model, x, layer, wrt)
+            expected = _brute_force(model, x, layer, wrt)
             np.testing.assert_allclose(got[layer], expected, rtol=1e-5, atol=1e-7)
 
 
@@ -111,7 +119,7 @@ def test_exact_matches_tensorflow(zoo_models, tensorflow_values, name):
 def test_jacobian_matches_brute_force(zoo_models):
     model, x, _ = zoo_models[0]["cnn"]
     got = neuron_jacobian(model, x, "dense", wrt="weights")
-    expected = native_oracle.weight_jacobians(model, x, "dense")
+    expected = oracle.jacobians(model, x, oracle.output_fn(model, model.get_layer("dense").output), "weights")
     for j, v in enumerate(model.trainable_variables):
         if v.path.startswith("cnn/head"):
             assert v.path not in got  # downstream of the layer
@@ -122,7 +130,7 @@ def test_jacobian_matches_brute_force(zoo_models):
     assert inputs.shape == (3, 5, 6, 6, 2)
     norms = np.sqrt(np.sum(np.square(inputs.reshape(3, 5, -1)), axis=-1))
     np.testing.assert_allclose(
-        norms, native_oracle.sensitivity(model, x, "dense", "inputs"), rtol=1e-5
+        norms, _brute_force(model, x, "dense", "inputs"), rtol=1e-5
     )
 
 
