@@ -67,7 +67,9 @@ def neuron_sensitivity(
 
     Raises:
         ValueError: on an argument or input that does not fit the model.
-        UnsupportedModelError: for a model that is not built or is subclassed.
+        UnsupportedModelError: for a model that is not built, or a subclassed
+            model whose `call` cannot be replayed exactly (docs/models.md
+            says what a subclassed model may do).
 
     Example:
 
