@@ -6,7 +6,10 @@
 #
 # Needs Debian's chromium (installed with apt-get when missing and run as root).
 # The Neurons tab is driven with playwright (the `dev` extra) on that same
-# chromium: it sorts the neurons, clicks one for its curve and hovers a cell.
+# chromium: it sorts the neurons by dormancy, clicks the longest dormant one
+# for its curves (sensitivity and activity) and hovers one of its cells.
+# PYTHON=/path/to/python uses that interpreter (and its tensorboard) instead
+# of the repository's .venv, which is then not made.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dashboard="${1:-histograms}"
@@ -15,15 +18,20 @@ out="docs/tensorboard${1:+_$1}.png"
 if ! command -v chromium >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 fi
-make .venv/.installed >/dev/null
+if [ -n "${PYTHON:-}" ]; then
+  bin="$(dirname "$PYTHON")"
+else
+  make .venv/.installed >/dev/null
+  bin=.venv/bin
+fi
 
 logs="$(mktemp -d)"
 profile="$(mktemp -d)"
 trap 'kill "${server:-}" 2>/dev/null || true; rm -rf "$logs" "$profile"' EXIT
-.venv/bin/python demos/digits_mlp.py "$logs" >/dev/null 2>&1
+"$bin/python" demos/digits_mlp.py "$logs" >/dev/null 2>&1
 
-port="$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-.venv/bin/tensorboard --logdir "$logs" --host 127.0.0.1 --port "$port" >/dev/null 2>&1 &
+port="$("$bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+"$bin/tensorboard" --logdir "$logs" --host 127.0.0.1 --port "$port" >/dev/null 2>&1 &
 server=$!
 for _ in $(seq 60); do
   curl -sf "http://127.0.0.1:$port/data/runs" | grep -q sensitivity && break
@@ -32,7 +40,7 @@ done
 
 mkdir -p docs
 if [ "$dashboard" = neurons ]; then
-  .venv/bin/python - "http://127.0.0.1:$port" "$out" <<'EOF'
+  "$bin/python" - "http://127.0.0.1:$port" "$out" <<'EOF'
 import sys
 
 from playwright.sync_api import sync_playwright
@@ -46,17 +54,17 @@ with sync_playwright() as driver:
     page.goto(f"{base}/#keras_neuron_sensitivity")
     frame = page.frame_locator("iframe")  # TensorBoard puts the tab in an iframe
     frame.locator("body[data-state=ready]").wait_for(timeout=60_000)
-    # Dead neurons first, longest dead at the top; then click a live neuron
-    # for its curves and hover a dead cell for its values.
-    frame.locator("#sort").select_option("death")
+    # Dormant neurons first, longest dormant at the top (orange; dead ones
+    # magenta); click the first for its curves, sensitivity and activity
+    # together, and hover one of its cells for its values and status.
+    frame.locator("#sort").select_option("dormancy")
     layer = frame.locator('section[data-layer="hidden_1"]')
-    dead = int(layer.locator(".dead-count").inner_text().split()[0])
     matrix = layer.locator("canvas.matrix")
     cell = matrix.evaluate("c => ({...c.dataset})")
     x0, top, width, height = (float(cell[k]) for k in ("x0", "top", "cellWidth", "cellHeight"))
-    matrix.click(position={"x": x0 + width / 2, "y": top + (dead + 4.5) * height})
+    matrix.click(position={"x": x0 + width / 2, "y": top + 0.5 * height})
     frame.locator("#curve").wait_for()
-    matrix.hover(position={"x": x0 + 9.5 * width, "y": top + 1.5 * height})
+    matrix.hover(position={"x": x0 + 9.5 * width, "y": top + 0.5 * height})
     frame.locator("#tooltip").wait_for()
     page.screenshot(path=out)
     browser.close()
