@@ -170,29 +170,25 @@ class InputOf:
 
 
 @contextlib.contextmanager
-def _watching_first_call(entries, tape, captured):
-    """While active, the first call of each layer in `entries` has its output
-    (its first input, for an `InputOf`) watched by `tape` and appended to
-    `captured` (in the entries' order)."""
-    slots = [None] * len(entries)
+def _first_call(entries, touch):
+    """While active, the first call of each layer `entries[j]` passes its
+    output (its first input, for an `InputOf`) through `touch(j, tensor)`,
+    and goes on with what `touch` returns. An `InputOf`'s input is cast to
+    the layer's float dtype first: the layer casts integers itself, inside
+    `call`, so the derivative exists only from the cast on (the values are
+    the same)."""
+    seen = [False] * len(entries)
     originals = []
     layers = [e.layer if isinstance(e, InputOf) else e for e in entries]
     for j, (layer, entry) in enumerate(zip(layers, entries)):
         original = layer.call
 
         def call(*args, _j=j, _original=original, _layer=layer, _input=isinstance(entry, InputOf), **kwargs):
-            if _input and slots[_j] is None:
-                # The layer casts integers itself, inside `call`: cast first,
-                # so that the derivative exists (the values are the same).
-                first = tf.cast(args[0], _layer.compute_dtype)
-                tape.watch(first)
-                slots[_j] = first
-                args = (first, *args[1:])
+            first, seen[_j] = not seen[_j], True
+            if _input and first:
+                args = (touch(_j, ops.cast(args[0], _layer.compute_dtype)), *args[1:])
             y = _original(*args, **kwargs)
-            if not _input and slots[_j] is None:
-                tape.watch(y)
-                slots[_j] = y
-            return y
+            return touch(_j, y) if first and not _input else y
 
         originals.append(original)
         layer.call = call
@@ -201,7 +197,6 @@ def _watching_first_call(entries, tape, captured):
     finally:
         for layer, original in zip(layers, originals):
             layer.call = original
-        captured.extend(slots)
 
 
 def jacobians(model, x, fn, wrt, embedded=()):
@@ -231,10 +226,16 @@ def _tape_jacobians(model, xs, fn, wrts, embedded):
     for n in range(len(xs[0])):
         sample = [tf.constant(a[n : n + 1]) for a in xs]
         floats = [s for s in sample if s.dtype.is_floating]
-        captured = []
+        captured = [None] * len(embedded)
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(floats)
-            with _watching_first_call(list(embedded), tape, captured):
+
+            def watch(j, t, tape=tape):
+                tape.watch(t)
+                captured[j] = t
+                return t
+
+            with _first_call(embedded, watch):
                 a = neuron_values(fn, sample)[0]
             neurons = [a[k] for k in range(a.shape[0])]
         # A layer not called on the way to the neurons adds nothing.
@@ -286,8 +287,13 @@ def _jacrev_jacobians(model, xs, fn, wrts, embedded):
         sample = [ops.convert_to_tensor(a[n : n + 1]) for a in xs]
         floats = [i for i, s in enumerate(sample) if "float" in str(s.dtype)]
         # The embedded tensors' shapes (None: not called), from one forward.
-        shapes = []
-        with _perturbing_first_call(embedded, None, shapes):
+        shapes = [None] * len(embedded)
+
+        def record(j, t):
+            shapes[j] = (tuple(t.shape), keras.backend.standardize_dtype(t.dtype))
+            return t
+
+        with _first_call(embedded, record):
             channels = neuron_values(fn, sample).shape[-1]
         # A layer not called on the way to the neurons adds nothing.
         called = [j for j, shape in enumerate(shapes) if shape is not None]
@@ -298,8 +304,9 @@ def _jacrev_jacobians(model, xs, fn, wrts, embedded):
             for i, value in zip(floats, inputs):
                 xs_n[i] = value
             mapping = list(zip(variables, weights))
+            deltas = dict(zip(called, added))
             with keras.StatelessScope(state_mapping=mapping):
-                with _perturbing_first_call(embedded, dict(zip(called, added)), []):
+                with _first_call(embedded, lambda j, t: t + deltas[j]):
                     return neuron_values(fn, xs_n)[0]
 
         weights = [ops.convert_to_tensor(v.value) for v in variables]
@@ -314,40 +321,6 @@ def _jacrev_jacobians(model, xs, fn, wrts, embedded):
             # nothing to differentiate with respect to: all zero
             per_sample[w].append(jac or [np.zeros((channels, 0))])
     return per_sample
-
-
-@contextlib.contextmanager
-def _perturbing_first_call(entries, added, shapes):
-    """While active, the first call of each layer `entries[j]` has `added[j]`
-    added to its output (its first input, for an `InputOf`, cast to the
-    layer's float dtype); with `added=None`, records that tensor's
-    `(shape, dtype)` in `shapes` (None for a layer not called)."""
-    slots = [None] * len(entries)
-    originals = []
-    layers = [e.layer if isinstance(e, InputOf) else e for e in entries]
-    for j, (layer, entry) in enumerate(zip(layers, entries)):
-        original = layer.call
-
-        def call(*args, _j=j, _original=original, _layer=layer, _input=isinstance(entry, InputOf), **kwargs):
-            def touch(t):
-                if slots[_j] is not None:
-                    return t
-                slots[_j] = (tuple(t.shape), keras.backend.standardize_dtype(t.dtype))
-                return t if added is None else t + added[_j]
-
-            if _input:
-                args = (touch(ops.cast(args[0], _layer.compute_dtype)), *args[1:])
-            y = _original(*args, **kwargs)
-            return y if _input else touch(y)
-
-        originals.append(original)
-        layer.call = call
-    try:
-        yield
-    finally:
-        for layer, original in zip(layers, originals):
-            layer.call = original
-        shapes.extend(slots)
 
 
 def _norms(per_sample):
